@@ -1,0 +1,347 @@
+"""Typed, validated configuration.
+
+Config is data: every field lives in one dataclass below with its default and a
+docstring-style comment; YAML files and ``--set key=value`` only override. Loading
+rejects unknown keys and wrong types with an error that names the full key
+(``train.lr: expected float, got 'abc'``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config value or key is invalid; the message names the key."""
+
+
+@dataclass
+class SyntheticConfig:
+    """Parameters of the embedded MovieLens-like generator (see data/synthetic.py)."""
+
+    n_users: int = 1500  # number of users
+    n_items: int = 1000  # number of items
+    interactions_per_user: float = 40.0  # mean history length (geometric-ish spread)
+    n_genres: int = 12  # genres (items are multi-genre)
+    zipf_exponent: float = 1.0  # item popularity ~ rank^-exponent
+    genre_affinity: float = 3.0  # strength of planted per-user genre preferences
+    latent_dim: int = 8  # dimension of planted latent preference factors
+    seed: int = 7  # generator seed (independent of the training seed)
+
+
+@dataclass
+class DataConfig:
+    """Which data to load, and how to split and group it (DESIGN §2)."""
+
+    source: str = "synthetic"  # synthetic | ml-100k | ml-1m | ml-1m-ncf | csv | parquet
+    path: str = ""  # folder (MovieLens) or file (csv/parquet); "" = default location
+    items_path: str = ""  # generic tables: optional item table (item, genres "a|b", year)
+    users_path: str = ""  # generic tables: optional user table (user, categorical cols)
+    min_rating: float = 0.0  # keep ratings >= this; 0 keeps every rating (implicit)
+    tail_fraction: float = 0.2  # tail = least-popular items holding this share
+    tail_by: Literal["interactions", "items"] = "interactions"  # what the share counts
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ModelConfig:
+    """Two-tower architecture (DESIGN §3 item tower and base user tower)."""
+
+    dim: int = 64  # output embedding size d
+    id_dim: int = 64  # id embedding size
+    hidden: int = 128  # MLP hidden width
+    history_len: int = 50  # N most recent train items pooled in the user tower
+    dropout: float = 0.0  # dropout inside the tower MLPs
+    normalize: bool = True  # L2-normalise tower outputs and learn a temperature
+    init_temperature: float = 0.1  # initial softmax temperature when normalising
+    year_buckets: int = 12  # release-year buckets in the item tower
+
+
+@dataclass
+class FairSamplerConfig:
+    """Fair Sampler: popularity-debiased positives (DESIGN §3)."""
+
+    enabled: bool = False
+    beta: float = 0.5  # positives ~ pop(i)^-beta (0 = uniform over interactions)
+    max_per_batch: int = 4  # cap on how often one item may appear as a positive per batch
+
+
+@dataclass
+class BUHSConfig:
+    """Biased User History Synthesis (Balasubramanian et al., RecSys 2024)."""
+
+    enabled: bool = False
+    fanout: int = 15  # items sampled from the user's train history
+    temperature: float = 0.01  # T in p(i) ~ exp((1/deg(i) - max 1/deg)/T)
+    synthesis: Literal["attention", "mean", "gru"] = "attention"
+    inference_seed: int = 0  # fixed seed used at inference for reproducible lists
+
+
+@dataclass
+class GiniConfig:
+    """GINI agent: differentiable exposure Gini with dual-ascent weight (DESIGN §3)."""
+
+    enabled: bool = False
+    tau: float = 0.1  # softmax temperature of soft exposure
+    target: float = 0.5  # target Gini for the dual-ascent controller
+    lr_dual: float = 0.01  # dual ascent step size of lambda_fair
+    init_lambda: float = 1.0  # initial lambda_fair (multiplies l_fair)
+    n_candidates: int = 0  # 0 = all items; >0 = sampled candidate set of this size
+
+
+@dataclass
+class TailLossConfig:
+    """L_Tail: recommendation loss on tail positives only (DESIGN §4)."""
+
+    enabled: bool = False
+
+
+@dataclass
+class ContextGNNConfig:
+    """ContextGNN graph context and familiar-item pair-wise head (Yuan et al., 2024)."""
+
+    enabled: bool = False
+    layers: int = 2  # propagation layers
+    fanout: int = 20  # sampled neighbours per node per layer
+    familiar_size: int = 50  # bounded size of the familiar item set per user
+
+
+@dataclass
+class MARLConfig:
+    """Genre agents (actor-critic) steering the user tower (DESIGN §3)."""
+
+    enabled: bool = False
+    algorithm: Literal["a2c", "ppo"] = "a2c"
+    shared_actor: bool = False  # share actor parameters across genre agents
+    rl_every: int = 5  # supervised steps per RL step
+    rl_batch_users: int = 256  # users per RL step
+    action_scale: float = 1.0  # actions squashed to [-scale, scale] by tanh
+    entropy_coef: float = 0.01
+    value_coef: float = 0.5
+    ppo_clip: float = 0.2
+    ppo_epochs: int = 4
+    lr: float = 3e-4
+    grad_clip: float = 1.0
+    k: int = 10  # list length for the reward
+    alpha: float = 1.0  # HR@K weight
+    beta: float = 0.5  # Coverage(B) weight
+    gamma: float = 0.5  # (1 - Gini(B)) weight
+    delta: float = 1.0  # TailHR@K weight
+    eta: float = 0.2  # Redundancy weight
+    jaccard_weight: float = 0.1  # penalty on mean pairwise Jaccard of per-agent lists
+
+
+@dataclass
+class LossConfig:
+    """Weights of the composite objective L = l_sup L_rec + l_RL L_MARL + ... (§4)."""
+
+    rec: Literal["softmax", "bce"] = "softmax"
+    logq: bool = True  # logQ correction of sampled-softmax logits (Yi et al., 2019)
+    l_sup: float = 1.0
+    l_rl: float = 1.0
+    l_fair: float = 0.1
+    l_tail: float = 0.5
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and run control."""
+
+    epochs: int = 20
+    batch_size: int = 512
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    num_negatives: int = 256  # extra uniformly sampled negatives per batch (plus in-batch)
+    patience: int = 3  # early stopping on validation NDCG@10 (evaluations without gain)
+    eval_every: int = 1  # epochs between validation evaluations
+    mixed_precision: Literal["none", "bf16", "fp16"] = "none"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    grad_clip: float = 5.0
+    max_steps_per_epoch: int = 0  # 0 = full epoch
+    num_threads: int = 0  # torch intra-op threads; 0 = torch default
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation protocols and metrics (DESIGN §5)."""
+
+    ks: list[int] = field(default_factory=lambda: [5, 10, 20])
+    batch_size: int = 1024  # users scored at once
+    sampled_negatives: int = 99  # negatives per user in the sampled protocol
+    sampled_seed: int = 12345  # fixed seed of the sampled protocol
+
+
+@dataclass
+class Config:
+    """Top-level configuration of a run."""
+
+    name: str = "run"  # run name; results go to <output_dir>/<name>/
+    seed: int = 42  # one seed for everything (torch, numpy, python, samplers)
+    output_dir: str = "runs"
+    checkpoint_dir: str = "checkpoints"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    fair_sampler: FairSamplerConfig = field(default_factory=FairSamplerConfig)
+    buhs: BUHSConfig = field(default_factory=BUHSConfig)
+    gini: GiniConfig = field(default_factory=GiniConfig)
+    tail_loss: TailLossConfig = field(default_factory=TailLossConfig)
+    context_gnn: ContextGNNConfig = field(default_factory=ContextGNNConfig)
+    marl: MARLConfig = field(default_factory=MARLConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (JSON/YAML serialisable)."""
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against type ``tp``; ints are accepted for floats."""
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, key + ".")
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"{key}: expected one of {list(get_args(tp))}, got {value!r}")
+        return value
+    if origin in (Union, types.UnionType):
+        for arg in get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {tp}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
+        (inner,) = get_args(tp)
+        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected bool, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected int, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected float, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected str, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in data:
+        if k not in names:
+            raise ConfigError(f"unknown key '{prefix}{k}' (valid: {sorted(names)})")
+    obj = cls()
+    for k, v in data.items():
+        setattr(obj, k, _coerce(v, hints[k], prefix + k))
+    return obj
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build a validated :class:`Config` from a (partial) nested dict."""
+    return _build(Config, data or {})
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A bare name (``movielens.yaml``) resolves in ``configs/``; paths stay as given."""
+    p = Path(path)
+    if p.exists():
+        return p
+    for cand in (CONFIG_DIR / p.name, CONFIG_DIR / f"{p.name}.yaml"):
+        if cand.exists():
+            return cand
+    raise ConfigError(f"config file not found: {path} (also looked in {CONFIG_DIR})")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; ``extends: other.yaml`` merges a parent file first."""
+    p = resolve_config_path(path)
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark else str(p)
+        raise ConfigError(f"{where}: invalid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping at top level")
+    parent = data.pop("extends", None)
+    if parent:
+        data = _deep_merge(load_yaml(p.parent / parent), data)
+    return data
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``a.b.c=value`` -> nested dict; the value is parsed as YAML (``1e-3``, ``true``)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}': expected key=value")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw != "" else ""
+    if isinstance(value, str) and raw.strip() != "":
+        # YAML reads 1e-3 as a string; accept plain float literals too.
+        try:
+            value = float(raw) if any(c in raw for c in ".eE") else value
+        except ValueError:
+            pass
+    out: dict[str, Any] = {}
+    cur = out
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file (optional) <- ``key=value`` overrides, then validate."""
+    data: dict[str, Any] = load_yaml(path) if path else {}
+    for o in overrides or []:
+        data = _deep_merge(data, parse_override(o))
+    return config_from_dict(data)
+
+
+def fingerprint_config(cfg: Config) -> dict[str, Any]:
+    """The parts of a config that must match for a checkpoint to be resumable."""
+    d = cfg.to_dict()
+    for volatile in ("name", "output_dir", "checkpoint_dir"):
+        d.pop(volatile, None)
+    d["train"] = {k: v for k, v in d["train"].items() if k not in ("epochs", "device",
+                                                                    "num_threads", "patience")}
+    d.pop("eval", None)
+    return d
