@@ -1,0 +1,108 @@
+"""The in-memory interaction dataset every loader produces.
+
+All per-interaction data are parallel numpy arrays (no per-row Python objects), ids
+are contiguous ``0..n-1`` indices with maps back to the original ids, and side
+information (genres, release year, demographics) is stored as dense arrays indexed
+by those ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class PredefinedSplit:
+    """A split shipped with the data (e.g. the NCF leave-one-out protocol).
+
+    ``test_users[j]`` / ``test_items[j]`` are the held-out pairs (indices);
+    ``test_negatives`` (optional, ``[n_test, n_neg]``) are the sampled negatives of
+    the NCF protocol, aligned with ``test_users``.
+    """
+
+    test_users: np.ndarray
+    test_items: np.ndarray
+    test_negatives: np.ndarray | None = None
+
+
+@dataclass
+class Dataset:
+    """Implicit-feedback interactions plus item and user side information.
+
+    Attributes:
+        users, items: int64 index arrays, one entry per interaction, in file order.
+        timestamps: float64 seconds; NaN where unknown (the order in the file then
+            stands for time).
+        ratings: float32 ratings or None.
+        user_ids, item_ids: original ids, ``user_ids[u]`` is the id of index ``u``.
+        item_genres: bool ``[n_items, n_genres]`` multi-hot.
+        genre_names: names of the genre columns.
+        item_year: int32 release year (0 = unknown).
+        user_features: categorical demographics, name -> int codes ``[n_users]``
+            (-1 = unknown); ``user_feature_labels`` gives each code's label.
+        predefined: optional split shipped with the data.
+    """
+
+    name: str
+    users: np.ndarray
+    items: np.ndarray
+    timestamps: np.ndarray
+    n_users: int
+    n_items: int
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    item_genres: np.ndarray
+    genre_names: list[str]
+    item_year: np.ndarray
+    ratings: np.ndarray | None = None
+    user_features: dict[str, np.ndarray] = field(default_factory=dict)
+    user_feature_labels: dict[str, list[str]] = field(default_factory=dict)
+    item_titles: list[str] | None = None
+    predefined: PredefinedSplit | None = None
+
+    def __post_init__(self) -> None:
+        self.users = np.asarray(self.users, dtype=np.int64)
+        self.items = np.asarray(self.items, dtype=np.int64)
+        self.timestamps = np.asarray(self.timestamps, dtype=np.float64)
+        if not (len(self.users) == len(self.items) == len(self.timestamps)):
+            raise ValueError("users, items and timestamps must have the same length")
+        if self.item_genres.shape[0] != self.n_items:
+            raise ValueError("item_genres must have one row per item")
+
+    @property
+    def n_interactions(self) -> int:
+        return int(len(self.users))
+
+    @property
+    def n_genres(self) -> int:
+        return int(self.item_genres.shape[1])
+
+    def filter_min_rating(self, min_rating: float) -> Dataset:
+        """Keep interactions with rating >= ``min_rating`` (no-op without ratings)."""
+        if min_rating <= 0 or self.ratings is None:
+            return self
+        keep = self.ratings >= min_rating
+        self.users, self.items = self.users[keep], self.items[keep]
+        self.timestamps, self.ratings = self.timestamps[keep], self.ratings[keep]
+        return self
+
+    def fingerprint(self) -> str:
+        """SHA-256 over the interaction arrays and shapes: identifies the data exactly."""
+        h = hashlib.sha256()
+        h.update(f"{self.name}:{self.n_users}:{self.n_items}".encode())
+        for a in (self.users, self.items):
+            h.update(np.ascontiguousarray(a).tobytes())
+        h.update(np.nan_to_num(self.timestamps, nan=-1.0).tobytes())
+        if self.predefined is not None:
+            h.update(self.predefined.test_users.tobytes())
+            h.update(self.predefined.test_items.tobytes())
+        return h.hexdigest()[:16]
+
+
+def encode_ids(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Map arbitrary ids to ``0..n-1`` in sorted-id order: returns (index, unique_ids)."""
+    uniq, inv = np.unique(raw, return_inverse=True)
+    return inv.astype(np.int64), uniq

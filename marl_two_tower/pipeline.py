@@ -1,0 +1,69 @@
+"""The workflow the CLI exposes: data -> split -> train -> evaluate -> results.
+
+Each function is a thin, documented composition of the library pieces so that
+scripts, notebooks and the CLI all run exactly the same code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from . import checkpoint as ckpt_io
+from .config import Config, config_from_dict
+from .data import load_split
+from .data.split import Split
+from .results import build_results, write_results
+from .trainer import Trainer, build_model, resolve_device
+
+
+def evaluate_model(split: Split, score_fn, cfg: Config, part: str = "test",
+                   protocol: str = "both", groups: bool = True) -> dict[str, Any]:
+    """All DESIGN §5 metrics of ``score_fn`` on ``part`` with the configured Ks."""
+    from .evaluation import evaluate
+
+    return evaluate(split, score_fn, part=part, ks=tuple(cfg.eval.ks), protocol=protocol,
+                    batch_size=cfg.eval.batch_size, groups=groups,
+                    n_neg=cfg.eval.sampled_negatives, seed=cfg.eval.sampled_seed)
+
+
+def train_and_evaluate(cfg: Config, resume: bool = False, progress: bool = True,
+                       split: Split | None = None) -> tuple[Trainer, dict[str, Any]]:
+    """Train with early stopping on validation, then evaluate the best model on test
+    (the only time test is touched) and write ``<output_dir>/<name>/results.*``."""
+    split = split or load_split(cfg.data)
+    trainer = Trainer(cfg, split, progress=progress)
+    state = trainer.fit(resume=resume)
+    score_fn = trainer.model.scorer(trainer.device)
+    metrics = {"test": evaluate_model(split, score_fn, cfg, "test"),
+               "val": evaluate_model(split, score_fn, cfg, "val", protocol="full",
+                                     groups=False)}
+    extra = {"best_epoch": state.best_epoch, "epochs_run": state.epoch,
+             "skipped_steps": trainer.skipped_steps,
+             "checkpoint": str(Path(cfg.checkpoint_dir) / "model_best.pt")}
+    doc = build_results(cfg, split, metrics, state.history, extra)
+    write_results(Path(cfg.output_dir) / cfg.name, doc)
+    return trainer, doc
+
+
+def load_trained(path: str | Path, cfg: Config | None = None, split: Split | None = None,
+                 device: str = "auto"):
+    """Load a checkpoint into a fresh model: returns (model, cfg, split).
+
+    The config stored in the checkpoint is used unless ``cfg`` is given; the data
+    fingerprint must match the loaded data.
+    """
+    ck = ckpt_io.load(path)
+    stored = config_from_dict(json.loads(ck["config"]))
+    cfg = cfg or stored
+    split = split or load_split(cfg.data)
+    if ck["data_fingerprint"] != split.dataset.fingerprint():
+        raise ckpt_io.CheckpointMismatch(
+            f"{path}: trained on data {ck['data_fingerprint']}, but the configured data is "
+            f"{split.dataset.fingerprint()} ({split.dataset.name})")
+    model = build_model(stored, split)
+    model.load_state_dict(ck["model"])
+    model.to(resolve_device(device)).eval()
+    return model, stored, split
+

@@ -1,0 +1,301 @@
+"""Training loop: composite objective, early stopping on validation, resumable.
+
+Reads top to bottom: seeding and devices, the positive sampler, model assembly
+from the config, then :class:`Trainer` (one epoch = one pass of the positive
+sampler; validation NDCG@10 after each ``eval_every`` epochs decides early stopping
+and ``model_best.pt``; ``last.pt`` after every epoch makes ``--resume`` exact).
+
+Determinism: every random stream is derived from ``cfg.seed`` and the epoch number
+(``numpy.random.default_rng([seed, epoch, stream])``, torch RNG state saved in the
+checkpoint), so a resumed run replays exactly the batches an uninterrupted run sees.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt_io
+from .config import Config, fingerprint_config
+from .data.split import Split
+from .losses import rec_loss, sampled_softmax_logits
+from .two_tower import TwoTower
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------
+# Seeds and devices
+# ---------------------------------------------------------------------------
+
+
+def set_seed(seed: int) -> None:
+    """Seed python, numpy's legacy global RNG and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(spec: str) -> torch.device:
+    """'auto' -> CUDA when available else CPU; a CUDA request without CUDA warns and
+    falls back to CPU (so ``--gpus 0`` works on laptops)."""
+    if spec in ("auto", ""):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        warnings.warn(f"device {spec!r} requested but CUDA is not available; using CPU",
+                      stacklevel=2)
+        return torch.device("cpu")
+    return torch.device(spec)
+
+
+def epoch_rng(seed: int, epoch: int, stream: int = 0) -> np.random.Generator:
+    """Independent generator for (seed, epoch, stream): resumable randomness."""
+    return np.random.default_rng([seed, epoch, stream])
+
+
+# ---------------------------------------------------------------------------
+# Positive sampling
+# ---------------------------------------------------------------------------
+
+
+class PositiveSampler:
+    """Uniform over train interactions: each epoch is one shuffled pass.
+
+    ``prob`` is the probability that one positive draw is item j, p(j) = pop(j)/N;
+    the trainer uses it for the logQ correction of in-batch negatives.
+    """
+
+    def __init__(self, split: Split, batch_size: int, seed: int) -> None:
+        self.split, self.batch_size, self.seed = split, batch_size, seed
+        n = len(split.train_items)
+        self.prob = split.item_pop / max(n, 1)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.split.train_items) / self.batch_size)
+
+    def batches(self, epoch: int) -> Iterator[np.ndarray]:
+        """Interaction indices (into ``split.train_items``), one array per batch."""
+        perm = epoch_rng(self.seed, epoch, 1).permutation(len(self.split.train_items))
+        for s in range(0, len(perm), self.batch_size):
+            yield perm[s : s + self.batch_size]
+
+
+# ---------------------------------------------------------------------------
+# Model assembly
+# ---------------------------------------------------------------------------
+
+
+def build_model(cfg: Config, split: Split) -> TwoTower:
+    """The two-tower model with every component the config switches on."""
+    return TwoTower(split, cfg.model)
+
+
+def build_sampler(cfg: Config, split: Split) -> PositiveSampler:
+    """The positive sampler the config asks for."""
+    return PositiveSampler(split, cfg.train.batch_size, cfg.seed)
+
+
+# ---------------------------------------------------------------------------
+# Trainer
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class TrainState:
+    """What besides the weights must survive a restart."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0
+    best_metric: float = -1.0
+    best_epoch: int = -1
+    bad_evals: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class StopTraining(Exception):
+    """Raised by a callback to stop training (used to simulate a killed run)."""
+
+
+class Trainer:
+    """Trains a :class:`TwoTower` on a :class:`Split` with the composite objective."""
+
+    def __init__(self, cfg: Config, split: Split, model: TwoTower | None = None,
+                 progress: bool = True) -> None:
+        self.cfg, self.split, self.progress = cfg, split, progress
+        set_seed(cfg.seed)
+        if cfg.train.num_threads > 0:
+            torch.set_num_threads(cfg.train.num_threads)
+        self.device = resolve_device(cfg.train.device)
+        self.model = (model or build_model(cfg, split)).to(self.device)
+        self.sampler = build_sampler(cfg, split)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr,
+                                          weight_decay=cfg.train.weight_decay)
+        self.amp_dtype = self._amp_dtype(cfg.train.mixed_precision)
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=cfg.train.mixed_precision == "fp16")
+        self.state = TrainState()
+        self.ckpt_dir = Path(cfg.checkpoint_dir)
+        self.tail = torch.as_tensor(split.tail_mask, device=self.device)
+        self.data_fingerprint = split.dataset.fingerprint()
+        self.callbacks: list[Callable[[Trainer], None]] = []
+        self.skipped_steps = 0
+
+    def _amp_dtype(self, mode: str) -> torch.dtype | None:
+        if mode == "none":
+            return None
+        if mode == "fp16" and self.device.type == "cpu":
+            warnings.warn("fp16 autocast is not supported on CPU; using bf16", stacklevel=2)
+            return torch.bfloat16
+        return torch.bfloat16 if mode == "bf16" else torch.float16
+
+    # --- one step ---------------------------------------------------------
+    def losses(self, users: torch.Tensor, pos: torch.Tensor,
+               rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """Weighted loss terms of the composite objective for one batch."""
+        cfg = self.cfg
+        m = self.model
+        n_neg = cfg.train.num_negatives
+        neg = torch.as_tensor(rng.integers(0, self.split.n_items, n_neg), device=self.device)
+        z = m.user_vectors(users, exclude=pos)
+        y_pos, y_neg = m.item_vectors(pos), m.item_vectors(neg)
+        log_q_pos = log_q_neg = None
+        if cfg.loss.logq:
+            p = torch.as_tensor(self.sampler.prob, dtype=torch.float32, device=self.device)
+            log_q_pos = torch.log((p[pos] * len(pos)).clamp(min=1e-12))
+            log_q_neg = torch.full((n_neg,), math.log(max(n_neg, 1) / self.split.n_items),
+                                   device=self.device)
+        logits = sampled_softmax_logits(z, pos, neg, y_pos, y_neg, log_q_pos, log_q_neg)
+        out = {"rec": cfg.loss.l_sup * rec_loss(logits, cfg.loss.rec)}
+        if cfg.tail_loss.enabled:
+            out["tail"] = cfg.loss.l_tail * rec_loss(logits, cfg.loss.rec,
+                                                     weight=self.tail[pos].float())
+        return out
+
+    def train_step(self, idx: np.ndarray, rng: np.random.Generator) -> dict[str, float]:
+        """One supervised step on interaction indices ``idx``; non-finite -> skipped."""
+        self.model.train()
+        users = torch.as_tensor(self.split.train_users[idx], device=self.device)
+        pos = torch.as_tensor(self.split.train_items[idx], device=self.device)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            terms = self.losses(users, pos, rng)
+        total = sum(terms.values())
+        if not torch.isfinite(total):
+            self.skipped_steps += 1
+            log.warning("non-finite loss at step %d (%s); step skipped", self.state.step,
+                        {k: float(v) for k, v in terms.items()})
+            self.optimizer.zero_grad(set_to_none=True)
+            return {"skipped": 1.0}
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.state.step += 1
+        return {k: float(v.detach()) for k, v in terms.items()} | {"total": float(total.detach())}
+
+    # --- epochs -----------------------------------------------------------
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass of the positive sampler; returns mean loss terms."""
+        rng = epoch_rng(self.cfg.seed, epoch, 2)
+        sums: dict[str, float] = {}
+        n = 0
+        limit = self.cfg.train.max_steps_per_epoch or len(self.sampler)
+        bar = tqdm(self.sampler.batches(epoch), total=min(limit, len(self.sampler)),
+                   desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}", leave=False,
+                   disable=not self.progress)
+        for i, idx in enumerate(bar):
+            if i >= limit:
+                break
+            terms = self.train_step(idx, rng)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v
+            n += 1
+            if "total" in terms:
+                bar.set_postfix(loss=f"{terms['total']:.4f}")
+        return {k: v / max(n, 1) for k, v in sums.items()}
+
+    def validate(self) -> dict[str, float]:
+        """Full-ranking validation metrics @10 (the only data model selection sees)."""
+        from .evaluation import evaluate
+
+        res = evaluate(self.split, self.model.scorer(self.device), part="val", ks=(10,),
+                       protocol="full", groups=False)
+        return {k: v for k, v in res["full"].items() if isinstance(v, (int, float))}
+
+    def fit(self, resume: bool = False) -> TrainState:
+        """Train until ``epochs`` or early stopping; keeps best and last checkpoints."""
+        if resume and (self.ckpt_dir / "last.pt").exists():
+            self.load_checkpoint(self.ckpt_dir / "last.pt")
+            log.info("resumed from epoch %d", self.state.epoch)
+        cfg = self.cfg.train
+        while self.state.epoch < cfg.epochs and self.state.bad_evals < cfg.patience:
+            epoch = self.state.epoch
+            t0 = time.perf_counter()
+            losses = self.train_epoch(epoch)
+            record: dict[str, Any] = {"epoch": epoch + 1, "time_s": time.perf_counter() - t0,
+                                      **{f"loss/{k}": v for k, v in losses.items()}}
+            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+                val = self.validate()
+                record |= {f"val/{k}": v for k, v in val.items()}
+                metric = val.get("NDCG@10", 0.0)
+                if metric > self.state.best_metric:
+                    self.state.best_metric, self.state.best_epoch = metric, epoch + 1
+                    self.state.bad_evals = 0
+                    self.save_checkpoint(self.ckpt_dir / "model_best.pt")
+                else:
+                    self.state.bad_evals += 1
+            self.state.history.append(record)
+            self.state.epoch = epoch + 1
+            self.save_checkpoint(self.ckpt_dir / "last.pt")
+            if self.progress:
+                shown = {k: round(v, 4) for k, v in record.items() if isinstance(v, float)}
+                tqdm.write(json.dumps(shown))
+            for cb in self.callbacks:
+                cb(self)
+        if (self.ckpt_dir / "model_best.pt").exists():
+            self.load_checkpoint(self.ckpt_dir / "model_best.pt", weights_only_state=True)
+        return self.state
+
+    # --- checkpoints ------------------------------------------------------
+    def checkpoint_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: weights, optimiser, scaler, RNG, config, data."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "train_state": json.dumps(self.state.__dict__),
+            "config": json.dumps(self.cfg.to_dict()),
+            "config_fingerprint": json.dumps(fingerprint_config(self.cfg)),
+            "data_fingerprint": self.data_fingerprint,
+            "format_version": 1,
+        }
+
+    def save_checkpoint(self, path: Path) -> Path:
+        return ckpt_io.save_atomic(self.checkpoint_dict(), path)
+
+    def load_checkpoint(self, path: Path, weights_only_state: bool = False) -> None:
+        """Restore a checkpoint; refuses other data or an incompatible config."""
+        ck = ckpt_io.load(path, self.device)
+        ckpt_io.check_compatible(ck, self.data_fingerprint, fingerprint_config(self.cfg))
+        self.model.load_state_dict(ck["model"])
+        if weights_only_state:
+            return
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scaler.load_state_dict(ck["scaler"])
+        torch.set_rng_state(ck["torch_rng"])
+        self.state = TrainState(**json.loads(ck["train_state"]))
