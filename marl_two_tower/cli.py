@@ -36,6 +36,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         val = getattr(args, flag)
         if val is not None:
             extra.append(f"{key}={val}")
+    extra += _component_overrides(args)
     cfg = _config(args, extra)
     _, doc = train_and_evaluate(cfg, resume=args.resume, progress=not args.quiet)
     _print_summary(doc)
@@ -44,20 +45,63 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# --no-X flags of scripts/run_training.sh -> config sections.
+_NO_FLAGS = {"no_context_gnn": "context_gnn", "no_marl": "marl",
+             "no_fair_sampling": "fair_sampler", "no_buhs": "buhs",
+             "no_gini_agent": "gini", "no_tail_loss": "tail_loss"}
+
+
+def _component_overrides(args: argparse.Namespace) -> list[str]:
+    """``--mode full`` switches every implemented component on, ``baseline`` all off;
+    ``--no-X`` then switches X off. Components not implemented yet are reported."""
+    from .trainer import COMPONENTS, IMPLEMENTED
+
+    out = []
+    if args.mode == "full":
+        for name in COMPONENTS:
+            if name in IMPLEMENTED:
+                out.append(f"{name}.enabled=true")
+            else:
+                print(f"note: component {name!r} is not implemented yet; --mode full runs "
+                      "without it", file=sys.stderr)
+    elif args.mode == "baseline":
+        out += [f"{name}.enabled=false" for name in COMPONENTS]
+    for flag, name in _NO_FLAGS.items():
+        if getattr(args, flag):
+            out.append(f"{name}.enabled=false")
+    return out
+
+
+# evaluate -m MODE -> (protocol, per-group fairness)
+_EVAL_MODES = {"comprehensive": ("both", True), "quick": ("full", False),
+               "fairness": ("full", True)}
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .pipeline import evaluate_model, load_trained
     from .results import build_results, write_results
 
+    if args.mode not in _EVAL_MODES:
+        raise NotImplementedError(f"evaluate mode {args.mode!r} is not implemented yet")
+    if args.statistical_test is not None:
+        raise NotImplementedError("--statistical-test is not implemented yet")
+    protocol, groups = _EVAL_MODES[args.mode]
     cfg = _config(args) if args.config else None
     model, stored, split = load_trained(args.checkpoint, cfg, device=args.device)
     cfg = cfg or stored
     score_fn = model.scorer()
-    metrics = {"test": evaluate_model(split, score_fn, cfg, "test", protocol=args.protocol)}
-    doc = build_results(cfg, split, metrics, extra={"checkpoint": str(args.checkpoint)})
+    metrics = {"test": evaluate_model(split, score_fn, cfg, "test", protocol=protocol,
+                                      groups=groups)}
+    doc = build_results(cfg, split, metrics, extra={"checkpoint": str(args.checkpoint),
+                                                    "mode": args.mode})
     out = Path(args.output) if args.output else Path(cfg.output_dir) / f"{cfg.name}-eval"
     write_results(out, doc)
+    if args.format == "json":
+        (out / "results.csv").unlink()
+    elif args.format == "csv":
+        (out / "results.json").unlink()
     _print_summary(doc)
-    print(f"results: {out}/results.json")
+    print(f"results: {out}/")
     return 0
 
 
@@ -102,13 +146,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="run name (results in <output_dir>/<name>/)")
     p.add_argument("--seed", type=int)
     p.add_argument("--resume", action="store_true", help="continue from <checkpoint_dir>/last.pt")
+    p.add_argument("--mode", choices=["config", "full", "baseline"], default="config",
+                   help="full = every component on, baseline = plain two-tower, "
+                        "config = as the config says (default)")
+    for flag in _NO_FLAGS:
+        p.add_argument("--" + flag.replace("_", "-"), action="store_true",
+                       help=f"switch {_NO_FLAGS[flag]} off")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on the test split")
     _add_config_args(p)
     p.add_argument("-p", "--checkpoint", required=True)
-    p.add_argument("--protocol", choices=["full", "sampled", "both"], default="both")
+    p.add_argument("-m", "--mode", default="comprehensive",
+                   choices=["comprehensive", "quick", "fairness", "agents", "inference"],
+                   help="comprehensive = both protocols + group fairness; quick = full "
+                        "ranking only; fairness = full ranking + per-group HR")
+    p.add_argument("-f", "--format", choices=["json", "csv", "both"], default="both")
+    p.add_argument("--statistical-test", metavar="BASELINE_CKPT",
+                   help="paired tests against a baseline checkpoint")
     p.add_argument("--device", default="auto")
     p.add_argument("-o", "--output", help="output folder for results.json/csv")
     p.set_defaults(func=cmd_evaluate)
@@ -141,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, FileNotFoundError, ValueError, NotImplementedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -97,8 +97,24 @@ class PositiveSampler:
 # ---------------------------------------------------------------------------
 
 
+# Config sections of the switchable components, in the order of the ablation study
+# (DESIGN §6). A component is listed in IMPLEMENTED once its module exists; enabling
+# one that is not implemented is an error, never silently ignored.
+COMPONENTS = ("context_gnn", "marl", "fair_sampler", "buhs", "gini", "tail_loss")
+IMPLEMENTED: set[str] = {"tail_loss"}
+
+
+def check_components(cfg: Config) -> None:
+    """Refuse a config that enables a component this version does not implement."""
+    for name in COMPONENTS:
+        if getattr(cfg, name).enabled and name not in IMPLEMENTED:
+            raise NotImplementedError(f"{name}.enabled=true but component {name!r} is not "
+                                      "implemented in this version")
+
+
 def build_model(cfg: Config, split: Split) -> TwoTower:
     """The two-tower model with every component the config switches on."""
+    check_components(cfg)
     return TwoTower(split, cfg.model)
 
 

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Train (or run the ablation study) with the flags of the original project.
+#   bash scripts/run_training.sh --config movielens.yaml --mode full --gpus 0 --epochs 100 --batch-size 256
+# Flags: --config FILE  --mode full|baseline|ablation  --gpus IDS  --epochs N
+#        --batch-size N  --lr X  --seed N  --name NAME  --resume  --mixed-precision [bf16|fp16]
+#        --ablation-study  --seeds N  --no-fair-sampling  --no-buhs  --no-gini-agent
+#        --no-marl  --no-context-gnn  --no-tail-loss  --set KEY=VALUE (repeatable)
+set -euo pipefail
+source "$(dirname "$0")/_common.sh"
+
+cmd=train
+args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --config|-c) args+=(--config "$2"); shift 2 ;;
+    --mode)
+      case "$2" in
+        ablation) cmd=ablate ;;
+        full|baseline) args+=(--mode "$2") ;;
+        *) echo "run_training.sh: --mode must be full, baseline or ablation (got '$2')" >&2; exit 2 ;;
+      esac
+      shift 2 ;;
+    --ablation-study) cmd=ablate; shift ;;
+    --gpus) read -r -a g <<<"$(gpus_to_args "$2")"; args+=("${g[@]}"); shift 2 ;;
+    --epochs) args+=(--epochs "$2"); shift 2 ;;
+    --batch-size) args+=(--batch-size "$2"); shift 2 ;;
+    --lr) args+=(--lr "$2"); shift 2 ;;
+    --seed) args+=(--seed "$2"); shift 2 ;;
+    --seeds) args+=(--seeds "$2"); shift 2 ;;
+    --name) args+=(--name "$2"); shift 2 ;;
+    --resume) args+=(--resume); shift ;;
+    --mixed-precision)
+      if [ $# -gt 1 ] && [[ "$2" =~ ^(bf16|fp16|none)$ ]]; then args+=(--mixed-precision "$2"); shift 2
+      else args+=(--mixed-precision bf16); shift; fi ;;
+    --no-fair-sampling|--no-buhs|--no-gini-agent|--no-marl|--no-context-gnn|--no-tail-loss)
+      args+=("$1"); shift ;;
+    --set) args+=(--set "$2"); shift 2 ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    *) echo "run_training.sh: unknown flag '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+if [ "$cmd" = ablate ]; then
+  # the study runs its own fixed variants: drop the per-run --mode
+  filtered=(); skip=0
+  for a in "${args[@]}"; do
+    if [ $skip = 1 ]; then skip=0; continue; fi
+    if [ "$a" = --mode ]; then skip=1; continue; fi
+    filtered+=("$a")
+  done
+  args=("${filtered[@]}")
+fi
+mtt_cli "$cmd" "${args[@]}"
