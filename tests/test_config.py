@@ -1,0 +1,60 @@
+"""Config validation: unknown keys and wrong types name the key; overrides parse."""
+
+from __future__ import annotations
+
+import pytest
+
+from marl_two_tower.config import ConfigError, config_from_dict, load_config, parse_override
+
+
+def test_defaults_and_nested_override():
+    cfg = load_config(None, ["train.lr=1e-3", "model.normalize=false", "eval.ks=[1,2]"])
+    assert cfg.train.lr == 0.001 and cfg.model.normalize is False and cfg.eval.ks == [1, 2]
+    assert cfg.train.epochs == 20
+
+
+def test_unknown_key_names_the_key():
+    with pytest.raises(ConfigError, match="unknown key 'train.lrr'"):
+        config_from_dict({"train": {"lrr": 1}})
+
+
+@pytest.mark.parametrize("key,value,msg", [
+    ("train.epochs", "ten", "train.epochs: expected int"),
+    ("train.lr", "fast", "train.lr: expected float"),
+    ("model.normalize", 1, "model.normalize: expected bool"),
+    ("data.tail_by", "users", "data.tail_by: expected one of"),
+    ("eval.ks", 10, "eval.ks: expected a list"),
+])
+def test_wrong_type_names_the_key(key, value, msg):
+    section, name = key.split(".")
+    with pytest.raises(ConfigError, match=msg):
+        config_from_dict({section: {name: value}})
+
+
+def test_int_accepted_for_float_but_not_bool_for_int():
+    assert config_from_dict({"train": {"lr": 1}}).train.lr == 1.0
+    with pytest.raises(ConfigError):
+        config_from_dict({"train": {"epochs": True}})
+
+
+def test_bare_name_resolves_in_configs_and_extends():
+    cfg = load_config("movielens.yaml")
+    assert cfg.data.source == "ml-1m" and cfg.model.dim == 64  # dim comes from base.yaml
+
+
+def test_yaml_errors_name_file_and_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  lr: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml:"):
+        load_config(bad)
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("train:\n  bogus: 1\n")
+    with pytest.raises(ConfigError, match="train.bogus"):
+        load_config(wrong)
+
+
+def test_parse_override():
+    assert parse_override("a.b=3") == {"a": {"b": 3}}
+    assert parse_override("x=hello") == {"x": "hello"}
+    with pytest.raises(ConfigError):
+        parse_override("novalue")
