@@ -211,7 +211,7 @@ class Trainer:
         if not torch.isfinite(total):
             self.skipped_steps += 1
             log.warning("non-finite loss at step %d (%s); step skipped", self.state.step,
-                        {k: float(v) for k, v in terms.items()})
+                        {k: float(v.detach()) for k, v in terms.items()})
             self.optimizer.zero_grad(set_to_none=True)
             return {"skipped": 1.0}
         self.optimizer.zero_grad(set_to_none=True)
