@@ -14,6 +14,7 @@ from . import checkpoint as ckpt_io
 from .config import Config, config_from_dict
 from .data import load_split
 from .data.split import Split
+from .eval_arrays import write_for_run
 from .results import build_results, write_results
 from .trainer import Trainer, build_model, resolve_device
 
@@ -43,6 +44,10 @@ def train_and_evaluate(cfg: Config, resume: bool = False, progress: bool = True,
              "skipped_steps": trainer.skipped_steps,
              "checkpoint": str(Path(cfg.checkpoint_dir) / "model_best.pt")}
     doc = build_results(cfg, split, metrics, state.history, extra)
+    # per-user arrays and top-K lists for significance tests and plots (reports never
+    # re-score); written before results.json, which marks a finished run
+    write_for_run(Path(cfg.output_dir) / cfg.name, split, score_fn, cfg.eval.ks,
+                  cfg.eval.batch_size)
     write_results(Path(cfg.output_dir) / cfg.name, doc)
     return trainer, doc
 
