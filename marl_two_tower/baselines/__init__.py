@@ -1,0 +1,48 @@
+"""Baseline recommenders measured by the same harness as the two-tower model.
+
+Every model implements :class:`Recommender` (``fit``, ``score``, ``recommend``,
+``save``/``load``); ``BASELINES`` maps the names used in configs and reports to the
+classes, and ``load_recommender`` restores any saved baseline from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .base import Recommender, loo_ndcg, read_checkpoint, topk_lowest_index_ties
+from .bpr import BPR, UnseenItemSampler
+from .ease import EASE, ease_weights, tune_ease
+from .itemknn import ItemKNN, cosine_topk
+from .mostpop import MostPop
+
+BASELINES: dict[str, type[Recommender]] = {
+    "mostpop": MostPop,
+    "itemknn": ItemKNN,
+    "bpr": BPR,
+    "ease": EASE,
+}
+
+
+def load_recommender(path: str | os.PathLike[str]) -> Recommender:
+    """Load any baseline checkpoint, dispatching on the model name stored in it."""
+    name = read_checkpoint(path)["model"]
+    if name not in BASELINES:
+        raise ValueError(f"{path}: unknown baseline {name!r} (known: {sorted(BASELINES)})")
+    return BASELINES[name].load(path)
+
+
+__all__ = [
+    "BASELINES",
+    "BPR",
+    "EASE",
+    "ItemKNN",
+    "MostPop",
+    "Recommender",
+    "UnseenItemSampler",
+    "cosine_topk",
+    "ease_weights",
+    "load_recommender",
+    "loo_ndcg",
+    "topk_lowest_index_ties",
+    "tune_ease",
+]
