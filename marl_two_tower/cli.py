@@ -186,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_metrics_subparser(sub)
+
+    from .serving.commands import add_subparsers as add_serving_subparsers
+
+    add_serving_subparsers(sub)
     return parser
 
 

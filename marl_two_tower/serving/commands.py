@@ -1,0 +1,84 @@
+"""``marl-two-tower export`` and ``marl-two-tower serve``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the CLI imports this module to build its parser: keep that light
+    from .recommender import Recommender
+
+log = logging.getLogger(__name__)
+
+
+def build_recommender(bundle: str | None = None, checkpoint: str | None = None,
+                      overrides: list[str] | None = None) -> Recommender:
+    """A :class:`Recommender` from a bundle folder or straight from a training
+    checkpoint; ``overrides`` (``key=value``) apply to the stored config, e.g.
+    ``serving.ivf_nprobe=32`` or, for a checkpoint, ``data.path=...``."""
+    from .export import bundle_from_model, config_with_overrides, load_bundle
+    from .recommender import Recommender
+
+    if (bundle is None) == (checkpoint is None):
+        raise ValueError("give exactly one of --bundle and --checkpoint")
+    if bundle is not None:
+        b = load_bundle(bundle)
+        b.cfg = config_with_overrides(b.cfg, overrides)
+    else:
+        from .export import load_checkpoint_for_serving
+
+        model, cfg, split = load_checkpoint_for_serving(checkpoint, overrides)
+        b = bundle_from_model(model, cfg, split, source=str(checkpoint))
+    return Recommender(b, b.cfg.serving)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.out, args.overrides, include_model=not args.no_model)
+    print(f"bundle: {out}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import faiss
+    import torch
+
+    from .service import create_app, run
+
+    # one request is a few small matrix products: extra threads only add contention
+    torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
+    rec = build_recommender(args.bundle, args.checkpoint, args.overrides)
+    cfg = rec.cfg
+    host = args.host or cfg.host
+    port = args.port if args.port is not None else cfg.port
+    log.info("serving %s (%d users, %d items, index %s) on http://%s:%d", rec.bundle.source,
+             rec.bundle.n_users, rec.bundle.n_items, rec.index.describe(), host, port)
+    run(create_app(rec, cfg), host=host, port=port, access_log=args.access_log)
+    return 0
+
+
+def add_subparsers(sub) -> None:
+    """Register ``export`` and ``serve`` on the CLI's subparser set."""
+    p = sub.add_parser("export", help="export a checkpoint to a serving bundle")
+    p.add_argument("-p", "--checkpoint", required=True, help="training checkpoint (model_best.pt)")
+    p.add_argument("-o", "--out", required=True, help="bundle folder to write")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a stored config key, e.g. data.path=... (repeatable)")
+    p.add_argument("--no-model", action="store_true",
+                   help="omit the model state (vectors only; no re-scoring hooks)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="HTTP recommendation API (FastAPI + uvicorn)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--bundle", help="serving bundle folder (from `export`)")
+    src.add_argument("--checkpoint", help="training checkpoint (the data must be loadable)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. serving.ivf_nprobe=32 (repeatable)")
+    p.add_argument("--host", default=None, help="bind address (default serving.host = 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default serving.port = 8000)")
+    p.add_argument("--threads", type=int, default=1, help="torch/FAISS threads (default 1)")
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.set_defaults(func=cmd_serve)

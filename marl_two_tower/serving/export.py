@@ -1,0 +1,343 @@
+"""Export a trained checkpoint to a self-contained serving bundle (DESIGN §8).
+
+A bundle is one folder holding ``bundle.pt`` (written atomically with
+``torch.save``; only tensors, strings, numbers, lists and dicts, so it loads with
+``torch.load(weights_only=True)``: no arbitrary pickle) and a human-readable
+``manifest.json``. It contains:
+
+* ``user_vectors`` z_u ``[n_users, D]`` and ``item_vectors`` y_i ``[n_items, D]``,
+  computed once by the model (``TwoTower.user_vectors`` / ``item_vectors``), so the
+  score of a known user is s(u, i) = <z_u, y_i> with no network at request time
+  (precomputation is exact because z_u depends only on u's train-time inputs);
+* ``blocks``: which coordinates of z/y belong to which score part (two-tower,
+  genre-agent boost, tail boost) for ``/explain``;
+* the original user/item ids (the API speaks original ids, never indices);
+* the split arrays (train interactions in time order, validation/test targets),
+  from which the seen-item sets and the per-group popularity of the cold-start
+  list are derived, and from which the model can be rebuilt;
+* item metadata (titles, genre multi-hot and names, release year), train
+  popularity and the tail mask, user demographics (codes and labels);
+* the config (JSON) and the data fingerprint; and, unless ``include_model`` is
+  False, the model ``state_dict`` (user-side towers, contexts and agents) for
+  components that must run per request (the ContextGNN re-scoring hook).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .. import checkpoint as ckpt_io
+from ..config import Config, _deep_merge, config_from_dict, parse_override
+from ..data.dataset import Dataset
+from ..data.split import Split
+
+log = logging.getLogger(__name__)
+
+BUNDLE_FILE = "bundle.pt"
+FORMAT = "marl-two-tower-serving-bundle"
+FORMAT_VERSION = 1
+
+
+# ---------------------------------------------------------------------------
+# Score blocks
+# ---------------------------------------------------------------------------
+
+
+def score_blocks(model: torch.nn.Module, n_genres: int) -> dict[str, tuple[int, int]]:
+    """Coordinate ranges of z_u / y_i per score part: ``{name: (start, end)}``.
+
+    The first ``model.cfg.dim`` coordinates are the two-tower part <e_u/T, e_i>.
+    Controller dimensions follow (DESIGN §3: z_u = [e_u; b_u; t_u],
+    y_i = [e_i; m_i; m_i * tail(i)]): a controller may name its own ranges through a
+    ``score_blocks()`` method returning ``{name: (start, end)}`` relative to its own
+    features; otherwise 2G extra dimensions are read as the genre boost (first G)
+    and the tail boost (next G), and any other width as one ``controller`` part.
+    """
+    d = int(model.cfg.dim)
+    blocks = {"two_tower": (0, d)}
+    ctrl = getattr(model, "controller", None)
+    if ctrl is None:
+        return blocks
+    width = int(ctrl.item_features().shape[1])
+    named = getattr(ctrl, "score_blocks", None)
+    if callable(named):
+        for name, (a, b) in named().items():
+            blocks[str(name)] = (d + int(a), d + int(b))
+    elif width == 2 * n_genres:
+        blocks["genre_boost"] = (d, d + n_genres)
+        blocks["tail_boost"] = (d + n_genres, d + 2 * n_genres)
+    elif width:
+        blocks["controller"] = (d, d + width)
+    return blocks
+
+
+# ---------------------------------------------------------------------------
+# Building the bundle dict
+# ---------------------------------------------------------------------------
+
+
+def _ids_to_obj(ids: np.ndarray) -> dict[str, Any]:
+    ids = np.asarray(ids)
+    if np.issubdtype(ids.dtype, np.integer):
+        return {"kind": "int", "values": torch.from_numpy(ids.astype(np.int64))}
+    return {"kind": "str", "values": [str(x) for x in ids]}
+
+
+def _ids_from_obj(obj: dict[str, Any]) -> np.ndarray:
+    if obj["kind"] == "int":
+        return obj["values"].numpy()
+    return np.asarray(obj["values"], dtype=object)
+
+
+@torch.no_grad()
+def compute_vectors(model: torch.nn.Module, n_users: int,
+                    batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z_u for every user, y_i for every item) in float32 on CPU, in eval mode."""
+    model.eval()
+    items = model.item_vectors().float().cpu()
+    dev = next(model.parameters()).device
+    parts = []
+    for s in range(0, n_users, batch_size):
+        u = torch.arange(s, min(s + batch_size, n_users), device=dev)
+        parts.append(model.user_vectors(u).float().cpu())
+    return torch.cat(parts) if parts else torch.zeros(0, items.shape[1]), items
+
+
+def bundle_dict(model: torch.nn.Module, cfg: Config, split: Split, include_model: bool = True,
+                source: str = "") -> dict[str, Any]:
+    """Everything the server needs, as a ``weights_only``-loadable dict."""
+    ds = split.dataset
+    users_vec, items_vec = compute_vectors(model, split.n_users, cfg.eval.batch_size)
+    obj: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "source": str(source),
+        "config": json.dumps(cfg.to_dict()),
+        "data_fingerprint": ds.fingerprint(),
+        "dataset_name": ds.name,
+        "user_vectors": users_vec.contiguous(),
+        "item_vectors": items_vec.contiguous(),
+        "blocks": {k: [a, b] for k, (a, b) in score_blocks(model, ds.n_genres).items()},
+        "user_ids": _ids_to_obj(ds.user_ids),
+        "item_ids": _ids_to_obj(ds.item_ids),
+        "train_users": torch.from_numpy(np.asarray(split.train_users, np.int64)),
+        "train_items": torch.from_numpy(np.asarray(split.train_items, np.int64)),
+        "val_items": torch.from_numpy(np.asarray(split.val_items, np.int64)),
+        "test_items": torch.from_numpy(np.asarray(split.test_items, np.int64)),
+        "tail_by": split.tail_by,
+        "tail_fraction": float(split.tail_fraction),
+        "item_pop": torch.from_numpy(np.asarray(split.item_pop, np.int64)),
+        "tail_mask": torch.from_numpy(np.asarray(split.tail_mask, bool)),
+        "item_titles": list(ds.item_titles) if ds.item_titles is not None else None,
+        "item_genres": torch.from_numpy(np.asarray(ds.item_genres, bool)),
+        "genre_names": list(ds.genre_names),
+        "item_year": torch.from_numpy(np.asarray(ds.item_year, np.int64)),
+        "user_features": {k: torch.from_numpy(np.asarray(v, np.int64))
+                          for k, v in ds.user_features.items()},
+        "user_feature_labels": {k: [str(x) for x in v] for k, v in ds.user_feature_labels.items()},
+        "model_state": model.state_dict() if include_model else None,
+    }
+    return obj
+
+
+def export_bundle(model: torch.nn.Module, cfg: Config, split: Split, out_dir: str | Path,
+                  include_model: bool = True, source: str = "") -> Path:
+    """Write ``<out_dir>/bundle.pt`` (atomic) and ``manifest.json``; returns the folder."""
+    out = Path(out_dir)
+    obj = bundle_dict(model, cfg, split, include_model, source)
+    ckpt_io.save_atomic(obj, out / BUNDLE_FILE)
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "source": obj["source"],
+        "dataset": obj["dataset_name"], "data_fingerprint": obj["data_fingerprint"],
+        "n_users": split.n_users, "n_items": split.n_items,
+        "dim": int(obj["item_vectors"].shape[1]), "blocks": obj["blocks"],
+        "includes_model": include_model, "config": cfg.to_dict(),
+    }
+    tmp = out / ".manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.replace(out / "manifest.json")
+    return out
+
+
+def config_with_overrides(stored: Config | dict[str, Any], overrides: list[str] | None) -> Config:
+    """``stored`` config with ``key=value`` overrides applied and validated."""
+    data = stored.to_dict() if isinstance(stored, Config) else dict(stored)
+    for o in overrides or []:
+        data = _deep_merge(data, parse_override(o))
+    return config_from_dict(data)
+
+
+def load_checkpoint_for_serving(path: str | Path, overrides: list[str] | None = None,
+                                device: str = "cpu"):
+    """(model, cfg, split) from a training checkpoint; ``overrides`` apply to the stored
+    config (e.g. ``data.path=...`` where the data live now, ``serving.port=...``)."""
+    from ..pipeline import load_trained
+
+    stored = config_from_dict(json.loads(ckpt_io.load(path)["config"]))
+    cfg = config_with_overrides(stored, overrides)
+    model, _, split = load_trained(path, cfg, device=device)
+    return model, cfg, split
+
+
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, overrides: list[str] | None = None,
+                      include_model: bool = True) -> Path:
+    """Load a training checkpoint and write its serving bundle to ``out_dir``."""
+    model, cfg, split = load_checkpoint_for_serving(checkpoint, overrides)
+    return export_bundle(model, cfg, split, out_dir, include_model, source=str(checkpoint))
+
+
+# ---------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Bundle:
+    """A loaded serving bundle (numpy views of the saved tensors)."""
+
+    cfg: Config
+    data_fingerprint: str
+    dataset_name: str
+    source: str
+    user_vectors: np.ndarray
+    item_vectors: np.ndarray
+    blocks: dict[str, tuple[int, int]]
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    train_users: np.ndarray
+    train_items: np.ndarray
+    val_items: np.ndarray
+    test_items: np.ndarray
+    tail_by: str
+    tail_fraction: float
+    item_pop: np.ndarray
+    tail_mask: np.ndarray
+    item_titles: list[str] | None
+    item_genres: np.ndarray
+    genre_names: list[str]
+    item_year: np.ndarray
+    user_features: dict[str, np.ndarray]
+    user_feature_labels: dict[str, list[str]]
+    model_state: dict[str, torch.Tensor] | None = None
+    model: torch.nn.Module | None = field(default=None, repr=False)
+
+    @property
+    def n_users(self) -> int:
+        return int(self.user_vectors.shape[0])
+
+    @property
+    def n_items(self) -> int:
+        return int(self.item_vectors.shape[0])
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any], model: torch.nn.Module | None = None) -> Bundle:
+        if obj.get("format") != FORMAT:
+            raise ValueError(f"not a serving bundle (format {obj.get('format')!r})")
+        if int(obj.get("format_version", -1)) > FORMAT_VERSION:
+            raise ValueError(f"bundle format {obj['format_version']} is newer than this "
+                             f"version supports ({FORMAT_VERSION})")
+        return cls(
+            cfg=config_from_dict(json.loads(obj["config"])),
+            data_fingerprint=obj["data_fingerprint"], dataset_name=obj["dataset_name"],
+            source=obj.get("source", ""),
+            user_vectors=obj["user_vectors"].float().numpy(),
+            item_vectors=obj["item_vectors"].float().numpy(),
+            blocks={k: (int(a), int(b)) for k, (a, b) in obj["blocks"].items()},
+            user_ids=_ids_from_obj(obj["user_ids"]), item_ids=_ids_from_obj(obj["item_ids"]),
+            train_users=obj["train_users"].numpy(), train_items=obj["train_items"].numpy(),
+            val_items=obj["val_items"].numpy(), test_items=obj["test_items"].numpy(),
+            tail_by=obj["tail_by"], tail_fraction=float(obj["tail_fraction"]),
+            item_pop=obj["item_pop"].numpy(), tail_mask=obj["tail_mask"].numpy(),
+            item_titles=obj["item_titles"], item_genres=obj["item_genres"].numpy(),
+            genre_names=list(obj["genre_names"]), item_year=obj["item_year"].numpy(),
+            user_features={k: v.numpy() for k, v in obj["user_features"].items()},
+            user_feature_labels={k: list(v) for k, v in obj["user_feature_labels"].items()},
+            model_state=obj.get("model_state"), model=model,
+        )
+
+    def train_matrix(self) -> sp.csr_matrix:
+        """Binary train user-item matrix (duplicates collapsed)."""
+        m = sp.csr_matrix((np.ones(len(self.train_users), np.float32),
+                           (self.train_users, self.train_items)), shape=(self.n_users, self.n_items))
+        m.sum_duplicates()
+        m.data[:] = 1.0
+        return m
+
+    def seen_matrix(self, which: str = "all") -> sp.csr_matrix:
+        """Items never served again per user: train (``which='train'``) or train plus
+        the validation and test targets (``'all'``: everything the user consumed)."""
+        m = self.train_matrix()
+        if which == "train":
+            return m
+        if which != "all":
+            raise ValueError(f"serving.seen must be 'all' or 'train', got {which!r}")
+        rows, cols = [], []
+        for t in (self.val_items, self.test_items):
+            u = np.flatnonzero(t >= 0)
+            rows.append(u)
+            cols.append(t[u])
+        extra = sp.csr_matrix((np.ones(sum(map(len, rows)), np.float32),
+                               (np.concatenate(rows), np.concatenate(cols))), shape=m.shape)
+        out = (m + extra).tocsr()
+        out.sum_duplicates()
+        out.data[:] = 1.0
+        out.sort_indices()
+        return out
+
+    def split(self) -> Split:
+        """Rebuild the train/val/test :class:`Split` the model was trained on (the
+        interactions in train-time order; timestamps are not stored)."""
+        n_users, n_items = self.n_users, self.n_items
+        tu, ti = self.train_users, self.train_items
+        vu, tsu = np.flatnonzero(self.val_items >= 0), np.flatnonzero(self.test_items >= 0)
+        users = np.concatenate([tu, vu, tsu])
+        items = np.concatenate([ti, self.val_items[vu], self.test_items[tsu]])
+        ds = Dataset(name=self.dataset_name, users=users, items=items,
+                     timestamps=np.full(len(users), np.nan), n_users=n_users, n_items=n_items,
+                     user_ids=self.user_ids, item_ids=self.item_ids, item_genres=self.item_genres,
+                     genre_names=self.genre_names, item_year=self.item_year.astype(np.int32),
+                     user_features=self.user_features, user_feature_labels=self.user_feature_labels,
+                     item_titles=self.item_titles)
+        indptr = np.zeros(n_users + 1, dtype=np.int64)
+        np.cumsum(np.bincount(tu, minlength=n_users), out=indptr[1:])
+        return Split(dataset=ds, train_users=tu, train_items=ti, train_indptr=indptr,
+                     train_matrix=self.train_matrix(), val_items=self.val_items,
+                     test_items=self.test_items, item_pop=self.item_pop, tail_mask=self.tail_mask,
+                     tail_by=self.tail_by, tail_fraction=self.tail_fraction)
+
+    def build_model(self) -> torch.nn.Module:
+        """The trained model rebuilt from the stored state (cached); needs ``model_state``."""
+        if self.model is None:
+            if self.model_state is None:
+                raise ValueError("this bundle was exported without the model state "
+                                 "(export without --no-model)")
+            from ..trainer import build_model
+
+            model = build_model(self.cfg, self.split())
+            model.load_state_dict(self.model_state)
+            self.model = model.eval()
+        return self.model
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Load ``<dir>/bundle.pt`` (or the file itself) with ``weights_only=True``."""
+    p = Path(path)
+    f = p / BUNDLE_FILE if p.is_dir() else p
+    if not f.exists():
+        raise FileNotFoundError(f"serving bundle not found: {f}")
+    obj = torch.load(f, map_location="cpu", weights_only=True)
+    return Bundle.from_dict(obj)
+
+
+def bundle_from_model(model: torch.nn.Module, cfg: Config, split: Split, source: str = "") -> Bundle:
+    """An in-memory bundle for a model already loaded (``serve --checkpoint``)."""
+    return Bundle.from_dict(bundle_dict(model, cfg, split, include_model=False, source=source),
+                            model=model.eval())

@@ -1,0 +1,212 @@
+"""FAISS maximum-inner-product index over item vectors, with seen-item filtering.
+
+The model scores s(u, i) = <z_u, y_i> (DESIGN §3: one dot product even with the
+genre controller), so top-K retrieval is maximum inner product search over the
+item vectors y_i:
+
+* ``flat``: exact search (``faiss.IndexFlatIP``), the default up to
+  ``serving.ann_threshold`` items;
+* ``ivf``: inverted file (``faiss.IndexIVFFlat``, inner-product metric) with
+  ``nlist`` k-means cells (default 4 sqrt(n)) of which ``nprobe`` are scanned;
+* ``hnsw``: a navigable small-world graph (``faiss.IndexHNSWFlat``, inner product).
+
+**Filtering.** Items to exclude (the user's seen items plus per-request
+exclusions) are removed by over-fetching: for a batch whose largest exclusion set
+has E items, the index is asked for K + E results; at most E of them are excluded,
+so K survive whenever the index returns K + E candidates (always for ``flat``).
+Rows for which an approximate index returns too few candidates fall back to exact
+search, so a list is never shorter than the number of rankable items allows.
+
+**Recall.** ``recall@K = |ANN top-K ∩ exact top-K| / K`` averaged over queries
+(:func:`recall_at_k`); :func:`synthetic_catalogue` makes the clustered 100k-item
+catalogue on which the defaults are checked (``benchmarks/serving_latency.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import faiss
+import numpy as np
+
+from ..config import ServingConfig
+
+IndexKind = Literal["flat", "ivf", "hnsw"]
+
+
+@dataclass
+class IndexSettings:
+    """What index to build and how to search it (see :class:`ServingConfig`)."""
+
+    kind: IndexKind = "flat"
+    nlist: int = 0  # IVF cells; 0 = round(4 sqrt(n))
+    nprobe: int = 64
+    hnsw_m: int = 32
+    ef_search: int = 128
+
+    @classmethod
+    def from_config(cls, cfg: ServingConfig, n_items: int) -> IndexSettings:
+        """``index: auto`` resolves to flat up to ``ann_threshold`` items, IVF above."""
+        kind = cfg.index
+        if kind == "auto":
+            kind = "flat" if n_items <= cfg.ann_threshold else "ivf"
+        return cls(kind=kind, nlist=cfg.ivf_nlist, nprobe=cfg.ivf_nprobe, hnsw_m=cfg.hnsw_m,
+                   ef_search=cfg.hnsw_ef_search)
+
+
+def default_nlist(n: int) -> int:
+    """4 sqrt(n) cells (the usual FAISS rule of thumb), at least 1 and at most n / 39
+    so that k-means has the 39 training points per centroid FAISS asks for."""
+    return max(1, min(int(round(4 * math.sqrt(n))), n // 39))
+
+
+class ItemIndex:
+    """Top-K inner-product search over fixed item vectors ``[n_items, D]``.
+
+    Attributes:
+        vectors: float32 C-contiguous item vectors (kept for exact fallbacks).
+        settings: the index kind and its search parameters.
+        index: the FAISS index (ids = item indices 0..n_items-1).
+    """
+
+    def __init__(self, vectors: np.ndarray, settings: IndexSettings | None = None) -> None:
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.vectors.ndim != 2 or len(self.vectors) == 0:
+            raise ValueError(f"item vectors must be a non-empty [n, D] array, got {self.vectors.shape}")
+        self.settings = settings or IndexSettings()
+        self.n_items, self.dim = self.vectors.shape
+        self.index = self._build()
+
+    def _build(self) -> faiss.Index:
+        s, n, d = self.settings, self.n_items, self.dim
+        if s.kind == "flat":
+            index = faiss.IndexFlatIP(d)
+        elif s.kind == "ivf":
+            nlist = s.nlist or default_nlist(n)
+            quantizer = faiss.IndexFlatIP(d)
+            index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+            # k-means seeded for reproducible cells (and so reproducible ANN lists)
+            index.cp.seed = 1234
+            index.train(self.vectors)
+            index.nprobe = min(s.nprobe, nlist)
+            # keep the quantizer alive as long as the index (SWIG does not own it)
+            self._quantizer = quantizer
+        elif s.kind == "hnsw":
+            index = faiss.IndexHNSWFlat(d, s.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efSearch = s.ef_search
+        else:
+            raise ValueError(f"unknown index kind {s.kind!r} (flat | ivf | hnsw)")
+        index.add(self.vectors)
+        return index
+
+    @property
+    def exact(self) -> bool:
+        return self.settings.kind == "flat"
+
+    def describe(self) -> dict[str, object]:
+        """Kind and parameters (for /health and the benchmark tables)."""
+        s = self.settings
+        out: dict[str, object] = {"kind": s.kind, "n_items": self.n_items, "dim": self.dim}
+        if s.kind == "ivf":
+            out |= {"nlist": int(self.index.nlist), "nprobe": int(self.index.nprobe)}
+        elif s.kind == "hnsw":
+            out |= {"M": s.hnsw_m, "ef_search": int(self.index.hnsw.efSearch)}
+        return out
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Raw top-``k`` (scores, ids) per query; missing results have id -1."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        k = max(1, min(int(k), self.n_items))
+        return self.index.search(q, k)
+
+    def exact_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-``k`` by brute force (the oracle for recall and the fallback)."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        k = max(1, min(int(k), self.n_items))
+        scores = q @ self.vectors.T
+        return _topk_rows(scores, k)
+
+    def search_filtered(self, queries: np.ndarray, k: int,
+                        exclude: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` per query with ``exclude[b]`` (item indices) removed.
+
+        Returns (scores ``[B, k]`` float32, ids ``[B, k]`` int64), best first; slots
+        beyond the number of rankable items hold id -1 and score -inf.
+        """
+        b = len(queries)
+        n_ex = np.array([len(e) for e in exclude], dtype=np.int64) if b else np.zeros(0, np.int64)
+        fetch = min(self.n_items, k + int(n_ex.max(initial=0)))
+        raw_s, raw_i = self.search(queries, fetch)
+        out_s = np.full((b, k), -np.inf, dtype=np.float32)
+        out_i = np.full((b, k), -1, dtype=np.int64)
+        for r in range(b):
+            ids, sc = raw_i[r], raw_s[r]
+            keep = ids >= 0
+            if n_ex[r]:
+                # a dense mask is faster than np.isin (no sort) for one row
+                banned = np.zeros(self.n_items, dtype=bool)
+                banned[exclude[r]] = True
+                keep &= ~banned[np.maximum(ids, 0)]
+            ids, sc = ids[keep][:k], sc[keep][:k]
+            if len(ids) < k and not self.exact:
+                # the approximate index may have run out of candidates: exact search
+                es, ei = self.exact_search(queries[r : r + 1], fetch)
+                keep = ~banned[ei[0]] if n_ex[r] else np.ones(len(ei[0]), dtype=bool)
+                ids, sc = ei[0][keep][:k], es[0][keep][:k]
+            out_i[r, : len(ids)] = ids
+            out_s[r, : len(ids)] = sc
+        return out_s, out_i
+
+
+def _topk_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise top-k of a dense score matrix, best first (ties by lower index)."""
+    n = scores.shape[1]
+    if k < n:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    else:
+        part = np.tile(np.arange(n), (len(scores), 1))
+    vals = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -vals), axis=1) if vals.size else np.zeros_like(part)
+    ids = np.take_along_axis(part, order, axis=1).astype(np.int64)
+    return np.take_along_axis(vals, order, axis=1).astype(np.float32), ids
+
+
+def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray, k: int) -> float:
+    """Mean over queries of |approx top-k ∩ exact top-k| / k (ids -1 never match)."""
+    a, e = approx_ids[:, :k], exact_ids[:, :k]
+    hits = [len(np.intersect1d(a[r][a[r] >= 0], e[r][e[r] >= 0])) for r in range(len(a))]
+    return float(np.mean(hits) / k) if len(hits) else float("nan")
+
+
+def measure_recall(index: ItemIndex, queries: np.ndarray, k: int = 10) -> float:
+    """recall@k of ``index.search`` against exact brute-force search on ``queries``."""
+    _, approx = index.search(queries, k)
+    _, exact = index.exact_search(queries, k)
+    return recall_at_k(approx, exact, k)
+
+
+def synthetic_catalogue(n_items: int = 100_000, dim: int = 64, n_queries: int = 1000,
+                        n_clusters: int = 200, noise: float = 0.7, scale: float = 10.0,
+                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A clustered catalogue shaped like trained two-tower embeddings.
+
+    Items: y_i = normalise(c_{k(i)} + noise * g_i / sqrt(dim)) with K Gaussian unit
+    centres c_k (cluster sizes Zipf-like, as genres/tastes are) and g_i ~ N(0, I).
+    Queries: z_u = scale * normalise(mixture of two random centres + noise), as a
+    user tower with a learned inverse temperature produces. Returns (items, queries)
+    as float32.
+    """
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_clusters, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    w = 1.0 / np.arange(1, n_clusters + 1) ** 0.8
+    assign = rng.choice(n_clusters, size=n_items, p=w / w.sum())
+    items = centres[assign] + noise * rng.normal(size=(n_items, dim)) / math.sqrt(dim)
+    items /= np.linalg.norm(items, axis=1, keepdims=True)
+    a, b = rng.integers(0, n_clusters, (2, n_queries))
+    mix = rng.random((n_queries, 1))
+    q = mix * centres[a] + (1 - mix) * centres[b] + noise * rng.normal(size=(n_queries, dim)) / math.sqrt(dim)
+    q = scale * q / np.linalg.norm(q, axis=1, keepdims=True)
+    return items.astype(np.float32), q.astype(np.float32)

@@ -1,0 +1,260 @@
+"""The serving core, independent of HTTP: top-K for known users, cold start, explain.
+
+**Known users** (DESIGN §3, §8). The list of user u is the top-K of
+s(u, i) = <z_u, y_i> over the catalogue minus u's seen items (``serving.seen``:
+everything u consumed, or train only) and any per-request exclusions, retrieved
+from the FAISS index (:mod:`.index`) with the precomputed z_u of the bundle.
+
+**Familiar-item re-scoring** (ContextGNN). When the model has a score adjuster
+(``TwoTower.score_adjuster``, whose ``overrides(users, model)`` returns each user's
+familiar items F(u) and the pair-wise logits that replace the dot product there),
+the list is retrieved in the two ANN-compatible stages of ``TwoTower.retrieve``:
+the index returns the top-(K + |F|max) non-excluded items by the dot product, F(u)
+(minus exclusions) is merged in with its logits, and the top K are served. Exact:
+a non-familiar item in the fused top-K has at most K - 1 + |F(u)| non-excluded
+items above it in dot-product order, so it is always among the candidates.
+
+**Cold start** (unknown user id). A documented non-personalised list with the
+fairness re-weighting: with smoothed train popularity
+p(i) = (pop(i) + 1) / (N + n_items) and, when the request gives demographics D
+(e.g. ``gender=F``), the shrunk group popularity
+p_D(i) = mean_{f in D} (c_f(i) + m p(i)) / (n_f + m) (c_f(i) = train interactions of
+users in group f with i, n_f their total, m = ``cold_start_prior``), the score is
+
+    c(i) = p_D(i) / p(i)^beta          (= p(i)^(1 - beta) without demographics)
+
+with beta = ``cold_start_beta``: beta = 0 ranks by (group) popularity, larger beta
+favours items over-represented in the group relative to their global popularity.
+A tail quota then reserves round(``cold_start_tail_quota`` * K) slots for the
+best-scored long-tail items (the rest go to the best head items; a side that runs
+short is filled from the other), and the K items are ordered by c(i).
+
+**Explain.** s(u, i) = sum over blocks b of <z_u[b], y_i[b]> (+ the familiar-item
+correction hook(u, i) - <z_u, y_i> when the hook re-scores i), so the parts
+``two_tower``, ``genre_boost``, ``tail_boost``, ``familiar`` sum to the served score.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from ..config import ServingConfig
+from .export import Bundle
+from .index import IndexSettings, ItemIndex
+
+OverridesFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""users ``[B]`` -> (familiar items ``[B, F]`` with -1 padding, their logits ``[B, F]``)."""
+
+
+class UnknownFeature(ValueError):
+    """A cold-start demographic name or label the bundle does not know."""
+
+
+@dataclass
+class RecList:
+    """One user's list: item indices and scores, best first."""
+
+    items: np.ndarray
+    scores: np.ndarray
+    cold_start: bool = False
+
+
+class ColdStart:
+    """Demographic/popularity cold-start lists with fairness re-weighting (see module doc)."""
+
+    def __init__(self, bundle: Bundle, cfg: ServingConfig) -> None:
+        self.cfg = cfg
+        n_items = bundle.n_items
+        pop = bundle.item_pop.astype(np.float64)
+        self.p = (pop + 1.0) / (pop.sum() + n_items)
+        self.tail = bundle.tail_mask.astype(bool)
+        self.labels = {f: [str(x) for x in labs] for f, labs in bundle.user_feature_labels.items()}
+        self._lower = {f: {x.lower(): c for c, x in enumerate(labs)} for f, labs in self.labels.items()}
+        # c_f(code, i): train interactions per (demographic code, item), one sparse matrix per feature
+        self.counts: dict[str, sp.csr_matrix] = {}
+        for f, codes in bundle.user_features.items():
+            codes = np.asarray(codes, np.int64)
+            n_codes = max(len(self.labels.get(f, [])), int(codes.max(initial=-1)) + 1)
+            c = codes[bundle.train_users]
+            ok = c >= 0
+            self.counts[f] = sp.csr_matrix((np.ones(int(ok.sum())), (c[ok], bundle.train_items[ok])),
+                                           shape=(n_codes, n_items))
+        self._cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
+
+    def parse(self, features: dict[str, Any] | None) -> tuple[tuple[str, int], ...]:
+        """Demographic labels -> sorted (feature, code) pairs; unknown ones raise."""
+        out = []
+        for name, label in (features or {}).items():
+            if name not in self.counts:
+                raise UnknownFeature(f"unknown demographic {name!r} (known: {sorted(self.counts)})")
+            code = self._lower[name].get(str(label).strip().lower())
+            if code is None:
+                raise UnknownFeature(f"unknown {name} {label!r} (known: {self.labels[name]})")
+            out.append((name, code))
+        return tuple(sorted(out))
+
+    def scores(self, groups: tuple[tuple[str, int], ...]) -> np.ndarray:
+        """c(i) for every item (cached per demographic combination)."""
+        if groups in self._cache:
+            self._cache.move_to_end(groups)
+            return self._cache[groups]
+        m, beta = self.cfg.cold_start_prior, self.cfg.cold_start_beta
+        if groups:
+            p_d = np.zeros_like(self.p)
+            for name, code in groups:
+                row = np.asarray(self.counts[name][code].todense()).ravel()
+                p_d += (row + m * self.p) / (row.sum() + m)
+            p_d /= len(groups)
+        else:
+            p_d = self.p
+        s = p_d / self.p**beta
+        self._cache[groups] = s
+        if len(self._cache) > 256:
+            self._cache.popitem(last=False)
+        return s
+
+    def recommend(self, k: int, groups: tuple[tuple[str, int], ...] = (),
+                  exclude: np.ndarray | None = None) -> RecList:
+        """Top-``k`` cold-start items with the tail quota."""
+        s = self.scores(groups)
+        valid = np.ones(len(s), dtype=bool)
+        if exclude is not None and len(exclude):
+            valid[exclude] = False
+        tail_ids = np.flatnonzero(valid & self.tail)
+        head_ids = np.flatnonzero(valid & ~self.tail)
+        k = min(k, len(tail_ids) + len(head_ids))
+        n_tail = min(int(round(self.cfg.cold_start_tail_quota * k)), len(tail_ids))
+        n_tail = max(n_tail, k - len(head_ids))  # head side short: fill with tail
+        chosen = np.concatenate([_best(tail_ids, s, n_tail), _best(head_ids, s, k - n_tail)])
+        order = np.lexsort((chosen, -s[chosen]))
+        items = chosen[order]
+        return RecList(items=items, scores=s[items].astype(np.float32), cold_start=True)
+
+
+def _best(ids: np.ndarray, s: np.ndarray, n: int) -> np.ndarray:
+    """The ``n`` ids with the highest s (ties by lower id)."""
+    if n <= 0:
+        return ids[:0]
+    order = np.lexsort((ids, -s[ids]))
+    return ids[order[:n]]
+
+
+class Recommender:
+    """Top-K service over a :class:`Bundle`: known users, cold start, explanations."""
+
+    def __init__(self, bundle: Bundle, cfg: ServingConfig | None = None) -> None:
+        self.bundle = bundle
+        self.cfg = cfg or bundle.cfg.serving
+        self.index = ItemIndex(bundle.item_vectors, IndexSettings.from_config(self.cfg, bundle.n_items))
+        self.user_vectors = np.ascontiguousarray(bundle.user_vectors, dtype=np.float32)
+        seen = bundle.seen_matrix(self.cfg.seen)
+        self.seen_indptr, self.seen_indices = seen.indptr.astype(np.int64), seen.indices.astype(np.int64)
+        # original id (as text) -> index; the API speaks original ids
+        self.user_pos = {str(x): i for i, x in enumerate(bundle.user_ids.tolist())}
+        self.item_pos = {str(x): i for i, x in enumerate(bundle.item_ids.tolist())}
+        self.item_ids = bundle.item_ids.tolist()
+        self.user_ids = bundle.user_ids.tolist()
+        self.cold = ColdStart(bundle, self.cfg)
+        self.overrides_fn, self.n_familiar = self._adjuster()
+
+    def _adjuster(self) -> tuple[OverridesFn | None, int]:
+        """The model's familiar-item score adjuster and |F|max, when it has one."""
+        b = self.bundle
+        model = b.model
+        if model is None and b.cfg.context_gnn.enabled and b.cfg.context_gnn.familiar:
+            if b.model_state is None:
+                raise ValueError("this model re-scores familiar items (context_gnn.familiar) but "
+                                 "the bundle has no model state: export it without --no-model")
+            model = b.build_model()
+        adj = getattr(model, "score_adjuster", None) if model is not None else None
+        if adj is None or not adj.max_items:
+            return None, 0
+
+        def overrides(users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            with torch.no_grad():
+                items, vals = adj.overrides(users, model)
+            return items.cpu(), vals.float().cpu()
+
+        return overrides, int(adj.max_items)
+
+    # --- id maps ----------------------------------------------------------
+    def user_index(self, user_id: Any) -> int | None:
+        return self.user_pos.get(str(user_id).strip())
+
+    def item_index(self, item_id: Any) -> int | None:
+        return self.item_pos.get(str(item_id).strip())
+
+    def seen(self, u: int) -> np.ndarray:
+        return self.seen_indices[self.seen_indptr[u] : self.seen_indptr[u + 1]]
+
+    # --- known users --------------------------------------------------------
+    def recommend(self, users: Sequence[int] | np.ndarray, k: int,
+                  exclude: Sequence[np.ndarray | None] | None = None) -> list[RecList]:
+        """Top-``k`` lists for known user indices, seen items and ``exclude[b]`` removed."""
+        users = np.asarray(users, dtype=np.int64)
+        excl = []
+        for b, u in enumerate(users):
+            extra = exclude[b] if exclude is not None else None
+            s = self.seen(u)
+            excl.append(s if extra is None or not len(extra) else np.concatenate([s, extra]))
+        z = self.user_vectors[users]
+        scores, ids = self.index.search_filtered(z, k + self.n_familiar, excl)
+        if self.overrides_fn is not None:
+            scores, ids = self._merge_familiar(users, scores, ids, excl)
+        out = []
+        for r in range(len(users)):
+            keep = ids[r, :k] >= 0
+            out.append(RecList(items=ids[r, :k][keep], scores=scores[r, :k][keep]))
+        return out
+
+    def _merge_familiar(self, users: np.ndarray, scores: np.ndarray, ids: np.ndarray,
+                        excl: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Stage 2 of the retrieval: F(u) with its logits merged into the candidates."""
+        fam_i, fam_s = (t.numpy() for t in self.overrides_fn(torch.as_tensor(users)))
+        width = ids.shape[1] + fam_i.shape[1]
+        out_i = np.full((len(users), width), -1, dtype=np.int64)
+        out_s = np.full((len(users), width), -np.inf, dtype=np.float32)
+        for r in range(len(users)):
+            f_ok = fam_i[r] >= 0
+            f_ok[f_ok] &= ~np.isin(fam_i[r][f_ok], excl[r])
+            f_items, f_vals = fam_i[r][f_ok], fam_s[r][f_ok]
+            c_ok = ids[r] >= 0
+            c_ok[c_ok] &= ~np.isin(ids[r][c_ok], f_items)  # familiar: the logit replaces the dot
+            items = np.concatenate([ids[r][c_ok], f_items])
+            vals = np.concatenate([scores[r][c_ok], f_vals])
+            order = np.lexsort((items, -vals))
+            out_i[r, : len(items)] = items[order]
+            out_s[r, : len(items)] = vals[order]
+        return out_s, out_i
+
+    # --- cold start -------------------------------------------------------
+    def cold_start(self, k: int, features: dict[str, Any] | None = None,
+                   exclude: np.ndarray | None = None) -> RecList:
+        """The cold-start list for an unknown user (raises :class:`UnknownFeature`)."""
+        return self.cold.recommend(k, self.cold.parse(features), exclude)
+
+    # --- explain ------------------------------------------------------------
+    @torch.no_grad()
+    def explain(self, u: int, i: int) -> dict[str, Any]:
+        """Exact decomposition of s(u, i) into the score blocks (+ familiar part)."""
+        z, y = self.user_vectors[u], self.index.vectors[i]
+        parts = {name: float(np.dot(z[a:b].astype(np.float64), y[a:b].astype(np.float64)))
+                 for name, (a, b) in self.bundle.blocks.items()}
+        parts.setdefault("genre_boost", 0.0)
+        parts.setdefault("tail_boost", 0.0)
+        dot = float(np.dot(z, y))
+        familiar = 0.0
+        if self.overrides_fn is not None:
+            fam_i, fam_s = self.overrides_fn(torch.tensor([u]))
+            hit = (fam_i[0] == i).nonzero()
+            if len(hit):
+                familiar = float(fam_s[0, hit[0, 0]]) - dot
+        parts["familiar"] = familiar
+        return {"score": dot + familiar, "parts": parts}

@@ -1,0 +1,238 @@
+"""HTTP API (FastAPI + uvicorn) over a :class:`Recommender` (DESIGN §8).
+
+Endpoints (OpenAPI docs at ``/docs``, schema at ``/openapi.json``):
+
+* ``GET /health``: status, catalogue size, index kind and parameters, bundle source.
+* ``GET /recommend?user_id=&k=[&exclude=ID...][&feature=name:label...]``: top-K
+  for one user. User and item ids are the dataset's **original** ids. An unknown
+  user gets the cold-start list (see :mod:`.recommender`; ``feature`` gives
+  demographics such as ``gender:F``) flagged ``"cold_start": true``.
+* ``POST /recommend``: ``{"k": 10, "users": [{"user_id": .., "exclude": [..],
+  "features": {..}}, ..]}``; more than ``serving.max_batch`` users -> 413, a body
+  over :data:`MAX_BODY_BYTES` -> 413.
+* ``GET /items/{item_id}``: title, genres, year, train popularity, tail flag.
+* ``GET /explain?user_id=&item_id=``: s(u, i) and its exact parts (two-tower,
+  genre-agent boost, tail boost, familiar-item correction), which sum to the score.
+
+Bad input never reaches the model: k outside [1, ``serving.max_k``], a non-integer
+k, malformed JSON, unknown demographics -> 422 with a reason; unknown items in
+/items and /explain -> 404; unknown users in /explain -> 404 (cold-start lists are
+not model scores). Exclusions naming unknown items are ignored (a client may know
+a newer catalogue).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, StrictInt, StrictStr
+
+from ..config import ServingConfig
+from .recommender import RecList, Recommender, UnknownFeature
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 4 * 1024 * 1024  # a full max_batch with long exclusion lists fits easily
+MAX_EXCLUDE = 10_000  # per-user exclusions in one request
+MAX_ID_LEN = 256
+
+# JSON ids: numbers or strings, never coerced from booleans or floats
+IdType = StrictInt | StrictStr
+
+
+class UserRequest(BaseModel):
+    """One user of a batch request."""
+
+    user_id: IdType = Field(description="original user id (unknown ids get the cold-start list)")
+    exclude: list[IdType] = Field(default_factory=list, max_length=MAX_EXCLUDE,
+                                  description="item ids never to return for this user")
+    features: dict[str, str] | None = Field(
+        default=None, description="demographics for the cold-start list, e.g. {'gender': 'F'}")
+
+
+class BatchRequest(BaseModel):
+    """``POST /recommend`` body."""
+
+    users: list[UserRequest] = Field(min_length=1, description="users to serve (at most max_batch)")
+    k: StrictInt = Field(default=10, ge=1, description="list length (at most max_k)")
+
+
+class ItemOut(BaseModel):
+    item_id: IdType
+    score: float
+    title: str | None = None
+    tail: bool
+
+
+class RecommendOut(BaseModel):
+    user_id: IdType
+    k: int
+    cold_start: bool = Field(description="true: unknown user, non-personalised cold-start list")
+    items: list[ItemOut]
+
+
+class BatchOut(BaseModel):
+    k: int
+    results: list[RecommendOut]
+
+
+class ExplainOut(BaseModel):
+    user_id: IdType
+    item_id: IdType
+    score: float = Field(description="s(u, i) as served; equals the sum of the parts")
+    parts: dict[str, float]
+    seen: bool = Field(description="the item is in the user's seen set (never served)")
+
+
+def _parse_features(raw: list[str]) -> dict[str, str]:
+    out = {}
+    for f in raw:
+        name, sep, label = f.partition(":")
+        if not sep or not name.strip() or not label.strip():
+            raise HTTPException(422, f"feature {f!r}: expected name:label, e.g. gender:F")
+        out[name.strip()] = label.strip()
+    return out
+
+
+def create_app(rec: Recommender, cfg: ServingConfig | None = None) -> FastAPI:
+    """The FastAPI application serving ``rec``."""
+    cfg = cfg or rec.cfg
+    b = rec.bundle
+    titles = b.item_titles
+    tail = b.tail_mask.astype(bool)
+    app = FastAPI(title="marl-two-tower recommender",
+                  description=__doc__.split("\n\n", 1)[1] if __doc__ else "", version="1")
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None:
+            try:
+                too_big = int(length) > MAX_BODY_BYTES
+            except ValueError:
+                return JSONResponse({"detail": "invalid Content-Length header"}, status_code=400)
+            if too_big:
+                return JSONResponse({"detail": f"request body of {length} bytes exceeds the "
+                                               f"limit of {MAX_BODY_BYTES}"}, status_code=413)
+        return await call_next(request)
+
+    def check_k(k: int) -> None:
+        if k > cfg.max_k:
+            raise HTTPException(422, f"k={k} exceeds the limit max_k={cfg.max_k}")
+
+    def items_out(lst: RecList) -> list[dict[str, Any]]:
+        return [{"item_id": rec.item_ids[i], "score": float(s),
+                 "title": titles[i] if titles is not None else None, "tail": bool(tail[i])}
+                for i, s in zip(lst.items.tolist(), lst.scores.tolist(), strict=True)]
+
+    def exclusions(ids: list[Any]) -> np.ndarray | None:
+        if not ids:
+            return None
+        idx = [rec.item_index(x) for x in ids]
+        return np.asarray([i for i in idx if i is not None], dtype=np.int64)
+
+    def serve(requests: list[tuple[Any, list[Any], dict[str, str] | None]], k: int) -> list[dict[str, Any]]:
+        """Known users in one batched search, unknown ones from the cold-start list."""
+        out: list[dict[str, Any] | None] = [None] * len(requests)
+        known, known_pos, known_ex = [], [], []
+        for pos, (uid, excl, feats) in enumerate(requests):
+            u = rec.user_index(uid)
+            ex = exclusions(excl)
+            if u is None:
+                try:
+                    lst = rec.cold_start(k, feats, ex)
+                except UnknownFeature as e:
+                    raise HTTPException(422, str(e)) from e
+                out[pos] = {"user_id": uid, "k": k, "cold_start": True, "items": items_out(lst)}
+            else:
+                known.append(u)
+                known_pos.append(pos)
+                known_ex.append(ex)
+        if known:
+            for pos, u, lst in zip(known_pos, known, rec.recommend(known, k, known_ex), strict=True):
+                out[pos] = {"user_id": rec.user_ids[u], "k": k, "cold_start": False,
+                            "items": items_out(lst)}
+        return out  # type: ignore[return-value]
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """Liveness and what is being served."""
+        return {"status": "ok", "dataset": b.dataset_name, "data_fingerprint": b.data_fingerprint,
+                "source": b.source, "n_users": b.n_users, "n_items": b.n_items,
+                "index": rec.index.describe(), "seen": cfg.seen,
+                "familiar_rescoring": rec.overrides_fn is not None,
+                "limits": {"max_k": cfg.max_k, "max_batch": cfg.max_batch,
+                           "max_body_bytes": MAX_BODY_BYTES},
+                "cold_start": {"beta": cfg.cold_start_beta, "tail_quota": cfg.cold_start_tail_quota,
+                               "prior": cfg.cold_start_prior,
+                               "features": {f: rec.cold.labels.get(f, []) for f in rec.cold.counts}}}
+
+    @app.get("/recommend", response_model=RecommendOut)
+    async def recommend(
+        user_id: Annotated[str, Query(min_length=1, max_length=MAX_ID_LEN,
+                                      description="original user id")],
+        k: Annotated[int, Query(ge=1, description="list length, 1..max_k")] = 10,
+        exclude: Annotated[list[str] | None, Query(max_length=MAX_EXCLUDE,
+                                                   description="item ids to exclude (repeatable)")] = None,
+        feature: Annotated[list[str] | None, Query(
+            max_length=16, description="cold-start demographics name:label (repeatable)")] = None,
+    ) -> dict[str, Any]:
+        """Top-k items for one user (cold-start list for an unknown user)."""
+        check_k(k)
+        return serve([(user_id, exclude or [], _parse_features(feature or []))], k)[0]
+
+    @app.post("/recommend", response_model=BatchOut)
+    async def recommend_batch(body: BatchRequest) -> dict[str, Any]:
+        """Top-k items for a batch of users, with optional per-user exclusions."""
+        check_k(body.k)
+        if len(body.users) > cfg.max_batch:
+            raise HTTPException(413, f"batch of {len(body.users)} users exceeds the limit "
+                                     f"max_batch={cfg.max_batch}")
+        for r in body.users:
+            if len(str(r.user_id)) > MAX_ID_LEN:
+                raise HTTPException(422, f"user_id longer than {MAX_ID_LEN} characters")
+        reqs = [(r.user_id, r.exclude, r.features) for r in body.users]
+        return {"k": body.k, "results": serve(reqs, body.k)}
+
+    @app.get("/items/{item_id}")
+    async def item(item_id: str) -> dict[str, Any]:
+        """Catalogue entry of an item (original id)."""
+        i = rec.item_index(item_id)
+        if i is None:
+            raise HTTPException(404, f"unknown item {item_id!r}")
+        return {"item_id": rec.item_ids[i], "title": titles[i] if titles is not None else None,
+                "genres": [g for g, on in zip(b.genre_names, b.item_genres[i], strict=True) if on],
+                "year": int(b.item_year[i]) or None, "popularity": int(b.item_pop[i]),
+                "tail": bool(tail[i])}
+
+    @app.get("/explain", response_model=ExplainOut)
+    async def explain(
+        user_id: Annotated[str, Query(min_length=1, max_length=MAX_ID_LEN)],
+        item_id: Annotated[str, Query(min_length=1, max_length=MAX_ID_LEN)],
+    ) -> dict[str, Any]:
+        """The exact decomposition of s(user, item) into its parts."""
+        u = rec.user_index(user_id)
+        if u is None:
+            raise HTTPException(404, f"unknown user {user_id!r}: unknown users get the cold-start "
+                                     "list, which has no model score to explain")
+        i = rec.item_index(item_id)
+        if i is None:
+            raise HTTPException(404, f"unknown item {item_id!r}")
+        ex = rec.explain(u, i)
+        seen = bool(np.any(rec.seen(u) == i))
+        return {"user_id": rec.user_ids[u], "item_id": rec.item_ids[i], **ex, "seen": seen}
+
+    return app
+
+
+def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, access_log: bool = False) -> None:
+    """Serve ``app`` with uvicorn (loopback by default; a wider bind is logged)."""
+    import uvicorn
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("binding to %s: the API is reachable from other machines", host)
+    uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info")
