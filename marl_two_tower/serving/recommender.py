@@ -168,7 +168,7 @@ class Recommender:
         """The model's familiar-item score adjuster and |F|max, when it has one."""
         b = self.bundle
         model = b.model
-        if model is None and b.cfg.context_gnn.enabled and b.cfg.context_gnn.familiar:
+        if model is None and b.cfg.context_gnn.enabled and getattr(b.cfg.context_gnn, "familiar", True):
             if b.model_state is None:
                 raise ValueError("this model re-scores familiar items (context_gnn.familiar) but "
                                  "the bundle has no model state: export it without --no-model")
