@@ -101,7 +101,7 @@ class PositiveSampler:
 # (DESIGN §6). A component is listed in IMPLEMENTED once its module exists; enabling
 # one that is not implemented is an error, never silently ignored.
 COMPONENTS = ("context_gnn", "marl", "fair_sampler", "buhs", "gini", "tail_loss")
-IMPLEMENTED: set[str] = {"tail_loss"}
+IMPLEMENTED: set[str] = {"tail_loss", "fair_sampler", "buhs", "gini"}
 
 
 def check_components(cfg: Config) -> None:
@@ -115,11 +115,21 @@ def check_components(cfg: Config) -> None:
 def build_model(cfg: Config, split: Split) -> TwoTower:
     """The two-tower model with every component the config switches on."""
     check_components(cfg)
-    return TwoTower(split, cfg.model)
+    model = TwoTower(split, cfg.model)
+    if cfg.buhs.enabled:
+        from .buhs import build_buhs
+
+        model.add_user_context("buhs", build_buhs(split, cfg.buhs, model))
+    return model
 
 
 def build_sampler(cfg: Config, split: Split) -> PositiveSampler:
-    """The positive sampler the config asks for."""
+    """The positive sampler the config asks for (uniform, or the Fair Sampler)."""
+    if cfg.fair_sampler.enabled:
+        from .fair_sampler import FairSampler
+
+        fs = cfg.fair_sampler
+        return FairSampler(split, cfg.train.batch_size, cfg.seed, fs.beta, fs.max_per_batch)
     return PositiveSampler(split, cfg.train.batch_size, cfg.seed)
 
 
@@ -167,6 +177,12 @@ class Trainer:
         self.data_fingerprint = split.dataset.fingerprint()
         self.callbacks: list[Callable[[Trainer], None]] = []
         self.skipped_steps = 0
+        self.gini_agent = None  # GINI agent: dual-ascent weight of L_GINI (gini.enabled)
+        if cfg.gini.enabled:
+            from .gini import GiniAgent
+
+            self.gini_agent = GiniAgent(cfg.gini, split.n_items).to(self.device)
+        self._gini_batch = math.nan  # G of the last batch, for the dual update after the step
 
     def _amp_dtype(self, mode: str) -> torch.dtype | None:
         if mode == "none":
@@ -197,6 +213,11 @@ class Trainer:
         if cfg.tail_loss.enabled:
             out["tail"] = cfg.loss.l_tail * rec_loss(logits, cfg.loss.rec,
                                                      weight=self.tail[pos].float())
+        if self.gini_agent is not None:
+            cand = self.gini_agent.candidates(self.device)
+            g = self.gini_agent.loss(z, m.item_vectors(cand))
+            self._gini_batch = float(g.detach())
+            out["gini"] = cfg.loss.l_fair * self.gini_agent.lam * g
         return out
 
     def train_step(self, idx: np.ndarray, rng: np.random.Generator) -> dict[str, float]:
@@ -221,7 +242,12 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.state.step += 1
-        return {k: float(v.detach()) for k, v in terms.items()} | {"total": float(total.detach())}
+        out = {k: float(v.detach()) for k, v in terms.items()} | {"total": float(total.detach())}
+        if self.gini_agent is not None:
+            lam = self.gini_agent.update(self._gini_batch, self.state.step)
+            log.debug("step %d gini %.4f lambda %.4f", self.state.step, self._gini_batch, lam)
+            out |= {"gini_value": self._gini_batch, "gini_lambda": lam}
+        return out
 
     # --- epochs -----------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, float]:
@@ -264,6 +290,12 @@ class Trainer:
             losses = self.train_epoch(epoch)
             record: dict[str, Any] = {"epoch": epoch + 1, "time_s": time.perf_counter() - t0,
                                       **{f"loss/{k}": v for k, v in losses.items()}}
+            if hasattr(self.sampler, "last_epoch_gini"):
+                record["sampler/gini"] = self.sampler.last_epoch_gini
+            if self.gini_agent is not None:
+                record |= {"gini/value": record.pop("loss/gini_value", math.nan),
+                           "gini/lambda": self.gini_agent.lambda_fair}
+                record.pop("loss/gini_lambda", None)
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                 val = self.validate()
                 record |= {f"val/{k}": v for k, v in val.items()}
@@ -299,6 +331,7 @@ class Trainer:
             "config_fingerprint": json.dumps(fingerprint_config(self.cfg)),
             "data_fingerprint": self.data_fingerprint,
             "format_version": 1,
+            **({"gini_agent": self.gini_agent.state_dict()} if self.gini_agent is not None else {}),
         }
 
     def save_checkpoint(self, path: Path) -> Path:
@@ -314,4 +347,6 @@ class Trainer:
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scaler.load_state_dict(ck["scaler"])
         torch.set_rng_state(ck["torch_rng"])
+        if self.gini_agent is not None and "gini_agent" in ck:
+            self.gini_agent.load_state_dict(ck["gini_agent"])
         self.state = TrainState(**json.loads(ck["train_state"]))

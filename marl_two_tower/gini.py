@@ -1,0 +1,103 @@
+"""GINI agent: differentiable exposure Gini and its dual-ascent weight (DESIGN §3, §4).
+
+**Soft exposure.** For a batch of users U and a candidate set C (all items, or
+``n_candidates`` items drawn uniformly without replacement on large catalogues),
+
+    x_j = sum_{u in U} softmax_{j' in C}(s(u, j') / tau)_j,    j in C,
+
+the expected number of times item j would be the user's pick if each user picked
+one item from a softmax policy: a smooth stand-in for top-K exposure.
+
+**Differentiable Gini.** With x sorted ascending, x_(1) <= ... <= x_(n),
+
+    G(x) = sum_{k=1..n} (2k - n - 1) x_(k) / (n sum_k x_k).
+
+Sorting is a permutation, so G is piecewise smooth in x and the gradient flows
+through the sorted values (to each x_j, through its rank's weight):
+
+    dG/dx_(k) = ((2k - n - 1) / n - G) / sum x,
+
+negative for the least-exposed items: a descent step moves exposure towards them.
+
+**Dual ascent.** L_GINI = G enters the objective with weight l_fair * lambda, and after
+each step lambda is adapted towards a target Gini g*:
+
+    lambda <- max(0, lambda + lr_dual * (G_batch - g*)),
+
+so lambda grows while the batch is more unequal than the target and decays to 0
+once it is below (the Lagrangian of "minimise L_rec subject to G <= g*").
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import GiniConfig
+
+
+def gini(x: torch.Tensor) -> torch.Tensor:
+    """G(x) = sum_k (2k - n - 1) x_(k) / (n sum x), x sorted ascending; 0 when sum x = 0.
+
+    Differentiable (through the sorted values); ``x`` non-negative, 1-D.
+    """
+    n = x.numel()
+    if n == 0:
+        return x.sum()
+    xs = torch.sort(x.reshape(-1)).values
+    k = torch.arange(1, n + 1, device=x.device, dtype=xs.dtype)
+    total = xs.sum()
+    g = ((2 * k - n - 1) * xs).sum() / (n * total.clamp(min=torch.finfo(xs.dtype).tiny))
+    return torch.where(total > 0, g, torch.zeros_like(g))
+
+
+def soft_exposure(scores: torch.Tensor, tau: float) -> torch.Tensor:
+    """x_j = sum_u softmax(s(u, .) / tau)_j over the columns of ``scores [U, n]``."""
+    return torch.softmax(scores.float() / tau, dim=1).sum(0)
+
+
+class GiniAgent(nn.Module):
+    """The dual-ascent controller of lambda_fair and the L_GINI term.
+
+    ``lam`` is a buffer (state, not a parameter), so it is saved and resumed with the
+    trainer's checkpoint; ``log`` keeps (step, G_batch, lambda) of every update.
+    """
+
+    def __init__(self, cfg: GiniConfig, n_items: int) -> None:
+        super().__init__()
+        if cfg.tau <= 0:
+            raise ValueError(f"gini.tau must be > 0, got {cfg.tau}")
+        if cfg.n_candidates < 0:
+            raise ValueError(f"gini.n_candidates must be >= 0, got {cfg.n_candidates}")
+        self.tau, self.target, self.lr_dual = float(cfg.tau), float(cfg.target), float(cfg.lr_dual)
+        self.n_items = int(n_items)
+        self.n_candidates = int(cfg.n_candidates)
+        self.register_buffer("lam", torch.tensor(float(cfg.init_lambda)))
+        self.log: list[tuple[int, float, float]] = []
+
+    @property
+    def lambda_fair(self) -> float:
+        return float(self.lam)
+
+    def candidates(self, device: torch.device, generator: torch.Generator | None = None
+                   ) -> torch.Tensor | None:
+        """None (all items) or ``n_candidates`` items drawn uniformly without replacement."""
+        if self.n_candidates == 0 or self.n_candidates >= self.n_items:
+            return None
+        perm = torch.randperm(self.n_items, device=device, generator=generator)
+        return perm[: self.n_candidates]
+
+    def loss(self, user_vecs: torch.Tensor, item_vecs: torch.Tensor) -> torch.Tensor:
+        """G(soft exposure) of the batch: ``user_vecs [U, k]``, ``item_vecs [n, k]`` (the
+        candidates' vectors), scores s = user_vecs @ item_vecs^T."""
+        return gini(soft_exposure(user_vecs @ item_vecs.T, self.tau))
+
+    @torch.no_grad()
+    def update(self, g_batch: float, step: int = -1) -> float:
+        """lambda <- max(0, lambda + lr_dual (G_batch - target)); returns the new lambda."""
+        if math.isfinite(g_batch):
+            self.lam.add_(self.lr_dual * (g_batch - self.target)).clamp_(min=0.0)
+        self.log.append((int(step), float(g_batch), float(self.lam)))
+        return float(self.lam)
