@@ -138,6 +138,13 @@ class MARLConfig:
     delta: float = 1.0  # TailHR@K weight
     eta: float = 0.2  # Redundancy weight
     jaccard_weight: float = 0.1  # penalty on mean pairwise Jaccard of per-agent lists
+    jaccard_max_genres: int = 4  # per-agent lists for the user's this-many most frequent genres
+    credit: Literal["difference", "shared"] = "difference"  # batch terms: per-user marginal or shared
+    hidden: int = 64  # actor and critic hidden width
+    init_log_std: float = -0.5  # initial log-std of the pre-squash Gaussian policy
+    per_agent_critic: bool = True  # per-agent value heads V_g on per-agent rewards (else V only)
+    tail_feature: Literal["binary", "smooth"] = "binary"  # tail(i): tail_mask or inverse popularity
+    steer_supervised: bool = False  # False: L_rec sees the base score (towers never cancel boosts)
 
 
 @dataclass

@@ -101,7 +101,7 @@ class PositiveSampler:
 # (DESIGN §6). A component is listed in IMPLEMENTED once its module exists; enabling
 # one that is not implemented is an error, never silently ignored.
 COMPONENTS = ("context_gnn", "marl", "fair_sampler", "buhs", "gini", "tail_loss")
-IMPLEMENTED: set[str] = {"tail_loss", "fair_sampler", "buhs", "gini"}
+IMPLEMENTED: set[str] = {"tail_loss", "fair_sampler", "buhs", "gini", "marl"}
 
 
 def check_components(cfg: Config) -> None:
@@ -120,6 +120,10 @@ def build_model(cfg: Config, split: Split) -> TwoTower:
         from .buhs import build_buhs
 
         model.add_user_context("buhs", build_buhs(split, cfg.buhs, model))
+    if cfg.marl.enabled:
+        from .genre_agents import build_genre_agents
+
+        model.set_controller(build_genre_agents(cfg, split, model))
     return model
 
 
@@ -166,7 +170,9 @@ class Trainer:
         self.device = resolve_device(cfg.train.device)
         self.model = (model or build_model(cfg, split)).to(self.device)
         self.sampler = build_sampler(cfg, split)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr,
+        # the genre agents (controller) have their own optimiser in self.marl
+        sup_params = [p for n, p in self.model.named_parameters() if not n.startswith("controller.")]
+        self.optimizer = torch.optim.Adam(sup_params, lr=cfg.train.lr,
                                           weight_decay=cfg.train.weight_decay)
         self.amp_dtype = self._amp_dtype(cfg.train.mixed_precision)
         self.scaler = torch.amp.GradScaler(self.device.type,
@@ -183,6 +189,11 @@ class Trainer:
 
             self.gini_agent = GiniAgent(cfg.gini, split.n_items).to(self.device)
         self._gini_batch = math.nan  # G of the last batch, for the dual update after the step
+        self.marl = None  # genre agents' RL steps (marl.enabled), see genre_agents.MARLTrainer
+        if cfg.marl.enabled:
+            from .genre_agents import MARLTrainer
+
+            self.marl = MARLTrainer(cfg, split, self.model, self.device)
 
     def _amp_dtype(self, mode: str) -> torch.dtype | None:
         if mode == "none":
@@ -253,6 +264,7 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One pass of the positive sampler; returns mean loss terms."""
         rng = epoch_rng(self.cfg.seed, epoch, 2)
+        rl_rng = epoch_rng(self.cfg.seed, epoch, 3)
         sums: dict[str, float] = {}
         n = 0
         limit = self.cfg.train.max_steps_per_epoch or len(self.sampler)
@@ -262,7 +274,11 @@ class Trainer:
         for i, idx in enumerate(bar):
             if i >= limit:
                 break
+            if self.marl is not None:  # reward targets are never supervised positives
+                idx = self.marl.filter_positives(idx)
             terms = self.train_step(idx, rng)
+            if self.marl is not None and (i + 1) % self.cfg.marl.rl_every == 0:
+                self.marl.step(rl_rng)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
             n += 1
@@ -296,6 +312,8 @@ class Trainer:
                 record |= {"gini/value": record.pop("loss/gini_value", math.nan),
                            "gini/lambda": self.gini_agent.lambda_fair}
                 record.pop("loss/gini_lambda", None)
+            if self.marl is not None:
+                record |= self.marl.epoch_summary(getattr(self, "writer", None), epoch + 1)
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                 val = self.validate()
                 record |= {f"val/{k}": v for k, v in val.items()}
@@ -332,6 +350,7 @@ class Trainer:
             "data_fingerprint": self.data_fingerprint,
             "format_version": 1,
             **({"gini_agent": self.gini_agent.state_dict()} if self.gini_agent is not None else {}),
+            **({"marl": self.marl.state_dict()} if self.marl is not None else {}),
         }
 
     def save_checkpoint(self, path: Path) -> Path:
@@ -349,4 +368,6 @@ class Trainer:
         torch.set_rng_state(ck["torch_rng"])
         if self.gini_agent is not None and "gini_agent" in ck:
             self.gini_agent.load_state_dict(ck["gini_agent"])
+        if self.marl is not None and "marl" in ck:
+            self.marl.load_state_dict(ck["marl"])
         self.state = TrainState(**json.loads(ck["train_state"]))

@@ -1,0 +1,77 @@
+"""A toy recommender environment whose optimal genre-agent action is known.
+
+G genres with ``per_genre`` single-genre items each. Every user's history is random,
+but its most recent train interaction (the reward target) is always an item of the
+planted genre 0, and the base scores are small noise. With reward = HR@K only, the
+best action is to boost genre 0 (b_{u,0} = +scale) so that all of its unseen items
+fill the top-K list; the zero action leaves the target at a random rank.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from marl_two_tower.config import MARLConfig
+from marl_two_tower.data.dataset import Dataset
+from marl_two_tower.data.split import Split, leave_one_out
+from marl_two_tower.marl_env import BaseScores, RecEnvCore
+
+PLANTED = 0
+
+
+def toy_split(n_users: int = 48, n_genres: int = 4, per_genre: int = 5, hist: int = 6,
+              seed: int = 0) -> Split:
+    """Histories of ``hist`` random items, then a genre-0 item, then val and test items."""
+    rng = np.random.default_rng(seed)
+    n_items = n_genres * per_genre
+    genre_of = np.repeat(np.arange(n_genres), per_genre)
+    users, items = [], []
+    for u in range(n_users):
+        other = np.flatnonzero(genre_of != PLANTED)
+        seq = list(rng.choice(other, size=hist, replace=False))
+        seq.append(int(rng.choice(np.flatnonzero(genre_of == PLANTED))))  # reward target
+        rest = np.setdiff1d(np.arange(n_items), seq)
+        seq += list(rng.choice(rest, size=2, replace=False))  # validation, test
+        users += [u] * len(seq)
+        items += seq
+    users_a, items_a = np.asarray(users), np.asarray(items)
+    ts = np.arange(len(users_a), dtype=np.float64)
+    genres = np.zeros((n_items, n_genres), dtype=bool)
+    genres[np.arange(n_items), genre_of] = True
+    ds = Dataset(name="toy-marl", users=users_a, items=items_a, timestamps=ts, n_users=n_users,
+                 n_items=n_items, user_ids=np.arange(n_users), item_ids=np.arange(n_items),
+                 item_genres=genres, genre_names=[f"g{g}" for g in range(n_genres)],
+                 item_year=np.zeros(n_items, dtype=np.int32))
+    return leave_one_out(ds, tail_fraction=0.2)
+
+
+class NoiseScorer:
+    """Fixed random user/item embeddings, base score = noise_scale * <e_u, e_i>."""
+
+    def __init__(self, split: Split, dim: int = 8, noise_scale: float = 0.3, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.e_u = torch.nn.functional.normalize(torch.randn(split.n_users, dim, generator=g), dim=1)
+        self.e_i = torch.nn.functional.normalize(torch.randn(split.n_items, dim, generator=g), dim=1)
+        self.noise_scale = noise_scale
+        self.calls: list[torch.Tensor] = []  # the `exclude` items of every call
+
+    def __call__(self, users: torch.Tensor, exclude: torch.Tensor) -> BaseScores:
+        self.calls.append(exclude.clone())
+        e = self.e_u[users]
+        return BaseScores(e_u=e, scores=self.noise_scale * e @ self.e_i.T, item_emb=self.e_i)
+
+
+def hr_only_config(**over) -> MARLConfig:
+    """Reward = HR@K only (the planted optimum is then exactly 'boost genre 0')."""
+    cfg = MARLConfig(enabled=True, alpha=1.0, beta=0.0, gamma=0.0, delta=0.0, eta=0.0,
+                     jaccard_weight=0.0, k=5, action_scale=1.0, lr=3e-3, rl_batch_users=48,
+                     hidden=32, entropy_coef=0.0)
+    for k, v in over.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def toy_core(split: Split, cfg: MARLConfig, **scorer_kw) -> tuple[RecEnvCore, NoiseScorer]:
+    scorer = NoiseScorer(split, **scorer_kw)
+    return RecEnvCore(split, cfg, scorer), scorer
