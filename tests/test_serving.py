@@ -294,11 +294,27 @@ def test_ivf_short_candidate_lists_fall_back_to_exact():
     items = rng.normal(size=(2000, 8)).astype(np.float32)
     idx = ItemIndex(items, IndexSettings(kind="ivf", nlist=50, nprobe=1))
     q = rng.normal(size=(3, 8)).astype(np.float32)
-    _, ids = idx.search_filtered(q, 500, [np.arange(10)] * 3)  # one cell has < 510 items
+    # one cell holds < 510 items; 10 exclusions go through over-fetch, 100 through a selector
+    excl = [np.arange(10), np.arange(100), np.arange(10)]
+    _, ids = idx.search_filtered(q, 500, excl)
     assert (ids >= 0).all()
-    _, exact = idx.exact_search(q, 510)
+    _, exact = idx.exact_search(q, 600)
     for r in range(3):
-        assert ids[r].tolist() == [i for i in exact[r].tolist() if i >= 10][:500]
+        assert ids[r].tolist() == [i for i in exact[r].tolist() if i >= len(excl[r])][:500]
+
+
+def test_selector_search_keeps_the_ivf_search_width():
+    """The selector path must scan nprobe cells like the plain search (explicit FAISS
+    search parameters would silently reset nprobe to 1)."""
+    rng = np.random.default_rng(2)
+    items = rng.normal(size=(3000, 8)).astype(np.float32)
+    idx = ItemIndex(items, IndexSettings(kind="ivf", nlist=30, nprobe=6))
+    q = rng.normal(size=(20, 8)).astype(np.float32)
+    ex = np.arange(0, 3000, 7)
+    for r in range(20):
+        _, sel_ids = idx.search_excluding(q[r : r + 1], 10, ex)
+        _, raw = idx.search(q[r : r + 1], 10 + len(ex))
+        assert sel_ids[0].tolist() == [i for i in raw[0].tolist() if i >= 0 and i % 7][:10]
 
 
 def test_index_settings_auto_threshold():
