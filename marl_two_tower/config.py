@@ -110,9 +110,12 @@ class ContextGNNConfig:
     """ContextGNN graph context and familiar-item pair-wise head (Yuan et al., 2024)."""
 
     enabled: bool = False
-    layers: int = 2  # propagation layers
-    fanout: int = 20  # sampled neighbours per node per layer
+    layers: int = 2  # LightGCN propagation layers of c_u (1..3)
+    fanout: int = 20  # sampled neighbours per node per hop (memory ~ batch * fanout^3)
     familiar_size: int = 50  # bounded size of the familiar item set per user
+    context: bool = True  # fuse the graph context c_u into the user tower (gated sum)
+    familiar: bool = True  # pair-wise logits replace the two-tower logit on familiar items
+    inference_seed: int = 0  # fixed sampling salt at inference (reproducible lists)
 
 
 @dataclass

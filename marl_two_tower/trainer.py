@@ -101,7 +101,7 @@ class PositiveSampler:
 # (DESIGN §6). A component is listed in IMPLEMENTED once its module exists; enabling
 # one that is not implemented is an error, never silently ignored.
 COMPONENTS = ("context_gnn", "marl", "fair_sampler", "buhs", "gini", "tail_loss")
-IMPLEMENTED: set[str] = {"tail_loss", "fair_sampler", "buhs", "gini", "marl"}
+IMPLEMENTED: set[str] = {"tail_loss", "fair_sampler", "buhs", "gini", "context_gnn", "marl"}
 
 
 def check_components(cfg: Config) -> None:
@@ -116,6 +116,10 @@ def build_model(cfg: Config, split: Split) -> TwoTower:
     """The two-tower model with every component the config switches on."""
     check_components(cfg)
     model = TwoTower(split, cfg.model)
+    if cfg.context_gnn.enabled:
+        from .context_gnn import attach_context_gnn
+
+        attach_context_gnn(model, split, cfg.context_gnn)
     if cfg.buhs.enabled:
         from .buhs import build_buhs
 
@@ -220,6 +224,9 @@ class Trainer:
             log_q_neg = torch.full((n_neg,), math.log(max(n_neg, 1) / self.split.n_items),
                                    device=self.device)
         logits = sampled_softmax_logits(z, pos, neg, y_pos, y_neg, log_q_pos, log_q_neg)
+        if m.score_adjuster is not None:  # ContextGNN: familiar items get pair-wise logits
+            logits = m.score_adjuster.training_logits(m, users, pos, torch.cat([pos, neg]), logits,
+                                                      log_q_pos)
         out = {"rec": cfg.loss.l_sup * rec_loss(logits, cfg.loss.rec)}
         if cfg.tail_loss.enabled:
             out["tail"] = cfg.loss.l_tail * rec_loss(logits, cfg.loss.rec,

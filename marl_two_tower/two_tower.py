@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Protocol
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,6 +49,60 @@ class Controller(nn.Module):
     def item_features(self) -> torch.Tensor:
         """Extra item dimensions ``[n_items, k]`` appended to y_i."""
         raise NotImplementedError
+
+
+class ScoreAdjuster(nn.Module):
+    """Base of modules that replace s(u, i) on a bounded per-user item set F(u).
+
+    The fused score is s(u, i) for i not in F(u) and the adjuster's logit for i in
+    F(u) (ContextGNN's familiar items); |F(u)| <= ``max_items`` keeps retrieval
+    ANN-compatible (see :meth:`TwoTower.retrieve`).
+    """
+
+    max_items: int = 0
+
+    def overrides(self, users: torch.Tensor, model: TwoTower,
+                  exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(items ``[B, max_items]`` int64, -1 = empty slot; their logits ``[B, max_items]``)."""
+        raise NotImplementedError
+
+    def training_logits(self, model: TwoTower, users: torch.Tensor, pos: torch.Tensor,
+                        cand_items: torch.Tensor, logits: torch.Tensor,
+                        log_q_pos: torch.Tensor | None) -> torch.Tensor:
+        """Sampled-softmax logits ``[B, C]`` (column b = row b's positive) with the
+        adjusted items' logits put in; may append columns."""
+        raise NotImplementedError
+
+
+def lookup_overrides(items: torch.Tensor, values: torch.Tensor,
+                     cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Is candidate ``cand`` (``[C]`` shared or ``[B, C]`` per row) in row b's
+    ``items`` (-1 = empty), and its value there: two ``[B, C]`` tensors (values
+    meaningless where not found). Sort + ``searchsorted``: O(B C log F)."""
+    q = (cand[None, :].expand(len(items), -1) if cand.dim() == 1 else cand).contiguous()
+    n = 1 + max(int(items.max()) if items.numel() else 0, int(q.max()) if q.numel() else 0)
+    if len(items) * n <= 1 << 22:  # small catalogue: a dense [B, n] scratch row is cheaper
+        rows, slots = torch.nonzero(items >= 0, as_tuple=True)
+        found = torch.zeros(len(items), n, dtype=torch.bool, device=items.device)
+        table = torch.zeros(len(items), n, dtype=values.dtype, device=items.device)
+        found[rows, items[rows, slots]] = True
+        table[rows, items[rows, slots]] = values[rows, slots]
+        return torch.gather(found, 1, q), torch.gather(table, 1, q)
+    big = torch.full_like(items, torch.iinfo(torch.int64).max)
+    sk, order = torch.sort(torch.where(items >= 0, items, big), dim=1)
+    sv = torch.gather(values, 1, order)
+    if sk.shape[1] == 0:
+        return torch.zeros(q.shape, dtype=torch.bool, device=q.device), q.new_zeros(q.shape).to(sv.dtype)
+    pos = torch.searchsorted(sk, q).clamp(max=sk.shape[1] - 1)
+    return torch.gather(sk, 1, pos) == q, torch.gather(sv, 1, pos)
+
+
+def apply_overrides(scores: torch.Tensor, items: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``scores [B, n_items]`` with ``scores[b, items[b, f]] = values[b, f]`` (items >= 0)."""
+    rows, slots = torch.nonzero(items >= 0, as_tuple=True)
+    out = scores.clone()
+    out[rows, items[rows, slots]] = values[rows, slots].to(out.dtype)
+    return out
 
 
 def _mlp(inp: int, hidden: int, out: int, dropout: float) -> nn.Sequential:
@@ -179,6 +234,7 @@ class TwoTower(nn.Module):
         self.contexts = nn.ModuleDict()
         self.fusions = nn.ModuleDict()
         self.controller: Controller | None = None
+        self.score_adjuster: ScoreAdjuster | None = None
         if cfg.normalize:
             self.log_inv_temp = nn.Parameter(torch.tensor(float(np.log(1.0 / cfg.init_temperature))))
 
@@ -191,6 +247,10 @@ class TwoTower(nn.Module):
     def set_controller(self, controller: Controller) -> None:
         """Append ``controller``'s user/item features to z_u / y_i."""
         self.controller = controller
+
+    def set_score_adjuster(self, adjuster: ScoreAdjuster) -> None:
+        """Replace s(u, i) by ``adjuster``'s logits on its per-user item sets."""
+        self.score_adjuster = adjuster
 
     # --- towers -------------------------------------------------------------
     @property
@@ -229,8 +289,57 @@ class TwoTower(nn.Module):
         return y
 
     def score(self, users: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
-        """s(u, i) = <z_u, y_i> for all items (``[B, n_items]``) or given items."""
-        return self.user_vectors(users) @ self.item_vectors(items).T
+        """s(u, i) = <z_u, y_i> for all items (``[B, n_items]``) or given items ``[M]``,
+        with the score adjuster's items replaced (fused score)."""
+        s = self.user_vectors(users) @ self.item_vectors(items).T
+        if self.score_adjuster is None:
+            return s
+        ov_items, ov_vals = self.score_adjuster.overrides(users, self)
+        if items is None:
+            return apply_overrides(s, ov_items, ov_vals)
+        hit, val = lookup_overrides(ov_items, ov_vals, items)
+        return torch.where(hit, val.to(s.dtype), s)
+
+    @torch.no_grad()
+    def retrieve(self, users: torch.Tensor, k: int,
+                 exclude: sp.csr_matrix | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-``k`` items of the fused score in two ANN-compatible stages.
+
+        1. Top-K' by the dot product <z_u, y_i> only, K' = k + max_items + the most
+           items any user in the batch has in ``exclude`` (an ANN index such as FAISS
+           can serve this stage; here it is exact).
+        2. The adjuster's items F(u) re-scored, merged with stage 1, excluded items
+           (``exclude[u]``, e.g. train items) dropped, top-``k`` taken.
+
+        Exact: a non-F item in the fused top-k has at most k - 1 + |F(u)| + |exclude_u|
+        items above it in dot-product order. Returns (items, scores) ``[B, k]``; slots
+        without a rankable item hold -1 / -inf.
+        """
+        self.eval()
+        s = self.user_vectors(users) @ self.item_vectors().T
+        n_ex, ex_keys = 0, None
+        if exclude is not None:
+            sub = exclude[users.cpu().numpy()].tocsr()
+            n_ex = int(np.diff(sub.indptr).max(initial=0))
+            rows = np.repeat(np.arange(sub.shape[0]), np.diff(sub.indptr))
+            ex_keys = torch.from_numpy(np.sort(rows * self.n_items + sub.indices)).to(s.device)
+        adj = self.score_adjuster
+        kk = min(s.shape[1], k + (adj.max_items if adj is not None else 0) + n_ex)
+        cand_s, cand_i = torch.topk(s, kk, dim=1)  # stage 1: dot-product top-K'
+        if adj is not None:
+            ov_items, ov_vals = adj.overrides(users, self)
+            hit, val = lookup_overrides(ov_items, ov_vals, cand_i)
+            cand_s = torch.where(hit, val.to(cand_s.dtype), cand_s)
+            new = (ov_items >= 0) & ~(ov_items[:, :, None] == cand_i[:, None, :]).any(-1)
+            cand_i = torch.cat([cand_i, torch.where(new, ov_items, 0)], 1)
+            cand_s = torch.cat([cand_s, ov_vals.to(cand_s.dtype).masked_fill(~new, -np.inf)], 1)
+        if ex_keys is not None and len(ex_keys):
+            key = torch.arange(len(users), device=s.device)[:, None] * self.n_items + cand_i
+            pos = torch.searchsorted(ex_keys, key).clamp(max=len(ex_keys) - 1)
+            cand_s = cand_s.masked_fill(ex_keys[pos] == key, -np.inf)
+        top_s, pos = torch.topk(cand_s, min(k, cand_s.shape[1]), dim=1)
+        top_i = torch.gather(cand_i, 1, pos).masked_fill(torch.isneginf(top_s), -1)
+        return top_i, top_s
 
     @torch.no_grad()
     def scorer(self, device: torch.device | str = "cpu", batch_size: int = 4096):
@@ -241,6 +350,9 @@ class TwoTower(nn.Module):
         def score_fn(users: np.ndarray) -> torch.Tensor:
             with torch.no_grad():
                 u = torch.as_tensor(users, dtype=torch.long, device=device)
-                return (self.user_vectors(u) @ items.T).float().cpu()
+                s = self.user_vectors(u) @ items.T
+                if self.score_adjuster is not None:
+                    s = apply_overrides(s, *self.score_adjuster.overrides(u, self))
+                return s.float().cpu()
 
         return score_fn

@@ -1,0 +1,329 @@
+"""ContextGNN: train-only graph, bounded unbiased sampling, no leakage of the training
+positive, the familiar-item head in the loss, and retrieve-then-rescore == exhaustive
+fused scoring (DESIGN §3)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from marl_two_tower.config import load_config
+from marl_two_tower.context_gnn import (
+    BipartiteGraph,
+    ContextGNN,
+    sample_neighbourhood,
+    sample_neighbours,
+)
+from marl_two_tower.data import load_split
+from marl_two_tower.data.dataset import Dataset
+from marl_two_tower.data.movielens import load_ml100k
+from marl_two_tower.data.split import leave_one_out
+from marl_two_tower.evaluation import rank_full
+from marl_two_tower.trainer import Trainer, build_model
+
+TINY = ["data.synthetic.n_users=200", "data.synthetic.n_items=150", "model.dim=16",
+        "model.id_dim=16", "model.hidden=32", "train.batch_size=128", "train.epochs=1",
+        "train.patience=10", "context_gnn.fanout=6", "context_gnn.familiar_size=12"]
+
+
+def tiny_cfg(*extra):
+    return load_config(None, TINY + ["context_gnn.enabled=true", *extra])
+
+
+@pytest.fixture(scope="module")
+def tiny_split():
+    return load_split(load_config(None, TINY).data)
+
+
+def hand_dataset(histories: list[list[int]], n_items: int) -> Dataset:
+    users = np.concatenate([np.full(len(h), u) for u, h in enumerate(histories)])
+    items = np.concatenate([np.asarray(h, dtype=np.int64) for h in histories])
+    ts = np.concatenate([np.arange(len(h), dtype=np.float64) for h in histories])
+    n = len(histories)
+    return Dataset(name="hand", users=users, items=items, timestamps=ts, n_users=n,
+                   n_items=n_items, user_ids=np.arange(n), item_ids=np.arange(n_items),
+                   item_genres=np.zeros((n_items, 1), dtype=bool), genre_names=["g"],
+                   item_year=np.zeros(n_items, dtype=np.int32))
+
+
+def exact_walks(graph: BipartiteGraph, users: np.ndarray, exclude: np.ndarray | None):
+    """Oracle: dense hat-A powers with the module's two leakage rules applied."""
+    r = np.zeros((graph.n_users, graph.n_items))
+    rows = np.repeat(np.arange(graph.n_users), graph.user_deg)
+    r[rows, graph.user_items] = 1.0
+    du, di = r.sum(1), r.sum(0)
+    a = r / np.sqrt(np.maximum(np.outer(du, di), 1e-300))
+    a[r == 0] = 0.0
+    p1 = a[users].copy()
+    if exclude is not None:
+        p1[np.arange(len(users)), exclude] = 0.0
+    p2 = p1 @ a.T
+    p2[np.arange(len(users)), users] = 0.0  # the root leaves its own frontier
+    return p1, p2, p2 @ a
+
+
+# --- graph and sampling ------------------------------------------------------
+
+
+def test_graph_holds_train_edges_only(ml100k_dir):
+    split = leave_one_out(load_ml100k(ml100k_dir))
+    g = BipartiteGraph.from_split(split)
+    train = set(zip(split.train_users.tolist(), split.train_items.tolist(), strict=True))
+    assert len(g.keys) == len(train)  # ML-100K has no repeated (user, item) pairs
+    rows = np.repeat(np.arange(g.n_users), g.user_deg)
+    assert set(zip(rows.tolist(), g.user_items.tolist(), strict=True)) == train
+    for part in ("val", "test"):
+        u = split.eval_users(part)
+        t = split.targets(part)[u]
+        assert len(u) > 900
+        assert not g.has_edges(u, t).any(), f"{part} edges leaked into the graph"
+    # the reverse direction is the same edge set
+    cols = np.repeat(np.arange(g.n_items), g.item_deg)
+    assert set(zip(g.item_users.tolist(), cols.tolist(), strict=True)) == train
+
+
+def test_neighbour_sampling_is_bounded_without_replacement_and_unbiased():
+    # node k has degree k (neighbours 0..k-1)
+    degs = np.arange(1, 31)
+    indptr = np.concatenate([[0], np.cumsum(degs)])
+    indices = np.concatenate([np.arange(d) for d in degs])
+    nodes = np.arange(30)
+    hits = np.zeros((30, 30))
+    n_salts = 600
+    for salt in range(n_salts):
+        seg, nbr, scale = sample_neighbours(indptr, indices, nodes, 8, salt, hop=1)
+        counts = np.bincount(seg, minlength=30)
+        assert np.array_equal(counts, np.minimum(degs, 8))  # bounded by the fan-out
+        pairs = seg * 100 + nbr
+        assert len(np.unique(pairs)) == len(pairs)  # without replacement
+        assert np.allclose(scale, degs[seg] / np.minimum(degs[seg], 8))
+        np.add.at(hits, (seg, nbr), 1.0)
+    # small nodes keep everything; big ones keep each neighbour with probability 8/deg
+    for k in range(30):
+        p = hits[k, : degs[k]] / n_salts
+        expect = min(1.0, 8 / degs[k])
+        assert np.allclose(p, expect, atol=0.09), (k, p.min(), p.max(), expect)
+    # the same (salt, hop, node) gives the same sample whatever the batch
+    a = sample_neighbours(indptr, indices, np.array([29]), 8, 3, hop=2)[1]
+    seg, nbr, _ = sample_neighbours(indptr, indices, np.array([4, 29, 17]), 8, 3, hop=2)
+    assert np.array_equal(a, nbr[seg == 1])
+
+
+def test_tree_size_is_bounded_by_fanout(tiny_split):
+    g = BipartiteGraph.from_split(tiny_split)
+    users = np.arange(64)
+    f = 3
+    nb = sample_neighbourhood(g, users, None, f, 10, salt=1, need_hop3=True)
+    assert np.diff(nb.p1.indptr).max() <= f
+    assert np.diff(nb.p2.indptr).max() <= f**2
+    assert np.diff(nb.p3.indptr).max() <= f**3
+    assert len(nb.items1) <= 64 * f and len(nb.users2) <= 64 * f**2
+    assert g.user_deg.max() > 3 * f  # the cap actually binds on this data
+
+
+def test_full_fanout_equals_exact_propagation_and_cuts_the_training_edge():
+    # train: user 0 {0, 1, 5}, user 1 {0, 2, 5}, user 2 {0, 1, 3, 5}, user 3 {2, 3, 4}
+    hist = [[0, 1, 5], [0, 2, 5], [0, 1, 3, 5], [2, 3, 4]]
+    split = leave_one_out(hand_dataset([h + [6, 7] for h in hist], 8))
+    g = BipartiteGraph.from_split(split)
+    users = np.array([0, 1, 2, 3, 0])
+    exclude = np.array([1, 2, 3, 4, 0])
+    for ex in (None, exclude):
+        nb = sample_neighbourhood(g, users, ex, fanout=100, familiar_size=8, salt=0, need_hop3=True)
+        p1, p2, p3 = exact_walks(g, users, ex)
+        got1 = np.zeros_like(p1)
+        got1[:, nb.items1] = nb.p1.toarray()
+        got2 = np.zeros_like(p2)
+        got2[:, nb.users2] = nb.p2.toarray()
+        got3 = np.zeros_like(p3)
+        got3[:, nb.items3] = nb.p3.toarray()
+        assert np.allclose(got1, p1) and np.allclose(got2, p2) and np.allclose(got3, p3)
+        # familiar: unconsumed (train minus the positive) items by P3 mass
+        for b, u in enumerate(users):
+            consumed = set(g.user_items[g.user_indptr[u]:g.user_indptr[u + 1]].tolist())
+            if ex is not None:
+                consumed.discard(int(ex[b]))
+            cand = [j for j in np.argsort(-p3[b], kind="stable") if p3[b, j] > 1e-12
+                    and j not in consumed]
+            fam = [j for j in nb.fam_items[b] if j >= 0]
+            assert fam == cand[:8]
+    # row 0 (user 0, positive 1): without the edge (0, 1), only user 2's edge reaches 1
+    nb = sample_neighbourhood(g, users, exclude, 100, 8, 0, True)
+    assert 1 not in nb.items1[nb.p1[0].indices]
+    ud, idg = g.user_deg.astype(float), g.item_deg.astype(float)
+    # walks 0 -> 0 -> 2 -> 1 and 0 -> 5 -> 2 -> 1 (hand): only through user 2
+    w = (1 / np.sqrt(ud[0] * idg[0]) / np.sqrt(idg[0] * ud[2]) / np.sqrt(ud[2] * idg[1])
+         + 1 / np.sqrt(ud[0] * idg[5]) / np.sqrt(idg[5] * ud[2]) / np.sqrt(ud[2] * idg[1]))
+    m = nb.fam_mass[0][nb.fam_items[0] == 1]
+    assert len(m) == 1 and m[0] == pytest.approx(w)
+    # user 3's positive (4) has no other user: it cannot be reached at all
+    assert 4 not in nb.fam_items[3]
+
+
+def test_sampled_walks_are_unbiased(tiny_split):
+    g = BipartiteGraph.from_split(tiny_split)
+    users = np.array([3, 11, 42])
+    _, _, exact = exact_walks(g, users, None)
+    acc = np.zeros_like(exact)
+    n = 150
+    for salt in range(n):
+        nb = sample_neighbourhood(g, users, None, 4, 0, salt, need_hop3=True)
+        acc[:, nb.items3] += nb.p3.toarray()
+    est = acc / n
+    # total mass is estimated within a few percent; per-item up to sampling noise
+    assert np.allclose(est.sum(1), exact.sum(1), rtol=0.06)
+    assert np.corrcoef(est.ravel(), exact.ravel())[0, 1] > 0.95
+
+
+# --- model integration --------------------------------------------------------
+
+
+def test_disabled_component_adds_nothing(tiny_split):
+    off = build_model(load_config(None, TINY), tiny_split)
+    on = build_model(tiny_cfg(), tiny_split)
+    n_off = sum(p.numel() for p in off.parameters())
+    n_on = sum(p.numel() for p in on.parameters())
+    assert off.score_adjuster is None and "context_gnn" not in off.contexts
+    base = build_model(load_config(None, TINY[:-3]), tiny_split)
+    assert n_off == sum(p.numel() for p in base.parameters())
+    # on: two GNN tables plus heads and the fusion gate
+    d = 16
+    expect = ((tiny_split.n_users + tiny_split.n_items) * d  # U^0, I^0
+              + (d + 1) + (3 * 16 + 16 + 16 + 1) + (d + 1)  # item head, pair MLP, offset
+              + (2 * d * d + d))  # gated fusion
+    assert n_on - n_off == expect
+    ctx_only = build_model(tiny_cfg("context_gnn.familiar=false"), tiny_split)
+    assert ctx_only.score_adjuster is None
+
+
+def test_training_logits_put_familiar_items_in_exactly_once(tiny_split):
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(), tiny_split)
+    gnn = model.score_adjuster
+    assert isinstance(gnn, ContextGNN)
+    model.train()
+    idx = np.linspace(0, len(tiny_split.train_items) - 1, 40).astype(np.int64)
+    users = torch.as_tensor(tiny_split.train_users[idx])
+    pos = torch.as_tensor(tiny_split.train_items[idx])
+    neg = torch.arange(0, 150, 3)
+    cand = torch.cat([pos, neg])
+    z = model.user_vectors(users, exclude=pos)
+    raw = (z @ model.item_vectors(cand).T).detach()
+    log_q = torch.full((len(pos),), 0.5)
+    out = gnn.training_logits(model, users, pos, cand, raw - 0.25, log_q)
+    items, fam = gnn.overrides(users, model, exclude=pos)
+    fam = fam.detach()
+    assert out.shape == (40, len(cand) + items.shape[1])
+    n_fam_pos = 0
+    for b in range(40):
+        f = {int(i): float(v) for i, v in zip(items[b], fam[b], strict=True) if i >= 0}
+        # F(u) holds no consumed item other than the positive
+        assert not (set(f) - {int(pos[b])}) & set(tiny_split.history(int(users[b])).tolist())
+        for c in range(len(cand)):
+            item = int(cand[c])
+            if c == b:  # the positive: its column, pair-wise score if familiar, logQ kept
+                want = f[item] - 0.5 if item in f else float(raw[b, c]) - 0.25
+                n_fam_pos += item in f
+                assert float(out[b, c].detach()) == pytest.approx(want, abs=1e-5)
+            elif item in f:
+                assert out[b, c] == float("-inf")  # counted once, in the exact block
+            else:
+                assert float(out[b, c].detach()) == pytest.approx(float(raw[b, c]) - 0.25, abs=1e-5)
+        block = out[b, len(cand):].detach()
+        for s, i in enumerate(items[b].tolist()):
+            if i < 0 or i == int(pos[b]):
+                assert block[s] == float("-inf")
+            else:
+                assert float(block[s]) == pytest.approx(f[i], abs=1e-5)
+    assert n_fam_pos > 0  # some positives are familiar: the head is trained on them
+    out.logsumexp(1).sum().backward()
+    assert gnn.pair_head[0].weight.grad is not None and gnn.offset.weight.grad.abs().sum() > 0
+
+
+def fused_equals_retrieve(model, split, users, k=10):
+    """Exhaustive fused scores (scorer, evaluator masking) vs two-stage retrieve."""
+    model.eval()
+    excl = split.exclusion_matrix("val")
+    u = torch.as_tensor(users)
+    with torch.no_grad():
+        full = model.scorer()(users)
+        rows, cols = excl[users].nonzero()
+        full[rows, cols] = -np.inf
+        want = torch.topk(full, k, dim=1).indices
+        got, got_s = model.retrieve(u, k, exclude=excl)
+        items, _ = model.score_adjuster.overrides(u, model)
+    assert torch.equal(got, want)
+    assert torch.allclose(got_s, torch.gather(full, 1, want))
+    # the test is not vacuous: lists mix familiar and two-tower items
+    fam = (want[:, :, None] == items[:, None, :]).any(-1)
+    return float(fam.float().mean())
+
+
+def _calibrate(model, split, users):
+    """Put the familiar logits on the two-tower scale so lists mix both kinds."""
+    gnn = model.score_adjuster
+    with torch.no_grad():
+        u = torch.as_tensor(users)
+        tt = model.user_vectors(u) @ model.item_vectors().T
+        items, fam = gnn.overrides(u, model)
+        gnn.offset.bias += float(tt.topk(10, 1).values.median() - fam[items >= 0].median())
+
+
+def test_retrieve_then_rescore_equals_exhaustive_on_ml100k(ml100k_dir):
+    split = leave_one_out(load_ml100k(ml100k_dir))
+    cfg = load_config(None, ["context_gnn.enabled=true"])
+    torch.manual_seed(0)
+    model = build_model(cfg, split)
+    users = np.arange(split.n_users)
+    _calibrate(model, split, users)
+    share = fused_equals_retrieve(model, split, users)
+    assert 0.1 < share < 0.9, share
+    # and the evaluator's lists (batches of 1024, target unmasked) agree
+    res = rank_full(split, model.scorer(), "val", k_max=10)
+    got, _ = model.retrieve(torch.as_tensor(res.users), 10, exclude=split.exclusion_matrix("val"))
+    assert np.array_equal(got.numpy(), res.recs)
+
+
+def test_retrieve_then_rescore_equals_exhaustive_on_tiny_split(tiny_split):
+    torch.manual_seed(1)
+    model = build_model(tiny_cfg(), tiny_split)
+    users = np.arange(tiny_split.n_users)
+    _calibrate(model, tiny_split, users)
+    share = fused_equals_retrieve(model, tiny_split, users, k=5)
+    assert 0.05 < share < 0.95, share
+    # score(users, items) on given items agrees with the full fused matrix
+    u = torch.arange(20)
+    items = torch.tensor([0, 7, 33, 140, 7])
+    with torch.no_grad():
+        assert torch.allclose(model.score(u, items), model.score(u)[:, items], atol=1e-5)
+
+
+def test_inference_is_batch_independent_and_deterministic(tiny_split):
+    torch.manual_seed(2)
+    model = build_model(tiny_cfg(), tiny_split)
+    model.eval()
+    gnn = model.score_adjuster
+    with torch.no_grad():
+        all_items, all_s = gnn.overrides(torch.arange(200), model)
+        sub = torch.tensor([150, 3, 77])
+        items, s = gnn.overrides(sub, model)
+        c_all = gnn(torch.arange(200), model)
+        c_sub = gnn(sub, model)
+    assert torch.equal(items, all_items[sub])
+    assert torch.allclose(s, all_s[sub], atol=1e-5)
+    assert torch.allclose(c_sub, c_all[sub], atol=1e-5)
+
+
+def test_training_is_deterministic_with_a_seed(tiny_split, tmp_path):
+    outs = []
+    for run in range(2):
+        cfg = tiny_cfg(f"checkpoint_dir={tmp_path / str(run)}", "train.max_steps_per_epoch=8")
+        tr = Trainer(cfg, tiny_split, progress=False)
+        tr.fit()
+        outs.append(tr.model.scorer()(np.arange(30)))
+    assert torch.equal(outs[0], outs[1])
+    cfg = tiny_cfg(f"checkpoint_dir={tmp_path / 'other'}", "train.max_steps_per_epoch=8", "seed=5")
+    tr = Trainer(cfg, tiny_split, progress=False)
+    tr.fit()
+    assert not torch.equal(outs[0], tr.model.scorer()(np.arange(30)))
