@@ -78,20 +78,28 @@ _EVAL_MODES = {"comprehensive": ("both", True), "quick": ("full", False),
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import eval_modes
     from .pipeline import evaluate_model, load_trained
     from .results import build_results, write_results
 
-    if args.mode not in _EVAL_MODES:
-        raise NotImplementedError(f"evaluate mode {args.mode!r} is not implemented yet")
-    if args.statistical_test is not None:
-        raise NotImplementedError("--statistical-test is not implemented yet")
-    protocol, groups = _EVAL_MODES[args.mode]
     cfg = _config(args) if args.config else None
     model, stored, split = load_trained(args.checkpoint, cfg, device=args.device)
     cfg = cfg or stored
-    score_fn = model.scorer()
-    metrics = {"test": evaluate_model(split, score_fn, cfg, "test", protocol=protocol,
-                                      groups=groups)}
+    device = next(model.parameters()).device
+    score_fn = model.scorer(device)
+    metrics: dict = {}
+    if args.mode in _EVAL_MODES:
+        protocol, groups = _EVAL_MODES[args.mode]
+        metrics["test"] = evaluate_model(split, score_fn, cfg, "test", protocol=protocol,
+                                         groups=groups)
+    if args.mode in ("agents", "comprehensive"):
+        metrics["agents"] = eval_modes.agent_breakdown(model, cfg, split, device)
+    if args.mode in ("inference", "comprehensive"):
+        metrics["latency"] = eval_modes.inference_latency(model, split,
+                                                          batch_size=cfg.eval.batch_size)
+    if args.statistical_test is not None:
+        metrics["significance"] = eval_modes.statistical_test(score_fn, args.statistical_test,
+                                                              split, cfg, args.device)
     doc = build_results(cfg, split, metrics, extra={"checkpoint": str(args.checkpoint),
                                                     "mode": args.mode})
     out = Path(args.output) if args.output else Path(cfg.output_dir) / f"{cfg.name}-eval"
@@ -101,6 +109,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     elif args.format == "csv":
         (out / "results.json").unlink()
     _print_summary(doc)
+    print(eval_modes.format_sections(metrics))
     print(f"results: {out}/")
     return 0
 
@@ -160,11 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--checkpoint", required=True)
     p.add_argument("-m", "--mode", default="comprehensive",
                    choices=["comprehensive", "quick", "fairness", "agents", "inference"],
-                   help="comprehensive = both protocols + group fairness; quick = full "
-                        "ranking only; fairness = full ranking + per-group HR")
+                   help="comprehensive = both protocols + group fairness + per-agent "
+                        "breakdown + latency; quick = full ranking only; fairness = full "
+                        "ranking + per-group HR; agents = genre agents' mean action and "
+                        "reward; inference = latency p50/p95/p99 and throughput")
     p.add_argument("-f", "--format", choices=["json", "csv", "both"], default="both")
     p.add_argument("--statistical-test", metavar="BASELINE_CKPT",
-                   help="paired tests against a baseline checkpoint")
+                   help="paired Wilcoxon/t-tests, bootstrap CIs and effect sizes against "
+                        "a baseline checkpoint (two-tower or saved baseline)")
     p.add_argument("--device", default="auto")
     p.add_argument("-o", "--output", help="output folder for results.json/csv")
     p.set_defaults(func=cmd_evaluate)
@@ -186,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_metrics_subparser(sub)
+
+    from .study_cli import add_subparsers as add_study_subparsers  # ablate, report, simulate
+
+    add_study_subparsers(sub)
 
     from .serving.commands import add_subparsers as add_serving_subparsers
 

@@ -26,7 +26,11 @@ Two kinds of metrics, two kinds of tests:
   resamples for every variant, so deltas are paired), the metric recomputed on each
   resample's lists (a user drawn m times contributes its list m times), then
 
-  - 95% CI: the 2.5% and 97.5% percentiles of the B values (or of the deltas);
+  - the B values (or deltas) are re-centred on the full-sample estimate: a resample
+    holds only ~63% distinct users, which shrinks Coverage and inflates Gini
+    systematically; the shift removes that bias and keeps the spread
+    (:func:`recentre`);
+  - 95% CI: the 2.5% and 97.5% percentiles of the re-centred values;
   - p-value of H0 "delta = 0" by inverting the percentile interval:
     p = min(1, 2 min((1 + #{d* <= 0}) / (B + 1), (1 + #{d* >= 0}) / (B + 1))).
     Identical runs give d* = 0 for every resample, hence p = 1.
@@ -59,6 +63,7 @@ __all__ = [
     "bootstrap_samples",
     "bootstrap_weights",
     "compare",
+    "recentre",
     "metric_names",
     "paired_tests",
     "point_values",
@@ -277,6 +282,19 @@ def bootstrap_samples(runs: Sequence[EvalArrays], name: str, weights: np.ndarray
     return np.mean([_metric_weighted(r, name, weights) for r in runs], axis=0)
 
 
+def recentre(samples: np.ndarray, estimate: float) -> np.ndarray:
+    """Shift bootstrap values so that their mean is the full-sample ``estimate``.
+
+    A resample holds ~63% distinct users, which shrinks Coverage and raises Gini
+    systematically; the shift removes that bias and keeps the spread. For means of
+    per-user values (unbiased under the bootstrap) it changes almost nothing.
+    """
+    ok = ~np.isnan(samples)
+    if not ok.any() or estimate is None or math.isnan(estimate):
+        return samples
+    return samples - float(np.mean(samples[ok])) + estimate
+
+
 def bootstrap_p_value(deltas: np.ndarray) -> float:
     """Two-sided p of H0 delta = 0 from bootstrap deltas (percentile-interval inversion)."""
     d = deltas[~np.isnan(deltas)]
@@ -314,13 +332,14 @@ def compare(variant: Sequence[EvalArrays], base: Sequence[EvalArrays] | None,
     out: dict[str, dict[str, Any]] = {}
     for name in names:
         sv = bootstrap_samples(variant, name, w)
-        entry: dict[str, Any] = {"value": float(np.mean(point_values(variant, name))),
-                                 "ci95": _ci(sv), "n_boot": n_boot}
+        value = float(np.mean(point_values(variant, name)))
+        entry: dict[str, Any] = {"value": value, "ci95": _ci(recentre(sv, value)),
+                                 "n_boot": n_boot}
         if base is not None:
             sb = bootstrap_samples(base, name, w)
-            ds = sv - sb
             entry |= {"base_value": float(np.mean(point_values(base, name)))}
-            entry["delta"] = entry["value"] - entry["base_value"]
+            entry["delta"] = value - entry["base_value"]
+            ds = recentre(sv - sb, entry["delta"])
             entry |= {"delta_ci95": _ci(ds), "p_bootstrap": bootstrap_p_value(ds)}
             if is_list_metric(name):
                 entry |= {"test": "bootstrap", "p_value": entry["p_bootstrap"]}

@@ -183,3 +183,19 @@ def test_misaligned_runs_are_refused():
     b = make_arrays([[0, 1]], [2])
     with pytest.raises(ValueError, match="different users"):
         compare([a], [b], ["HR@2"], n_boot=10)
+
+
+def test_recentred_coverage_ci_contains_the_estimate():
+    # Resampling users shrinks Coverage; the re-centred CIs still hold the estimate.
+    rng = np.random.default_rng(6)
+    n, n_items, k = 200, 400, 5
+    wide = np.stack([rng.permutation(n_items)[:k] for _ in range(n)])
+    narrow = np.stack([rng.permutation(40)[:k] for _ in range(n)])
+    targets = rng.integers(0, n_items, n)
+    a, b = make_arrays(wide, targets, n_items, (0,)), make_arrays(narrow, targets, n_items, (0,))
+    a.ks = b.ks = (5,)
+    res = compare([a], [b], ["Coverage@5"], n_boot=300, seed=0)["Coverage@5"]
+    lo, hi = res["ci95"]
+    assert lo <= res["value"] <= hi
+    dlo, dhi = res["delta_ci95"]
+    assert dlo <= res["delta"] <= dhi
