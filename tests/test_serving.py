@@ -447,6 +447,13 @@ def test_huge_batches_are_rejected(client, rec):
                     headers={"content-type": "application/json"})
     assert r.status_code == 413
 
+    def chunks():  # no Content-Length: the limit is enforced on the bytes received
+        for _ in range(5):
+            yield b" " * (MAX_BODY_BYTES // 4)
+
+    r = client.post("/recommend", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "limit" in r.json()["detail"]
+
 
 def test_items_and_explain(client, rec, trained):
     _, _, split, _ = trained
