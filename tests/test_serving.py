@@ -18,6 +18,7 @@ from marl_two_tower.cli import main as cli_main
 from marl_two_tower.config import ServingConfig, load_config
 from marl_two_tower.data import load_split
 from marl_two_tower.evaluation import rank_full
+from marl_two_tower.serving.commands import build_recommender
 from marl_two_tower.serving.export import (
     BUNDLE_FILE,
     bundle_from_model,
@@ -185,21 +186,45 @@ def test_familiar_overrides_are_merged_and_explained(trained):
         del model.score_adjuster
 
 
-@pytest.mark.skipif("context_gnn" not in __import__("marl_two_tower.trainer").trainer.IMPLEMENTED,
-                    reason="ContextGNN not implemented in this version")
-def test_context_gnn_served_equals_offline(tmp_path):
-    cfg = load_config(None, TINY + [f"checkpoint_dir={tmp_path}", "context_gnn.enabled=true",
-                                    "context_gnn.familiar_size=10", "context_gnn.fanout=5"])
+COMPONENT_SETS = {
+    "context_gnn": ["context_gnn.enabled=true", "context_gnn.familiar_size=10", "context_gnn.fanout=5"],
+    "marl": ["marl.enabled=true", "marl.rl_batch_users=64"],
+}
+
+
+@pytest.mark.parametrize("parts", [["context_gnn"], ["marl"], ["context_gnn", "marl"]],
+                         ids=["context_gnn", "marl", "context_gnn+marl"])
+def test_components_served_equal_offline(tmp_path, parts):
+    """With ContextGNN (familiar re-scoring) and/or the genre agents (controller
+    dimensions), the bundle served from disk reproduces the offline top-K exactly and
+    /explain's parts sum to the served scores."""
+    from marl_two_tower.trainer import IMPLEMENTED
+
+    missing = [c for c in parts if c not in IMPLEMENTED]
+    if missing:
+        pytest.skip(f"{missing} not implemented in this version")
+    extra = [kv for c in parts for kv in COMPONENT_SETS[c]]
+    cfg = load_config(None, TINY + [f"checkpoint_dir={tmp_path}", *extra])
     split = load_split(cfg.data)
     tr = Trainer(cfg, split, progress=False)
     tr.fit()
     model = tr.model.eval()
     b = load_bundle(export_bundle(model, cfg, split, tmp_path / "bundle"))  # model rebuilt from disk
     rec = Recommender(b, ServingConfig(seen="train"))
-    assert rec.n_familiar == 10
+    assert rec.n_familiar == (10 if "context_gnn" in parts else 0)
+    if "marl" in parts:
+        g, d = split.dataset.n_genres, cfg.model.dim
+        assert b.blocks == {"two_tower": (0, d), "genre_boost": (d, d + g), "tail_boost": (d + g, d + 2 * g)}
     res = rank_full(split, model.scorer(), "val", k_max=10)
-    served = np.stack([lst.items for lst in rec.recommend(res.users, 10)])
-    np.testing.assert_array_equal(served, res.recs)
+    lists = rec.recommend(res.users, 10)
+    np.testing.assert_array_equal(np.stack([lst.items for lst in lists]), res.recs)
+    fam = 0
+    for u, lst in zip(res.users[:5], lists[:5], strict=True):
+        for i, s in zip(lst.items.tolist(), lst.scores.tolist(), strict=True):
+            p = rec.explain(int(u), i)["parts"]
+            assert sum(p.values()) == pytest.approx(s, abs=1e-4)
+            fam += p["familiar"] != 0.0
+    assert (fam > 0) == ("context_gnn" in parts)
 
 
 # ---------------------------------------------------------------------------
@@ -543,4 +568,10 @@ def test_cli_export_then_load(trained, tmp_path):
     assert b.model_state is None and b.n_items == split.n_items
     rec = Recommender(b)
     assert len(rec.recommend([0], 5)[0].items) == 5
+    # serving straight from the checkpoint, with a config override, gives the same lists
+    direct = build_recommender(checkpoint=str(ck / "model_best.pt"), overrides=["serving.max_k=50"])
+    assert direct.cfg.max_k == 50 and rec.cfg.max_k == 1000
+    users = np.arange(20)
+    assert [x.items.tolist() for x in direct.recommend(users, 5)] == \
+        [x.items.tolist() for x in rec.recommend(users, 5)]
     assert cli_main(["serve", "--bundle", str(tmp_path / "missing")]) == 2  # clear error, no server
