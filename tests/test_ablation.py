@@ -1,0 +1,113 @@
+"""Ablation runner: variant planning, resumability after a kill, redo on config change."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from _tiny_study import SEEDS, VARIANTS, tiny_config
+
+from marl_two_tower import trainer as trainer_mod
+from marl_two_tower.ablation import VARIANTS as STUDY_VARIANTS
+from marl_two_tower.ablation import plan_variants, run_study
+from marl_two_tower.data import load_split
+from marl_two_tower.results import read_results
+
+
+def test_plan_marks_unimplemented_variants_and_missing_predecessors():
+    plan = {p.variant.key: p for p in plan_variants(STUDY_VARIANTS, implemented={"tail_loss"})}
+    assert plan["base"].available and plan["base"].components == []
+    assert not plan["context_gnn"].available
+    assert "context_gnn" in plan["context_gnn"].reason
+    assert not plan["gini"].available  # its own component gini is missing
+    plan = {p.variant.key: p for p in plan_variants(STUDY_VARIANTS,
+                                                    implemented={"marl", "gini", "tail_loss"})}
+    assert plan["marl"].available and plan["marl"].missing == ["context_gnn"]
+    assert plan["gini"].components == ["marl", "gini", "tail_loss"]
+    assert plan["gini"].missing == ["context_gnn", "fair_sampler", "buhs"]
+    full = set(trainer_mod.COMPONENTS)
+    plan = {p.variant.key: p for p in plan_variants(STUDY_VARIANTS, implemented=full,
+                                                    exclude=["buhs"])}
+    assert not plan["buhs"].available and "--no-buhs" in plan["buhs"].reason
+    assert plan["gini"].components == ["context_gnn", "marl", "fair_sampler", "gini", "tail_loss"]
+    assert [p.components for p in plan_variants(STUDY_VARIANTS, implemented=full)][-1] == \
+        ["context_gnn", "marl", "fair_sampler", "buhs", "gini", "tail_loss"]
+
+
+class Counter:
+    """Counts Trainer.train_epoch calls; raises KeyboardInterrupt at call ``kill_at``."""
+
+    def __init__(self, monkeypatch, kill_at: int | None = None) -> None:
+        self.calls: list[tuple[str, int, int]] = []
+        self.kill_at = kill_at
+        original = trainer_mod.Trainer.train_epoch
+
+        def wrapped(tr, epoch):
+            self.calls.append((tr.cfg.output_dir.rsplit("/", 1)[-1], tr.cfg.seed, epoch))
+            if self.kill_at is not None and len(self.calls) == self.kill_at:
+                raise KeyboardInterrupt  # the study is killed mid-epoch
+            return original(tr, epoch)
+
+        monkeypatch.setattr(trainer_mod.Trainer, "train_epoch", wrapped)
+
+
+def test_killed_study_finishes_only_the_missing_runs(tmp_path, monkeypatch):
+    cfg = tiny_config()
+    split = load_split(cfg.data)
+    out = tmp_path / "study"
+    # 2 variants x 2 seeds x 2 epochs = 8 epochs; kill during the 6th (tail, seed 1, epoch 2)
+    counter = Counter(monkeypatch, kill_at=6)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(cfg, SEEDS, out, variants=VARIANTS, baselines=False, progress=False,
+                  report=False, split=split)
+    assert (out / "base" / "seed1" / "results.json").exists()
+    assert (out / "base" / "seed2" / "results.json").exists()
+    assert not (out / "tail" / "seed1" / "results.json").exists()
+    assert (out / "tail" / "seed1" / "checkpoints" / "last.pt").exists()
+    mtimes = {p: p.stat().st_mtime_ns for p in out.glob("base/seed*/results.json")}
+
+    counter = Counter(monkeypatch)
+    study = run_study(cfg, SEEDS, out, variants=VARIANTS, baselines=False, progress=False,
+                      report=False, split=split)
+    # only the missing work: epoch 2 of (tail, 1) resumed from last.pt, then (tail, 2)
+    assert counter.calls == [("tail", 1, 1), ("tail", 2, 0), ("tail", 2, 1)]
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    status = {(v["key"], r["seed"]): r["status"] for v in study["variants"] for r in v["runs"]}
+    assert status == {("base", 1): "done", ("base", 2): "done", ("tail", 1): "resumed",
+                      ("tail", 2): "trained"}
+    assert json.loads((out / "study.json").read_text())["seeds"] == list(SEEDS)
+
+    # the resumed run equals an uninterrupted one
+    doc = read_results(out / "tail" / "seed1")
+    assert doc["extra"]["epochs_run"] == 2 and doc["config"]["tail_loss"]["enabled"]
+    fresh = tmp_path / "fresh"
+    run_study(cfg, (1,), fresh, variants=VARIANTS[1:], baselines=False, progress=False,
+              report=False, split=split)
+    assert read_results(fresh / "tail" / "seed1")["metrics"]["test"] == doc["metrics"]["test"]
+
+    # a third call has nothing to do
+    counter = Counter(monkeypatch)
+    run_study(cfg, SEEDS, out, variants=VARIANTS, baselines=False, progress=False, report=False,
+              split=split)
+    assert counter.calls == []
+
+    # a changed config redoes the runs it affects (here: every run, one seed asked)
+    counter = Counter(monkeypatch)
+    run_study(tiny_config("train.lr=0.01"), (1,), out, variants=VARIANTS[:1], baselines=False,
+              progress=False, report=False, split=split)
+    assert counter.calls == [("base", 1, 0), ("base", 1, 1)]
+
+
+def test_runs_share_data_and_differ_only_in_components_and_seed(tmp_path):
+    cfg = tiny_config("train.epochs=1")
+    out = tmp_path / "s"
+    run_study(cfg, (3,), out, variants=VARIANTS, baselines=False, progress=False, report=False)
+    a, b = read_results(out / "base" / "seed3"), read_results(out / "tail" / "seed3")
+    assert a["run"]["data"]["fingerprint"] == b["run"]["data"]["fingerprint"]
+    assert a["run"]["seed"] == b["run"]["seed"] == 3
+    ca, cb = a["config"], b["config"]
+    assert not ca["tail_loss"]["enabled"] and cb["tail_loss"]["enabled"]
+    for c in (ca, cb):
+        c.pop("tail_loss"), c.pop("output_dir"), c.pop("checkpoint_dir")
+    assert ca == cb
+    assert (out / "base" / "seed3" / "per_user.npz").exists()

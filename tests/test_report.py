@@ -1,0 +1,121 @@
+"""Reports from run folders: numbers equal the runs' JSON, tests recomputed independently."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from _tiny_study import SEEDS, tiny_study
+from scipy import stats
+
+from marl_two_tower import metrics as M
+from marl_two_tower.cli import main
+from marl_two_tower.eval_arrays import load_eval_arrays
+from marl_two_tower.report import PLOTS, build_report, collect, lorenz_curve, read_report
+from marl_two_tower.results import read_results
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    return tiny_study(str(tmp_path_factory.getbasetemp()))
+
+
+def test_table_means_and_deltas_equal_the_runs_json(study):
+    doc = read_report(study / "report")
+    assert doc["base"] == "Base" and doc["k"] == 10
+    rows = {r["label"]: r for r in doc["rows"]}
+    assert set(rows) == {"Base", "+Tail loss", "mostpop", "itemknn", "bpr", "ease"}
+    for key, label in (("base", "Base"), ("tail", "+Tail loss")):
+        runs = [read_results(study / key / f"seed{s}") for s in SEEDS]
+        for name in ("HR@10", "NDCG@10", "Gini@10", "Coverage@5", "MRR"):
+            vals = [r["metrics"]["test"]["full"][name] for r in runs]
+            m = rows[label]["metrics"][name]
+            assert m["values"] == vals
+            assert m["mean"] == pytest.approx(np.mean(vals), abs=1e-15)
+            assert m["std"] == pytest.approx(np.std(vals, ddof=1), abs=1e-15)
+    for name in doc["metrics"]:
+        t, b = rows["+Tail loss"]["metrics"][name], rows["Base"]["metrics"][name]
+        if t["mean"] is not None:
+            assert t["delta"] == pytest.approx(t["mean"] - b["mean"], abs=1e-15)
+    assert rows["Base"]["metrics"]["HR@10"]["p_value"] is None
+
+
+def test_p_value_recomputed_from_the_stored_lists(study):
+    doc = read_report(study / "report")
+    tail = next(r for r in doc["rows"] if r["label"] == "+Tail loss")["metrics"]["HR@10"]
+
+    def hits(key):
+        per_seed = []
+        for s in SEEDS:
+            a = load_eval_arrays(study / key / f"seed{s}")
+            per_seed.append(M.hit_positions(a.recs.astype(np.int64), a.targets, 10) > 0)
+        return np.mean(per_seed, axis=0)
+
+    x, y = hits("tail"), hits("base")
+    if np.any(x != y):
+        assert tail["p_wilcoxon"] == pytest.approx(stats.wilcoxon(x, y).pvalue)
+        assert tail["p_ttest"] == pytest.approx(stats.ttest_rel(x, y).pvalue)
+    else:
+        assert tail["p_wilcoxon"] == 1.0
+    assert tail["test"] == "wilcoxon" and tail["p_value"] == tail["p_wilcoxon"]
+    cov = next(r for r in doc["rows"] if r["label"] == "+Tail loss")["metrics"]["Coverage@10"]
+    assert cov["test"] == "bootstrap" and 0 < cov["p_value"] <= 1
+
+
+def test_csv_markdown_and_plots(study):
+    out = study / "report"
+    doc = read_report(out)
+    with open(out / "ablation.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(doc["rows"]) * len(doc["metrics"])
+    r = next(r for r in rows if r["variant"] == "+Tail loss" and r["metric"] == "HR@10")
+    m = next(x for x in doc["rows"] if x["label"] == "+Tail loss")["metrics"]["HR@10"]
+    assert float(r["mean"]) == pytest.approx(m["mean"]) and float(r["p_value"]) == pytest.approx(
+        m["p_value"])
+    md = (out / "ablation.md").read_text()
+    assert f"{m['mean']:.4f} ± {m['std']:.4f}" in md
+    assert "| +Tail loss | 2 |" in md
+    for name in PLOTS:
+        data = (out / f"{name}.png").read_bytes()
+        assert data.startswith(PNG) and len(data) > 5000, name
+    # the Lorenz curve data is the summed exposure of the stored lists
+    expo = next(x for x in doc["rows"] if x["label"] == "Base")["exposure@10"]
+    arrays = [load_eval_arrays(study / "base" / f"seed{s}") for s in SEEDS]
+    assert expo == np.sum([a.exposure(10) for a in arrays], axis=0).tolist()
+
+
+def test_identical_runs_report_no_difference(study, tmp_path):
+    # the same run under two names: every delta is 0 and every p-value is 1
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(study / "tail" / "seed1", a)
+    shutil.copytree(study / "tail" / "seed1", b)
+    groups, _ = collect([a, b])
+    doc = build_report(groups, base="a", n_boot=100)
+    row = next(r for r in doc["rows"] if r["label"] == "b")
+    for name, m in row["metrics"].items():
+        if m["mean"] is None:
+            continue
+        assert m["delta"] == 0.0, name
+        assert m["p_value"] == 1.0, name
+
+
+def test_report_cli_on_run_folders(study, tmp_path, capsys):
+    out = tmp_path / "rep"
+    # a folder of seed runs is one group; a baseline folder another
+    assert main(["report", str(study / "base"), str(study / "baselines" / "ease"),
+                 "--output", str(out), "--n-boot", "50"]) == 0
+    doc = json.loads((out / "ablation.json").read_text())
+    assert [r["label"] for r in doc["rows"]] == ["base", "ease"]
+    assert doc["rows"][0]["seeds"] == list(SEEDS) and doc["rows"][1]["kind"] == "baseline"
+    assert "Mean ± std over seeds" in capsys.readouterr().out
+
+
+def test_lorenz_curve():
+    xs, ys = lorenz_curve([0, 0, 1, 3])
+    assert xs.tolist() == [0, 0.25, 0.5, 0.75, 1.0]
+    assert ys.tolist() == [0, 0, 0, 0.25, 1.0]
