@@ -33,10 +33,13 @@ NO_AGENTS = "this model has no MARL controller (marl.enabled was false): no per-
 
 @torch.no_grad()
 def agent_breakdown(model: Any, cfg: Config, split: Split, device: str | torch.device = "cpu",
-                    batch_users: int = 512) -> dict[str, Any]:
+                    batch_users: int | None = None) -> dict[str, Any]:
     """Per-genre-agent mean/std action and mean reward over all eligible users.
 
-    Returns ``{"available": False, "message": ...}`` for a model without genre agents.
+    The reward has batch-level terms (Coverage(B), Gini(B)), so users are scored in
+    consecutive batches of ``batch_users`` (default ``marl.rl_batch_users``, the
+    batch size the agents were trained with), in user order. Returns
+    ``{"available": False, "message": ...}`` for a model without genre agents.
     """
     from .genre_agents import GenreAgents
     from .marl_env import RecEnvCore, TwoTowerScorer
@@ -47,6 +50,7 @@ def agent_breakdown(model: Any, cfg: Config, split: Split, device: str | torch.d
     model.eval()
     core = RecEnvCore(split, cfg.marl, TwoTowerScorer(model), device)
     g_n = agents.n_agents
+    batch_users = batch_users or cfg.marl.rl_batch_users
     sums = {k: np.zeros(g_n) for k in ("reward", "b_mean", "t_mean", "b_sq", "t_sq")}
     team = {"reward": 0.0, "hr": 0.0, "tail_hr": 0.0, "jaccard": 0.0}
     n = 0
@@ -74,7 +78,7 @@ def agent_breakdown(model: Any, cfg: Config, split: Split, device: str | torch.d
             "std_boost": float(np.sqrt(max(sums["b_sq"][g] / n - b * b, 0.0))),
             "std_tail_boost": float(np.sqrt(max(sums["t_sq"][g] / n - t * t, 0.0))),
         }
-    return {"available": True, "n_users": n, "k": cfg.marl.k,
+    return {"available": True, "n_users": n, "k": cfg.marl.k, "batch_users": batch_users,
             "team": {k: v / n for k, v in team.items()}, "agents": per_agent}
 
 
