@@ -3,8 +3,9 @@
 Part 1, on a trained model (bundle or checkpoint): single-user end-to-end top-K
 latency p50/p95/p99 over ``--requests`` random known users, for
   * ``precomputed``: z_u from the bundle + FAISS top-K + seen filter (what `serve` does);
-  * ``user tower``: z_u computed by the model per request (towers, contexts, agents),
-    then the same search + filter, i.e. the cost for a user whose vector is not cached;
+  * ``user tower``: z_u (and, with ContextGNN, F(u) and its logits) computed by the
+    model per request (towers, contexts, agents), then the same search + filter +
+    merge, i.e. the cost for a user whose state is not cached;
   * ``cold start``: the unknown-user list;
 plus batch throughput (users/s at batch 256), and a check that the served top-K
 equals the offline evaluator's (``rank_full``, validation protocol) for every user.
@@ -69,13 +70,24 @@ def model_part(args: argparse.Namespace) -> None:
     model = b.model if b.model is not None else b.build_model()
     model.eval()
 
+    adj = getattr(model, "score_adjuster", None)
+
     @torch.no_grad()
-    def tower(u: int) -> None:
-        z = model.user_vectors(torch.tensor([u])).numpy()
-        rec.index.search_filtered(z, k + rec.n_familiar, [rec.seen(u)])
+    def tower(u: int):
+        ut = torch.tensor([u])
+        z = model.user_vectors(ut).float().numpy()
+        fam = None
+        if adj is not None and adj.max_items:  # ContextGNN: F(u) and its logits, live
+            i, v = adj.overrides(ut, model)
+            fam = (i.numpy(), v.float().numpy())
+        return rec.recommend([u], k, vectors=z, familiar=fam)
+
+    same = all(tower(int(u))[0].items.tolist() == rec.recommend([u], k)[0].items.tolist()
+               for u in users[:100])
 
     wall, cpu = time_calls(tower, users)
-    print(f"| user tower per request + FAISS top-{k} + seen filter | {pct(wall)} | {pct(cpu)} |")
+    print(f"| user tower{' + ContextGNN familiar head' if adj is not None else ''} per request + FAISS "
+          f"top-{k} + seen filter | {pct(wall)} | {pct(cpu)} |")
     wall, cpu = time_calls(lambda u: rec.cold_start(k), users[:500])
     print(f"| cold start (unknown user) | {pct(wall)} | {pct(cpu)} |")
 
@@ -87,6 +99,7 @@ def model_part(args: argparse.Namespace) -> None:
         n += len(users[s : s + batch])
     dt = time.perf_counter() - t0
     print(f"\nbatch throughput (batch {batch}, precomputed): {n / dt:,.0f} users/s")
+    print(f"per-request model path gives the precomputed lists (100 users): {same}")
 
     if args.checkpoint or b.model_state is not None:
         split = b.split()

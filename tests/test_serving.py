@@ -164,10 +164,12 @@ class FakeAdjuster:
 
 def test_familiar_overrides_are_merged_and_explained(trained):
     model, cfg, split, _ = trained
-    b = bundle_from_model(model, cfg, split)
-    dot = b.user_vectors.astype(np.float64) @ b.item_vectors.T.astype(np.float64)
-    model.score_adjuster = FakeAdjuster(dot)
+    with torch.no_grad():
+        dot = (model.user_vectors(torch.arange(split.n_users)) @ model.item_vectors().T).double().numpy()
+    model.score_adjuster = FakeAdjuster(dot)  # the bundle precomputes F(u) through this hook
     try:
+        b = bundle_from_model(model, cfg, split)
+        np.testing.assert_array_equal(b.familiar_items, model.score_adjuster.fam)
         rec = Recommender(b, ServingConfig(seen="train"))
         assert rec.n_familiar == 3
         users = np.arange(20)

@@ -17,9 +17,14 @@ A bundle is one folder holding ``bundle.pt`` (written atomically with
   list are derived, and from which the model can be rebuilt;
 * item metadata (titles, genre multi-hot and names, release year), train
   popularity and the tail mask, user demographics (codes and labels);
+* ``familiar_items`` / ``familiar_scores``: when the model has a score adjuster
+  (ContextGNN), every user's familiar items F(u) and the pair-wise logits that
+  replace the dot product there, precomputed through the model's own
+  ``score_adjuster.overrides`` hook (|F| numbers per user);
 * the config (JSON) and the data fingerprint; and, unless ``include_model`` is
-  False, the model ``state_dict`` (user-side towers, contexts and agents) for
-  components that must run per request (the ContextGNN re-scoring hook).
+  False, the model ``state_dict`` (towers, contexts, agents), from which the model
+  can be rebuilt (:meth:`Bundle.build_model`) to compute a user's state per
+  request instead of reading it from the bundle.
 """
 
 from __future__ import annotations
@@ -91,6 +96,10 @@ def _ids_to_obj(ids: np.ndarray) -> dict[str, Any]:
     return {"kind": "str", "values": [str(x) for x in ids]}
 
 
+def _numpy_or_none(t: torch.Tensor | None) -> np.ndarray | None:
+    return None if t is None else t.numpy()
+
+
 def _ids_from_obj(obj: dict[str, Any]) -> np.ndarray:
     if obj["kind"] == "int":
         return obj["values"].numpy()
@@ -111,11 +120,33 @@ def compute_vectors(model: torch.nn.Module, n_users: int,
     return torch.cat(parts) if parts else torch.zeros(0, items.shape[1]), items
 
 
+@torch.no_grad()
+def compute_familiar(model: torch.nn.Module, n_users: int,
+                     batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Every user's familiar items F(u) and their logits s_F(u, .) from the model's own
+    score adjuster (``TwoTower.score_adjuster.overrides``, ContextGNN), as
+    (int32 ``[n_users, F]`` with -1 padding, float32 ``[n_users, F]``); None when the
+    model has no adjuster. Exact to precompute: at inference F(u) and s_F depend on u
+    only (fixed sampling salt), as the offline scorer assumes too."""
+    adj = getattr(model, "score_adjuster", None)
+    if adj is None or not getattr(adj, "max_items", 0):
+        return None
+    model.eval()
+    dev = next(model.parameters()).device
+    items, vals = [], []
+    for s in range(0, n_users, batch_size):
+        i, v = adj.overrides(torch.arange(s, min(s + batch_size, n_users), device=dev), model)
+        items.append(i.cpu())
+        vals.append(v.float().cpu().masked_fill(i.cpu() < 0, 0.0))
+    return torch.cat(items).to(torch.int32).contiguous(), torch.cat(vals).contiguous()
+
+
 def bundle_dict(model: torch.nn.Module, cfg: Config, split: Split, include_model: bool = True,
                 source: str = "") -> dict[str, Any]:
     """Everything the server needs, as a ``weights_only``-loadable dict."""
     ds = split.dataset
     users_vec, items_vec = compute_vectors(model, split.n_users, cfg.eval.batch_size)
+    familiar = compute_familiar(model, split.n_users, cfg.eval.batch_size)
     obj: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -143,6 +174,8 @@ def bundle_dict(model: torch.nn.Module, cfg: Config, split: Split, include_model
         "user_features": {k: torch.from_numpy(np.asarray(v, np.int64))
                           for k, v in ds.user_features.items()},
         "user_feature_labels": {k: [str(x) for x in v] for k, v in ds.user_feature_labels.items()},
+        "familiar_items": familiar[0] if familiar is not None else None,
+        "familiar_scores": familiar[1] if familiar is not None else None,
         "model_state": model.state_dict() if include_model else None,
     }
     return obj
@@ -226,6 +259,8 @@ class Bundle:
     item_year: np.ndarray
     user_features: dict[str, np.ndarray]
     user_feature_labels: dict[str, list[str]]
+    familiar_items: np.ndarray | None = None
+    familiar_scores: np.ndarray | None = None
     model_state: dict[str, torch.Tensor] | None = None
     model: torch.nn.Module | None = field(default=None, repr=False)
 
@@ -260,6 +295,8 @@ class Bundle:
             genre_names=list(obj["genre_names"]), item_year=obj["item_year"].numpy(),
             user_features={k: v.numpy() for k, v in obj["user_features"].items()},
             user_feature_labels={k: list(v) for k, v in obj["user_feature_labels"].items()},
+            familiar_items=_numpy_or_none(obj.get("familiar_items")),
+            familiar_scores=_numpy_or_none(obj.get("familiar_scores")),
             model_state=obj.get("model_state"), model=model,
         )
 

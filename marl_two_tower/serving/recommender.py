@@ -6,13 +6,14 @@ everything u consumed, or train only) and any per-request exclusions, retrieved
 from the FAISS index (:mod:`.index`) with the precomputed z_u of the bundle.
 
 **Familiar-item re-scoring** (ContextGNN). When the model has a score adjuster
-(``TwoTower.score_adjuster``, whose ``overrides(users, model)`` returns each user's
-familiar items F(u) and the pair-wise logits that replace the dot product there),
-the list is retrieved in the two ANN-compatible stages of ``TwoTower.retrieve``:
-the index returns the top-(K + |F|max) non-excluded items by the dot product, F(u)
-(minus exclusions) is merged in with its logits, and the top K are served. Exact:
-a non-familiar item in the fused top-K has at most K - 1 + |F(u)| non-excluded
-items above it in dot-product order, so it is always among the candidates.
+(``TwoTower.score_adjuster``, whose ``overrides(users, model)`` gives each user's
+familiar items F(u) and the pair-wise logits that replace the dot product there;
+the bundle stores them, see :mod:`.export`), the list is retrieved in the two
+ANN-compatible stages of ``TwoTower.retrieve``: the index returns the top-(K + |F|)
+non-excluded items by the dot product, F(u) (minus exclusions) is merged in with
+its logits, and the top K are served. Exact: a non-familiar item in the fused
+top-K has at most K - 1 + |F(u)| non-excluded items above it in dot-product order,
+so it is always among the candidates.
 
 **Cold start** (unknown user id). A documented non-personalised list with the
 fairness re-weighting: with smoothed train popularity
@@ -43,13 +44,12 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 
 from ..config import ServingConfig
 from .export import Bundle
 from .index import IndexSettings, ItemIndex
 
-OverridesFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+OverridesFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 """users ``[B]`` -> (familiar items ``[B, F]`` with -1 padding, their logits ``[B, F]``)."""
 
 
@@ -165,24 +165,15 @@ class Recommender:
         self.overrides_fn, self.n_familiar = self._adjuster()
 
     def _adjuster(self) -> tuple[OverridesFn | None, int]:
-        """The model's familiar-item score adjuster and |F|max, when it has one."""
-        b = self.bundle
-        model = b.model
-        if model is None and b.cfg.context_gnn.enabled and getattr(b.cfg.context_gnn, "familiar", True):
-            if b.model_state is None:
-                raise ValueError("this model re-scores familiar items (context_gnn.familiar) but "
-                                 "the bundle has no model state: export it without --no-model")
-            model = b.build_model()
-        adj = getattr(model, "score_adjuster", None) if model is not None else None
-        if adj is None or not adj.max_items:
+        """Familiar items and logits of the bundle (ContextGNN), and |F|max."""
+        fi, fs = self.bundle.familiar_items, self.bundle.familiar_scores
+        if fi is None or fs is None or fi.shape[1] == 0:
             return None, 0
 
-        def overrides(users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            with torch.no_grad():
-                items, vals = adj.overrides(users, model)
-            return items.cpu(), vals.float().cpu()
+        def overrides(users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return fi[users].astype(np.int64), fs[users]
 
-        return overrides, int(adj.max_items)
+        return overrides, int(fi.shape[1])
 
     # --- id maps ----------------------------------------------------------
     def user_index(self, user_id: Any) -> int | None:
@@ -196,32 +187,43 @@ class Recommender:
 
     # --- known users --------------------------------------------------------
     def recommend(self, users: Sequence[int] | np.ndarray, k: int,
-                  exclude: Sequence[np.ndarray | None] | None = None) -> list[RecList]:
-        """Top-``k`` lists for known user indices, seen items and ``exclude[b]`` removed."""
+                  exclude: Sequence[np.ndarray | None] | None = None,
+                  vectors: np.ndarray | None = None,
+                  familiar: tuple[np.ndarray, np.ndarray] | None = None) -> list[RecList]:
+        """Top-``k`` lists for known user indices, seen items and ``exclude[b]`` removed.
+
+        ``vectors`` (z_u ``[B, D]``) and ``familiar`` ((F(u), s_F) ``[B, F]``) replace
+        the bundle's precomputed user state, e.g. when the model computes it per request.
+        """
         users = np.asarray(users, dtype=np.int64)
         excl = []
         for b, u in enumerate(users):
             extra = exclude[b] if exclude is not None else None
             s = self.seen(u)
             excl.append(s if extra is None or not len(extra) else np.concatenate([s, extra]))
-        z = self.user_vectors[users]
-        scores, ids = self.index.search_filtered(z, k + self.n_familiar, excl)
-        if self.overrides_fn is not None:
-            scores, ids = self._merge_familiar(users, scores, ids, excl)
+        z = self.user_vectors[users] if vectors is None else vectors
+        if familiar is None and self.overrides_fn is not None:
+            familiar = self.overrides_fn(users)
+        n_fam = familiar[0].shape[1] if familiar is not None else 0
+        scores, ids = self.index.search_filtered(z, k + n_fam, excl)
+        if familiar is not None:
+            scores, ids = self._merge_familiar(familiar, scores, ids, excl)
         out = []
         for r in range(len(users)):
             keep = ids[r, :k] >= 0
             out.append(RecList(items=ids[r, :k][keep], scores=scores[r, :k][keep]))
         return out
 
-    def _merge_familiar(self, users: np.ndarray, scores: np.ndarray, ids: np.ndarray,
+    @staticmethod
+    def _merge_familiar(familiar: tuple[np.ndarray, np.ndarray], scores: np.ndarray, ids: np.ndarray,
                         excl: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Stage 2 of the retrieval: F(u) with its logits merged into the candidates."""
-        fam_i, fam_s = (t.numpy() for t in self.overrides_fn(torch.as_tensor(users)))
+        fam_i, fam_s = familiar
+        n = len(ids)
         width = ids.shape[1] + fam_i.shape[1]
-        out_i = np.full((len(users), width), -1, dtype=np.int64)
-        out_s = np.full((len(users), width), -np.inf, dtype=np.float32)
-        for r in range(len(users)):
+        out_i = np.full((n, width), -1, dtype=np.int64)
+        out_s = np.full((n, width), -np.inf, dtype=np.float32)
+        for r in range(n):
             f_ok = fam_i[r] >= 0
             f_ok[f_ok] &= ~np.isin(fam_i[r][f_ok], excl[r])
             f_items, f_vals = fam_i[r][f_ok], fam_s[r][f_ok]
@@ -241,7 +243,6 @@ class Recommender:
         return self.cold.recommend(k, self.cold.parse(features), exclude)
 
     # --- explain ------------------------------------------------------------
-    @torch.no_grad()
     def explain(self, u: int, i: int) -> dict[str, Any]:
         """Exact decomposition of s(u, i) into the score blocks (+ familiar part)."""
         z, y = self.user_vectors[u], self.index.vectors[i]
@@ -252,9 +253,9 @@ class Recommender:
         dot = float(np.dot(z, y))
         familiar = 0.0
         if self.overrides_fn is not None:
-            fam_i, fam_s = self.overrides_fn(torch.tensor([u]))
-            hit = (fam_i[0] == i).nonzero()
+            fam_i, fam_s = self.overrides_fn(np.array([u]))
+            hit = np.flatnonzero(fam_i[0] == i)
             if len(hit):
-                familiar = float(fam_s[0, hit[0, 0]]) - dot
+                familiar = float(fam_s[0, hit[0]]) - dot
         parts["familiar"] = familiar
         return {"score": dot + familiar, "parts": parts}
