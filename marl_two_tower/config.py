@@ -36,6 +36,10 @@ class SyntheticConfig:
     genre_affinity: float = 3.0  # strength of planted per-user genre preferences
     latent_dim: int = 8  # dimension of planted latent preference factors
     seed: int = 7  # generator seed (independent of the training seed)
+    # redraw repeated (user, item) draws so every history has its drawn length (mean =
+    # interactions_per_user); False keeps only first occurrences (shorter histories,
+    # the datasets of earlier versions bit for bit)
+    exact_lengths: bool = False
 
 
 @dataclass

@@ -16,9 +16,19 @@ Planted structure (so tests can check that models recover it):
   popularity and the one maximising ``<p_u, q_i> + Gumbel`` wins (latent factors
   p_u, q_i in R^latent_dim), which plants collaborative structure beyond genres.
 * **Time.** Per-user start times and exponential gaps give increasing timestamps.
+* **Lengths.** A history has length 5 + Geometric(1 / (interactions_per_user - 5)).
+  A repeated (user, item) draw keeps its first occurrence only, so histories come
+  out shorter than drawn (about 25% at 100k items); with ``exact_lengths`` the
+  repeats are redrawn (earlier draws win, up to ``_TOPUP_ROUNDS`` rounds), so a
+  history is a sample without replacement of the drawn length and the mean is
+  ``interactions_per_user``.
 
-Generation is vectorised and processed in user chunks, so memory is bounded by the
-chunk size, not by the number of users (1M users x 50 interactions fits easily).
+Generation is vectorised and processed in chunks of 100k users (each with its own
+random stream, seeded by (seed, first user)), and inside a chunk the per-interaction
+maths is O(interactions) memory (genre draws one genre column at a time, the
+candidate affinities in row blocks), so memory is bounded by one chunk whatever the
+number of users: 1M users x 55 interactions streams to Parquet with < 1 GB
+(:mod:`marl_two_tower.data.synthetic_parquet`).
 """
 
 from __future__ import annotations
@@ -33,7 +43,9 @@ from .dataset import Dataset
 AGE_BUCKETS = [1, 18, 25, 35, 45, 50, 56]
 N_OCCUPATIONS = 21
 _CANDIDATES = 4
-_CHUNK_USERS = 100_000
+_CHUNK_USERS = 100_000  # users per chunk (fixes the RNG streams: do not change)
+_BLOCK = 1 << 20  # interaction rows per block of the candidate-affinity maths
+_TOPUP_ROUNDS = 32  # redraw rounds of exact_lengths; on tiny catalogues a history may stay short
 
 
 class _World:
@@ -105,36 +117,87 @@ def _user_chunk(world: _World, n: int, rng: np.random.Generator) -> dict[str, np
             "p": p_user, "length": length}
 
 
-def _interaction_chunk(world: _World, users: dict[str, np.ndarray], first_user: int,
-                       rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+def _genre_draw(cdf: np.ndarray, uid: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Inverse-CDF genre of each interaction, #{g : cdf[uid, g] < r}, accumulated one
+    genre column at a time: O(m) memory instead of an ``[m, G]`` comparison matrix."""
+    genre = np.zeros(len(uid), dtype=np.int64)
+    for column in np.ascontiguousarray(cdf.T):  # contiguous columns: cache-friendly gathers
+        genre += column[uid] < r
+    return genre
+
+
+def _draw_items(world: _World, users: dict[str, np.ndarray], uid: np.ndarray,
+                rng: np.random.Generator) -> np.ndarray:
+    """One item per interaction slot of user ``uid[k]`` (genre, candidates, Gumbel pick)."""
     cfg = world.cfg
-    n = len(users["length"])
-    uid = np.repeat(np.arange(n), users["length"])
     m = len(uid)
     p_genre = 1.0 - 1.0 / (1.0 + cfg.genre_affinity)
     personal = rng.random(m) < p_genre
-    # Genre per interaction via inverse-CDF on each user's preference row.
-    cdf = np.cumsum(users["pref"], axis=1)
-    genre = (rng.random(m)[:, None] > cdf[uid]).sum(1)
-    genre = np.minimum(genre, cfg.n_genres - 1)
+    genre = np.minimum(_genre_draw(np.cumsum(users["pref"], axis=1), uid, rng.random(m)),
+                       cfg.n_genres - 1)
     cand = np.empty((m, _CANDIDATES), dtype=np.int64)
     for c in range(_CANDIDATES):
         cand[:, c] = np.where(personal, world.draw_in_genre(genre, rng),
                               world.draw_global(m, rng))
-    affinity = np.einsum("md,mcd->mc", users["p"][uid], world.q[cand])
     gumbel = -np.log(-np.log(rng.random((m, _CANDIDATES)) + 1e-12) + 1e-12)
-    item = cand[np.arange(m), np.argmax(affinity + gumbel, axis=1)]
-    # Timestamps: a start in a two-year window plus exponential gaps (increasing).
+    best = np.empty(m, dtype=np.int64)
+    # <p_u, q_i> in row blocks: the [rows, candidates, latent_dim] gather is the largest
+    # temporary of the generator, so blocking bounds memory (per-row results unchanged).
+    for s in range(0, m, _BLOCK):
+        sl = slice(s, s + _BLOCK)
+        affinity = np.einsum("md,mcd->mc", users["p"][uid[sl]], world.q[cand[sl]])
+        best[sl] = np.argmax(affinity + gumbel[sl], axis=1)
+    return cand[np.arange(m), best]
+
+
+def _timestamps(length: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Per-slot timestamps (user-major order): a start in a two-year window plus
+    exponential gaps, so each user's timestamps increase."""
+    n, m = len(length), int(length.sum())
+    uid = np.repeat(np.arange(n), length)
     start = rng.uniform(8.8e8, 8.8e8 + 6.3e7, size=n)
     gaps = rng.exponential(86400.0, size=m)
     csum = np.cumsum(gaps)
-    offsets = np.concatenate([[0], np.cumsum(users["length"])[:-1]])
-    ts = start[uid] + csum - np.repeat(csum[offsets] - gaps[offsets], users["length"])
-    # One interaction per (user, item): keep the first occurrence.
-    key = uid * cfg.n_items + item
-    _, first = np.unique(key, return_index=True)
+    offsets = np.concatenate([[0], np.cumsum(length)[:-1]])
+    return start[uid] + csum - np.repeat(csum[offsets] - gaps[offsets], length)
+
+
+def _first_occurrence(uid: np.ndarray, item: np.ndarray, n_items: int) -> np.ndarray:
+    """Indices of the first draw of every distinct (user, item) pair, in draw order."""
+    _, first = np.unique(uid * n_items + item, return_index=True)
     first.sort()
-    return uid[first] + first_user, item[first], ts[first]
+    return first
+
+
+def _interaction_chunk(world: _World, users: dict[str, np.ndarray], first_user: int,
+                       rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    cfg = world.cfg
+    length = users["length"]
+    n = len(length)
+    uid = np.repeat(np.arange(n), length)
+    item = _draw_items(world, users, uid, rng)
+    if not cfg.exact_lengths:
+        ts = _timestamps(length, rng)
+        # One interaction per (user, item): keep the first occurrence.
+        first = _first_occurrence(uid, item, cfg.n_items)
+        return uid[first] + first_user, item[first], ts[first]
+    # Exact lengths: repeated (user, item) draws are redrawn (earlier draws win), so a
+    # history is a sample without replacement from the user's preference process.
+    first = _first_occurrence(uid, item, cfg.n_items)
+    uid, item = uid[first], item[first]
+    for _ in range(_TOPUP_ROUNDS):
+        short = length - np.bincount(uid, minlength=n)
+        if not short.any():
+            break
+        new_uid = np.repeat(np.arange(n), short)
+        uid = np.concatenate([uid, new_uid])
+        item = np.concatenate([item, _draw_items(world, users, new_uid, rng)])
+        first = _first_occurrence(uid, item, cfg.n_items)
+        uid, item = uid[first], item[first]
+    order = np.argsort(uid, kind="stable")  # user-major; within a user, draw order = time
+    uid, item = uid[order], item[order]
+    ts = _timestamps(np.bincount(uid, minlength=n), rng)
+    return uid + first_user, item, ts
 
 
 def iter_chunks(cfg: SyntheticConfig, chunk_users: int = _CHUNK_USERS) -> Iterator[dict]:
@@ -156,6 +219,11 @@ def iter_chunks(cfg: SyntheticConfig, chunk_users: int = _CHUNK_USERS) -> Iterat
                "age": users["age"], "occupation": users["occupation"]}
 
 
+def generate_name(cfg: SyntheticConfig) -> str:
+    """Dataset name of a config (the fingerprint hashes it with the arrays)."""
+    return f"synthetic-{cfg.n_users}x{cfg.n_items}-s{cfg.seed}" + ("-exact" if cfg.exact_lengths else "")
+
+
 def generate(cfg: SyntheticConfig) -> Dataset:
     """Generate the whole synthetic dataset in memory (see module docstring)."""
     chunks = iter_chunks(cfg)
@@ -164,7 +232,7 @@ def generate(cfg: SyntheticConfig) -> Dataset:
     cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     # Items that nobody interacted with still belong to the catalogue (zeros count).
     return Dataset(
-        name=f"synthetic-{cfg.n_users}x{cfg.n_items}-s{cfg.seed}",
+        name=generate_name(cfg),
         users=cat["users"],
         items=cat["items"],
         timestamps=cat["timestamps"],
