@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +27,7 @@ def _config(args: argparse.Namespace, extra: list[str] | None = None):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from . import distributed
     from .pipeline import train_and_evaluate
 
     extra = []
@@ -38,11 +40,26 @@ def cmd_train(args: argparse.Namespace) -> int:
             extra.append(f"{key}={val}")
     extra += _component_overrides(args)
     cfg = _config(args, extra)
-    _, doc = train_and_evaluate(cfg, resume=args.resume, progress=not args.quiet)
-    _print_summary(doc)
-    print(f"results: {Path(cfg.output_dir) / cfg.name}/results.json; "
-          f"checkpoint: {Path(cfg.checkpoint_dir) / 'model_best.pt'}")
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # spawn the ranks; each re-enters here
+        distributed.launch(_train_rank, args.nproc, args)
+        return 0
+    ctx = distributed.init_from_env(cfg.train.device)  # None unless torchrun / --nproc set WORLD_SIZE
+    try:
+        _, doc = train_and_evaluate(cfg, resume=args.resume, progress=not args.quiet)
+    finally:
+        distributed.shutdown()
+    if ctx is None or ctx.is_main:
+        _print_summary(doc)
+        print(f"results: {Path(cfg.output_dir) / cfg.name}/results.json; "
+              f"checkpoint: {Path(cfg.checkpoint_dir) / 'model_best.pt'}")
     return 0
+
+
+def _train_rank(args: argparse.Namespace) -> None:
+    """One spawned process of ``train --nproc N`` (distributed.launch sets its rank)."""
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    cmd_train(args)
 
 
 # --no-X flags of scripts/run_training.sh -> config sections.
@@ -170,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixed-precision", choices=["none", "bf16", "fp16"])
     p.add_argument("--name", help="run name (results in <output_dir>/<name>/)")
     p.add_argument("--seed", type=int)
+    p.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes on this machine (DDP: gloo on CPU, nccl on CUDA); "
+                        "train.batch_size is the global batch; torchrun launches work too")
     p.add_argument("--resume", action="store_true", help="continue from <checkpoint_dir>/last.pt")
     p.add_argument("--mode", choices=["config", "full", "baseline"], default="config",
                    help="full = every component on, baseline = plain two-tower, "

@@ -175,6 +175,9 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 0.0
     num_negatives: int = 256  # extra uniformly sampled negatives per batch (plus in-batch)
+    # False: a row's candidates are its own positive and the shared sampled negatives only
+    # (no in-batch negatives; a DDP step then equals a single-process step, distributed.py)
+    in_batch_negatives: bool = True
     patience: int = 3  # early stopping on validation NDCG@10 (evaluations without gain)
     eval_every: int = 1  # epochs between validation evaluations
     mixed_precision: Literal["none", "bf16", "fp16"] = "none"

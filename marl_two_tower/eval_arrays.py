@@ -72,7 +72,7 @@ class EvalArrays:
 def compute_eval_arrays(split: Split, score_fn, ks: Sequence[int] = (5, 10, 20),
                         batch_size: int = 1024) -> EvalArrays:
     """Rank the test targets with ``score_fn`` (full protocol) and keep the lists."""
-    from .evaluation import rank_full
+    from .distributed import rank_full  # sharded over the ranks under DDP
 
     res = rank_full(split, score_fn, "test", k_max=max(ks), batch_size=batch_size)
     return EvalArrays(users=res.users, targets=res.targets, recs=res.recs.astype(np.int32),

@@ -31,6 +31,7 @@ once it is below (the Lagrangian of "minimise L_rec subject to G <= g*").
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -76,6 +77,8 @@ class GiniAgent(nn.Module):
         self.n_candidates = int(cfg.n_candidates)
         self.register_buffer("lam", torch.tensor(float(cfg.init_lambda)))
         self.log: list[tuple[int, float, float]] = []
+        # DDP: maps this rank's exposure to the global batch's (distributed.DistContext.sum_exposure)
+        self.exposure_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def lambda_fair(self) -> float:
@@ -92,7 +95,8 @@ class GiniAgent(nn.Module):
     def loss(self, user_vecs: torch.Tensor, item_vecs: torch.Tensor) -> torch.Tensor:
         """G(soft exposure) of the batch: ``user_vecs [U, k]``, ``item_vecs [n, k]`` (the
         candidates' vectors), scores s = user_vecs @ item_vecs^T."""
-        return gini(soft_exposure(user_vecs @ item_vecs.T, self.tau))
+        x = soft_exposure(user_vecs @ item_vecs.T, self.tau)
+        return gini(x if self.exposure_reduce is None else self.exposure_reduce(x))
 
     @torch.no_grad()
     def update(self, g_batch: float, step: int = -1) -> float:

@@ -14,7 +14,7 @@ from . import checkpoint as ckpt_io
 from .config import Config, config_from_dict
 from .data import load_split
 from .data.split import Split
-from .eval_arrays import write_for_run
+from .eval_arrays import compute_eval_arrays, save_eval_arrays
 from .results import build_results, write_results
 from .trainer import Trainer, build_model, resolve_device
 
@@ -22,7 +22,7 @@ from .trainer import Trainer, build_model, resolve_device
 def evaluate_model(split: Split, score_fn, cfg: Config, part: str = "test",
                    protocol: str = "both", groups: bool = True) -> dict[str, Any]:
     """All DESIGN §5 metrics of ``score_fn`` on ``part`` with the configured Ks."""
-    from .evaluation import evaluate
+    from .distributed import evaluate  # sharded over the ranks under DDP
 
     return evaluate(split, score_fn, part=part, ks=tuple(cfg.eval.ks), protocol=protocol,
                     batch_size=cfg.eval.batch_size, groups=groups,
@@ -42,13 +42,15 @@ def train_and_evaluate(cfg: Config, resume: bool = False, progress: bool = True,
                                      groups=False)}
     extra = {"best_epoch": state.best_epoch, "epochs_run": state.epoch,
              "skipped_steps": trainer.skipped_steps,
+             "world_size": trainer.dist.world_size if trainer.dist is not None else 1,
              "checkpoint": str(Path(cfg.checkpoint_dir) / "model_best.pt")}
     doc = build_results(cfg, split, metrics, state.history, extra)
     # per-user arrays and top-K lists for significance tests and plots (reports never
     # re-score); written before results.json, which marks a finished run
-    write_for_run(Path(cfg.output_dir) / cfg.name, split, score_fn, cfg.eval.ks,
-                  cfg.eval.batch_size)
-    write_results(Path(cfg.output_dir) / cfg.name, doc)
+    arrays = compute_eval_arrays(split, score_fn, cfg.eval.ks, cfg.eval.batch_size)
+    if trainer.dist is None or trainer.dist.is_main:  # DDP: only rank 0 writes
+        save_eval_arrays(Path(cfg.output_dir) / cfg.name, arrays)
+        write_results(Path(cfg.output_dir) / cfg.name, doc)
     return trainer, doc
 
 

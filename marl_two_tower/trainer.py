@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt_io
+from . import distributed
 from .config import Config, fingerprint_config
 from .data.split import Split
 from .losses import rec_loss, sampled_softmax_logits
@@ -172,7 +173,15 @@ class Trainer:
         if cfg.train.num_threads > 0:
             torch.set_num_threads(cfg.train.num_threads)
         self.device = resolve_device(cfg.train.device)
+        self.dist = distributed.current()  # the DDP process group (distributed.py), or None
+        if self.dist is not None:
+            self.device = self.dist.device
+            self.progress = progress and self.dist.is_main  # only rank 0 logs
+        if not cfg.train.in_batch_negatives and cfg.train.num_negatives < 1:
+            raise ValueError("train.in_batch_negatives=false needs train.num_negatives >= 1")
         self.model = (model or build_model(cfg, split)).to(self.device)
+        if self.dist is not None:  # every rank starts from rank 0's weights
+            self.dist.broadcast_parameters(self.model)
         self.sampler = build_sampler(cfg, split)
         # the genre agents (controller) have their own optimiser in self.marl
         sup_params = [p for n, p in self.model.named_parameters() if not n.startswith("controller.")]
@@ -192,6 +201,8 @@ class Trainer:
             from .gini import GiniAgent
 
             self.gini_agent = GiniAgent(cfg.gini, split.n_items).to(self.device)
+            if self.dist is not None:  # G over the global batch's exposure (distributed.py)
+                self.gini_agent.exposure_reduce = self.dist.sum_exposure
         self._gini_batch = math.nan  # G of the last batch, for the dual update after the step
         self.marl = None  # genre agents' RL steps (marl.enabled), see genre_agents.MARLTrainer
         if cfg.marl.enabled:
@@ -223,16 +234,24 @@ class Trainer:
             log_q_pos = torch.log((p[pos] * len(pos)).clamp(min=1e-12))
             log_q_neg = torch.full((n_neg,), math.log(max(n_neg, 1) / self.split.n_items),
                                    device=self.device)
+            if not cfg.train.in_batch_negatives:  # positives are not sampled candidates here
+                log_q_pos = log_q_neg[:1].expand(len(pos))
         logits = sampled_softmax_logits(z, pos, neg, y_pos, y_neg, log_q_pos, log_q_neg)
         if m.score_adjuster is not None:  # ContextGNN: familiar items get pair-wise logits
             logits = m.score_adjuster.training_logits(m, users, pos, torch.cat([pos, neg]), logits,
                                                       log_q_pos)
+        if not cfg.train.in_batch_negatives:  # mask the other rows' positives
+            b = len(pos)
+            off = ~torch.eye(b, dtype=torch.bool, device=logits.device)
+            logits = torch.cat([logits[:, :b].masked_fill(off, float("-inf")), logits[:, b:]], dim=1)
         out = {"rec": cfg.loss.l_sup * rec_loss(logits, cfg.loss.rec)}
         if cfg.tail_loss.enabled:
             out["tail"] = cfg.loss.l_tail * rec_loss(logits, cfg.loss.rec,
                                                      weight=self.tail[pos].float())
         if self.gini_agent is not None:
             cand = self.gini_agent.candidates(self.device)
+            if cand is not None and self.dist is not None:  # one candidate set for all ranks
+                self.dist.broadcast_(cand)
             g = self.gini_agent.loss(z, m.item_vectors(cand))
             self._gini_batch = float(g.detach())
             out["gini"] = cfg.loss.l_fair * self.gini_agent.lam * g
@@ -246,8 +265,12 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
             terms = self.losses(users, pos, rng)
+        logged = None
+        if self.dist is not None:  # per-rank objective whose gradients sum to the global batch's
+            terms = self.dist.local_objective(terms, {"rows": len(idx), "tail": float(self.tail[pos].sum())})
+            finite, logged = self.dist.reduce_terms(terms)  # shared skip decision, global values
         total = sum(terms.values())
-        if not torch.isfinite(total):
+        if not (torch.isfinite(total) if self.dist is None else finite):
             self.skipped_steps += 1
             log.warning("non-finite loss at step %d (%s); step skipped", self.state.step,
                         {k: float(v.detach()) for k, v in terms.items()})
@@ -255,12 +278,14 @@ class Trainer:
             return {"skipped": 1.0}
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
+        if self.dist is not None:
+            self.dist.all_reduce_grads(self.model.parameters())
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.state.step += 1
-        out = {k: float(v.detach()) for k, v in terms.items()} | {"total": float(total.detach())}
+        out = logged or {k: float(v.detach()) for k, v in terms.items()} | {"total": float(total.detach())}
         if self.gini_agent is not None:
             lam = self.gini_agent.update(self._gini_batch, self.state.step)
             log.debug("step %d gini %.4f lambda %.4f", self.state.step, self._gini_batch, lam)
@@ -283,6 +308,8 @@ class Trainer:
                 break
             if self.marl is not None:  # reward targets are never supervised positives
                 idx = self.marl.filter_positives(idx)
+            if self.dist is not None:  # DDP: this rank's contiguous shard of the global batch
+                idx = self.dist.shard(idx)
             terms = self.train_step(idx, rng)
             if self.marl is not None and (i + 1) % self.cfg.marl.rl_every == 0:
                 self.marl.step(rl_rng)
@@ -295,7 +322,7 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         """Full-ranking validation metrics @10 (the only data model selection sees)."""
-        from .evaluation import evaluate
+        from .distributed import evaluate  # sharded over the ranks under DDP
 
         res = evaluate(self.split, self.model.scorer(self.device), part="val", ks=(10,),
                        protocol="full", groups=False)
@@ -339,6 +366,8 @@ class Trainer:
                 tqdm.write(json.dumps(shown))
             for cb in self.callbacks:
                 cb(self)
+        if self.dist is not None:
+            self.dist.barrier()  # rank 0 has written model_best.pt
         if (self.ckpt_dir / "model_best.pt").exists():
             self.load_checkpoint(self.ckpt_dir / "model_best.pt", weights_only_state=True)
         return self.state
@@ -361,6 +390,8 @@ class Trainer:
         }
 
     def save_checkpoint(self, path: Path) -> Path:
+        if self.dist is not None and not self.dist.is_main:  # only rank 0 writes
+            return path
         return ckpt_io.save_atomic(self.checkpoint_dict(), path)
 
     def load_checkpoint(self, path: Path, weights_only_state: bool = False) -> None:
