@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -293,6 +294,7 @@ class MARLTrainer:
     def _reset_acc(self) -> None:
         self._n = 0
         self._skipped = 0
+        self._seconds = 0.0  # wall time of the RL steps (the controller's training overhead)
         self._scalars: dict[str, float] = {}
         g_n = self.agents.n_agents
         self._agent = {k: np.zeros(g_n) for k in ("reward", "b_mean", "b_std", "t_mean", "t_std")}
@@ -303,6 +305,13 @@ class MARLTrainer:
 
     def step(self, rng: np.random.Generator) -> dict[str, float]:
         """One RL step on ``rl_batch_users`` users drawn with ``rng``."""
+        t0 = time.perf_counter()
+        try:
+            return self._step(rng)
+        finally:
+            self._seconds += time.perf_counter() - t0
+
+    def _step(self, rng: np.random.Generator) -> dict[str, float]:
         eligible = self.core.eligible
         users = np.sort(rng.choice(eligible, size=min(self.cfg.marl.rl_batch_users, len(eligible)),
                                    replace=False))
@@ -347,6 +356,7 @@ class MARLTrainer:
         out: dict[str, Any] = {f"marl/{k}": v / n for k, v in self._scalars.items()}
         out["marl/steps"] = float(self._n)
         out["marl/skipped"] = float(self._skipped)
+        out["marl/time_s"] = self._seconds
         out["marl/agents"] = {name: {k: float(v[g] / n) for k, v in self._agent.items()}
                               for g, name in enumerate(self.agents.agent_names)}
         if writer is not None:

@@ -50,14 +50,14 @@ from .data.split import Split
 class RewardWeights:
     """Weights of R_u (one source: :class:`marl_two_tower.config.MARLConfig`)."""
 
-    alpha: float = 1.0  # HR@K
-    beta: float = 0.5  # Coverage(B)
-    gamma: float = 0.5  # 1 - Gini(B)
-    delta: float = 1.0  # TailHR@K
-    eta: float = 0.2  # Redundancy
-    jaccard: float = 0.1  # mean pairwise Jaccard of per-agent lists
-    k: int = 10  # list length
-    credit: Literal["difference", "shared"] = "difference"
+    alpha: float  # HR@K
+    beta: float  # Coverage(B)
+    gamma: float  # 1 - Gini(B)
+    delta: float  # TailHR@K
+    eta: float  # Redundancy
+    jaccard: float  # mean pairwise Jaccard of per-agent lists
+    k: int  # list length
+    credit: Literal["difference", "shared"]  # batch terms: difference rewards or shared values
 
     @classmethod
     def from_config(cls, cfg: MARLConfig) -> RewardWeights:

@@ -33,7 +33,8 @@ from marl_two_tower.trainer import Trainer, build_model
 LISTS = torch.tensor([[0, 3], [0, 4]])
 TARGETS = torch.tensor([3, 1])
 TAIL = torch.tensor([False, False, False, True, True, True])
-W = RewardWeights(alpha=1.0, beta=0.5, gamma=0.5, delta=1.0, eta=0.2, jaccard=0.1, k=2)
+W = RewardWeights(alpha=1.0, beta=0.5, gamma=0.5, delta=1.0, eta=0.2, jaccard=0.1, k=2,
+                  credit="difference")
 
 
 def test_reward_terms_hand_computed_difference_credit():
