@@ -154,3 +154,25 @@ def test_generate_subcommand(tmp_path, capsys):
                                      exact_lengths=True))
     _assert_same(ds, ref)
     assert f"{ref.n_interactions} interactions" in capsys.readouterr().out
+
+
+def test_time_order_fast_path_equals_lexsort():
+    from marl_two_tower.data.dataset import Dataset
+    from marl_two_tower.data.split import time_order
+
+    rng = np.random.default_rng(1)
+    fast = 0
+    for trial in range(300):
+        n = int(rng.integers(1, 40))
+        u = np.sort(rng.integers(0, 5, n)) if trial % 2 else rng.integers(0, 5, n)
+        ts = rng.integers(0, 4, n).astype(float)
+        if trial % 3 == 0:
+            ts = np.sort(ts)
+        if trial % 5 == 0:
+            ts[rng.random(n) < 0.3] = np.nan
+        ds = Dataset("x", u, u * 0, ts, 5, 1, np.arange(5), np.arange(1), np.zeros((1, 0), bool), [],
+                     np.zeros(1, np.int32))
+        ref = np.lexsort((np.arange(n), np.nan_to_num(ts, nan=-np.inf), u))
+        fast += bool(np.array_equal(ref, np.arange(n)))
+        assert np.array_equal(time_order(ds), ref), trial
+    assert fast > 30  # the presorted case was exercised

@@ -87,9 +87,15 @@ def time_order(ds: Dataset) -> np.ndarray:
     """Permutation sorting interactions by (user, timestamp, file position).
 
     Unknown timestamps (NaN) sort as equal, so file order decides among them.
+    Data already in (user, time) order (the synthetic generator's, many exports) is
+    recognised in O(n) and not sorted: the O(n log n) lexsort dominated the split at
+    10M+ interactions.
     """
     pos = np.arange(ds.n_interactions)
     ts = np.nan_to_num(ds.timestamps, nan=-np.inf)
+    du = np.diff(ds.users)
+    if (du >= 0).all() and (ts[1:] >= ts[:-1])[du == 0].all():
+        return pos
     return np.lexsort((pos, ts, ds.users))
 
 
