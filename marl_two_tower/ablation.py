@@ -23,6 +23,12 @@ Layout of ``output_dir``::
 Resumable: a run whose ``results.json`` exists with the same config is not retrained;
 an interrupted run continues from its ``last.pt`` (the trainer's exact resume); a run
 whose config changed since (e.g. a component landed, more epochs) is redone.
+
+Parallel workers: several ``ablate`` processes may work on one study folder on one
+machine. Each run is claimed with a lock file (``<run>/.lock`` holding the PID) and
+its status is checked when it is claimed, so a run finished or in progress elsewhere
+is skipped; a lock whose process is gone is taken over. A last plain ``ablate`` call
+after the workers end writes the complete ``study.json`` and report.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -132,10 +139,11 @@ def _comparable(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-def run_status(cfg: Config, split: Split) -> str:
+def run_status(cfg: Config, split: Split, clean: bool = True) -> str:
     """'done' (finished with this config), 'resume' (compatible last.pt), or 'todo'.
 
-    Stale artefacts (another config or data) are removed so they cannot be mixed in.
+    With ``clean`` (only while holding the run's lock) stale artefacts from another
+    config or data are removed so they cannot be mixed in.
     """
     run_dir = Path(cfg.output_dir) / cfg.name
     ck_dir = Path(cfg.checkpoint_dir)
@@ -149,6 +157,8 @@ def run_status(cfg: Config, split: Split) -> str:
             same = False
         if same:
             return "done"
+        if not clean:
+            return "todo"
         log.warning("%s: config or data changed since it finished; redoing it", run_dir)
         res.unlink()
     last = ck_dir / "last.pt"
@@ -158,9 +168,47 @@ def run_status(cfg: Config, split: Split) -> str:
                                      fingerprint_config(cfg))
             return "resume"
         except (ckpt_io.CheckpointMismatch, RuntimeError, KeyError) as exc:
+            if not clean:
+                return "todo"
             log.warning("%s: not resumable (%s); starting it afresh", last, exc)
             shutil.rmtree(ck_dir)
     return "todo"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim(run_dir: Path) -> bool:
+    """Take ``run_dir/.lock`` (O_EXCL); False while another live process holds it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / ".lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and _pid_alive(pid):
+                return False
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        return True
+    return False
+
+
+def release(run_dir: Path) -> None:
+    (run_dir / ".lock").unlink(missing_ok=True)
 
 
 def _run_baselines(cfg: Config, split: Split, output_dir: Path) -> list[dict[str, Any]]:
@@ -219,13 +267,25 @@ def run_study(cfg: Config, seeds: Sequence[int], output_dir: str | Path,
             continue
         for seed in seeds:
             rc = run_config(cfg, pv, seed, output_dir)
-            jobs.append((pv, seed, rc, run_status(rc, split)))
+            jobs.append((pv, seed, rc, run_status(rc, split, clean=False)))
     n_done = sum(1 for j in jobs if j[3] == "done")
     bar = tqdm(total=len(jobs), initial=n_done, desc="ablation", unit="run", disable=not progress)
     for pv, seed, rc, status in jobs:
         run_dir = Path(rc.output_dir) / rc.name
         entry: dict[str, Any] = {"seed": seed, "run_dir": str(run_dir), "status": status}
-        if status != "done":
+        pv.runs.append(entry)
+        if status == "done":
+            continue
+        if not claim(run_dir):
+            entry["status"] = "busy"  # another worker is training it
+            bar.update(1)
+            continue
+        try:
+            # re-checked under the lock: another worker may have finished it meanwhile
+            status = entry["status"] = run_status(rc, split)
+            if status == "done":
+                bar.update(1)
+                continue
             bar.set_postfix_str(f"{pv.variant.key} seed {seed}")
             t0 = time.perf_counter()
             try:
@@ -241,7 +301,8 @@ def run_study(cfg: Config, seeds: Sequence[int], output_dir: str | Path,
             entry |= {"status": "trained" if status == "todo" else "resumed",
                       "wall_s": time.perf_counter() - t0}
             bar.update(1)
-        pv.runs.append(entry)
+        finally:
+            release(run_dir)
     bar.close()
     base_rows = _run_baselines(cfg, split, output_dir) if baselines else []
     study = {

@@ -111,3 +111,33 @@ def test_runs_share_data_and_differ_only_in_components_and_seed(tmp_path):
         c.pop("tail_loss"), c.pop("output_dir"), c.pop("checkpoint_dir")
     assert ca == cb
     assert (out / "base" / "seed3" / "per_user.npz").exists()
+
+
+def test_a_run_claimed_by_a_live_worker_is_skipped(tmp_path, monkeypatch):
+    import os
+    import subprocess
+
+    from marl_two_tower.ablation import claim, release
+
+    cfg = tiny_config("train.epochs=1")
+    out = tmp_path / "s"
+    busy = out / "tail" / "seed1"
+    busy.mkdir(parents=True)
+    sleeper = subprocess.Popen(["sleep", "30"])  # a live "other worker"
+    try:
+        (busy / ".lock").write_text(str(sleeper.pid))
+        counter = Counter(monkeypatch)
+        study = run_study(cfg, (1,), out, variants=VARIANTS, baselines=False, progress=False,
+                          report=False)
+        assert counter.calls == [("base", 1, 0)]
+        assert study["variants"][1]["runs"][0]["status"] == "busy"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # its process is gone: the lock is stale and the run is taken over
+    counter = Counter(monkeypatch)
+    run_study(cfg, (1,), out, variants=VARIANTS, baselines=False, progress=False, report=False)
+    assert counter.calls == [("tail", 1, 0)]
+    assert not (busy / ".lock").exists()
+    assert claim(busy) and (busy / ".lock").read_text() == str(os.getpid())
+    release(busy)
