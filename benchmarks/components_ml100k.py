@@ -1,0 +1,178 @@
+"""Fairness components on ML-100K: base two-tower vs base + each component.
+
+Leave-one-out by time, full ranking (train items masked; for test, the validation
+item too). Every two-tower variant is trained with the same seed, epochs and early
+stopping on validation NDCG@10; the test split is read only with ``--part test``.
+Baselines (MostPop, BPR-MF, EASE with lambda tuned on validation) are fitted on
+train only, like the two-tower models, and scored by the same harness.
+
+    .venv/bin/python benchmarks/components_ml100k.py --part val            # tuning
+    .venv/bin/python benchmarks/components_ml100k.py --part test           # the table
+    .venv/bin/python benchmarks/components_ml100k.py --part val \\
+        --variants "+Fair Sampler" --set fair_sampler.beta=0.75              # one sweep point
+
+    .venv/bin/python benchmarks/components_ml100k.py --sampler-gini         # sampled-item Gini
+
+Each finished row is also written to ``--out`` (JSON lines), so variants can run in
+separate processes and ``--collect`` prints the table from the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from marl_two_tower.baselines import BPR, EASE, MostPop, tune_ease  # noqa: E402
+from marl_two_tower.config import load_config  # noqa: E402
+from marl_two_tower.data.movielens import load_ml100k  # noqa: E402
+from marl_two_tower.data.split import leave_one_out  # noqa: E402
+from marl_two_tower.evaluation import evaluate  # noqa: E402
+from marl_two_tower.trainer import Trainer  # noqa: E402
+
+METRICS = ("HR@10", "NDCG@10", "Coverage@10", "Gini@10", "TailHR@10")
+
+# Component defaults live in marl_two_tower/config.py; a variant only switches on.
+VARIANTS: dict[str, list[str]] = {
+    "Base two-tower": [],
+    "+Fair Sampler": ["fair_sampler.enabled=true"],
+    "+BUHS": ["buhs.enabled=true"],
+    "+GINI agent": ["gini.enabled=true"],
+    "+Tail loss": ["tail_loss.enabled=true"],
+    "+All four": ["fair_sampler.enabled=true", "buhs.enabled=true", "gini.enabled=true",
+                  "tail_loss.enabled=true"],
+}
+BASELINES = ("MostPop", "BPR-MF", "EASE")
+
+
+def metrics_of(split, score_fn, part: str) -> dict[str, float]:
+    res = evaluate(split, score_fn, part=part, ks=(10,), protocol="full", groups=False)["full"]
+    return {k: float(res[k]) if res[k] is not None else float("nan") for k in METRICS}
+
+
+def run_two_tower(split, name: str, overrides: list[str], args) -> dict:
+    with tempfile.TemporaryDirectory() as ck:
+        cfg = load_config(None, ["data.source=ml-100k", f"data.path={args.data}",
+                                 f"train.epochs={args.epochs}", f"seed={args.seed}",
+                                 "train.num_threads=1", f"checkpoint_dir={ck}",
+                                 *overrides, *args.set])
+        t0 = time.perf_counter()
+        trainer = Trainer(cfg, split, progress=False)
+        state = trainer.fit()
+        row = {"model": name, "overrides": overrides + args.set, "best_epoch": state.best_epoch,
+               "val_NDCG@10": state.best_metric, "time_s": round(time.perf_counter() - t0, 1)}
+        last = state.history[state.best_epoch - 1] if state.best_epoch > 0 else {}
+        for key in ("sampler/gini", "gini/lambda", "gini/value"):
+            if key in last:
+                row[key] = last[key]
+        row |= metrics_of(split, trainer.model.scorer(trainer.device), args.part)
+    return row
+
+
+def run_baseline(split, name: str, args) -> dict:
+    t0 = time.perf_counter()
+    if name == "MostPop":
+        model = MostPop().fit(split)
+        extra = {}
+    elif name == "BPR-MF":
+        model = BPR(seed=args.seed).fit(split)
+        extra = {}
+    else:
+        lam, _ = tune_ease(split)  # lambda by validation NDCG@10 only
+        model = EASE(lam).fit(split)
+        extra = {"overrides": [f"lambda={lam}"]}
+    return {"model": name, **extra, "time_s": round(time.perf_counter() - t0, 1),
+            **metrics_of(split, model.score, args.part)}
+
+
+def sampler_gini_table(split, seed: int) -> None:
+    """Gini of the items drawn in one epoch (batch 512) by beta and cap, vs uniform."""
+    import numpy as np
+
+    from marl_two_tower.fair_sampler import FairSampler
+    from marl_two_tower.metrics import gini
+    from marl_two_tower.trainer import PositiveSampler
+
+    idx = np.concatenate(list(PositiveSampler(split, 512, seed).batches(0)))
+    print(f"uniform sampler: Gini {gini(np.bincount(split.train_items[idx], minlength=split.n_items)):.3f}")
+    caps = (1, 2, 4, 10**6)
+    print("| beta | " + " | ".join(f"cap {c}" if c < 10**6 else "no cap" for c in caps) + " |")
+    print("|---|" + "---|" * len(caps))
+    for beta in (0.0, 0.1, 0.25, 0.5, 0.75, 1.0):
+        cells = []
+        for cap in caps:
+            fs = FairSampler(split, 512, seed, beta, cap)
+            fs.epoch_indices(0)
+            cells.append(f"{fs.last_epoch_gini:.3f}")
+        print(f"| {beta} | " + " | ".join(cells) + " |")
+
+
+def print_table(rows: list[dict], part: str) -> None:
+    base = next((r for r in rows if r["model"] == "Base two-tower"), None)
+    head = f"| model | {' | '.join(METRICS)} | best ep | settings |"
+    print(f"\nML-100K, LOO by time, full ranking, {part} split\n")
+    print(head)
+    print("|" + "---|" * (len(METRICS) + 3))
+    for r in rows:
+        cells = []
+        for k in METRICS:
+            v = r[k]
+            d = f" ({v - base[k]:+.4f})" if base is not None and r is not base and "best_epoch" in r else ""
+            cells.append(f"{v:.4f}{d}")
+        ep = str(r.get("best_epoch", "-"))
+        print(f"| {r['model']} | {' | '.join(cells)} | {ep} | {' '.join(r.get('overrides', []))} |")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "ml-100k"))
+    p.add_argument("--part", choices=["val", "test"], default="val")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--variants", nargs="*", default=list(VARIANTS) + list(BASELINES),
+                   help="rows to run (names from the table)")
+    p.add_argument("--set", action="append", default=[], help="extra config override for every "
+                   "two-tower variant (repeatable)")
+    p.add_argument("--out", default="", help="append each row as a JSON line to this file")
+    p.add_argument("--collect", action="store_true", help="only print the table from --out")
+    p.add_argument("--sampler-gini", action="store_true",
+                   help="only print the Fair Sampler's sampled-item Gini by beta and cap")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+
+    rows: list[dict] = []
+    if args.collect:
+        rows = [json.loads(line) for line in Path(args.out).read_text().splitlines() if line.strip()]
+        print_table(rows, args.part)
+        return 0
+    split = leave_one_out(load_ml100k(args.data))
+    if args.sampler_gini:
+        sampler_gini_table(split, args.seed)
+        return 0
+    for name in args.variants:
+        if name in VARIANTS:
+            row = run_two_tower(split, name, VARIANTS[name], args)
+        elif name in BASELINES:
+            row = run_baseline(split, name, args)
+        else:
+            raise SystemExit(f"unknown variant {name!r}; known: {list(VARIANTS) + list(BASELINES)}")
+        row["part"] = args.part
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(json.dumps(row) + "\n")
+    print_table(rows, args.part)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
