@@ -28,25 +28,55 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from marl_two_tower import checkpoint as ckpt_io
 from marl_two_tower.config import load_config
 from marl_two_tower.data import load_split
 from marl_two_tower.eval_arrays import compute_eval_arrays
 from marl_two_tower.metrics import per_user
 from marl_two_tower.significance import compare, paired_tests
-from marl_two_tower.trainer import Trainer
+from marl_two_tower.trainer import Trainer, build_model
 
 METRICS = ["HR@10", "NDCG@10", "Coverage@10", "Gini@10", "TailHR@10"]
+CKPT = "runs/marl_ml100k"  # checkpoints of the two runs (--out's stem when --out is given)
 
 
 def run(cfg, split, name: str):
     cfg = copy.deepcopy(cfg)
-    cfg.checkpoint_dir = f"runs/marl_ml100k/{name}"
+    cfg.checkpoint_dir = f"{CKPT}/{name}"
     t0 = time.perf_counter()
     tr = Trainer(cfg, split, progress=False)
     st = tr.fit()
     wall = time.perf_counter() - t0
     arrays = compute_eval_arrays(split, tr.model.scorer(), ks=(10,))
     return tr, st, arrays, wall
+
+
+def comparisons(split, arr_b, arr_m, model) -> dict:
+    """+MARL vs base, and the +MARL model's agents vs its own towers (controller detached)."""
+    ctrl = model.controller
+    model.controller = None  # towers only: the same weights without the agents' dimensions
+    arr_t = compute_eval_arrays(split, model.scorer(), ks=(10,))
+    model.controller = ctrl
+    pb = per_user(arr_b.recs, arr_b.targets, arr_b.tail_mask, (10,), ranks=arr_b.ranks)
+    pm = per_user(arr_m.recs, arr_m.targets, arr_m.tail_mask, (10,), ranks=arr_m.ranks)
+    ttests = {name: paired_tests(pm[f"{key}@10"], pb[f"{key}@10"])
+              for name, key in (("HR@10", "hit"), ("NDCG@10", "ndcg"), ("TailHR@10", "tailhit"))}
+    return {"vs_base": compare([arr_m], [arr_b], METRICS, n_boot=1000, seed=0),
+            "towers_vs_base": compare([arr_t], [arr_b], METRICS, n_boot=1000, seed=0),
+            "agents_vs_towers": compare([arr_m], [arr_t], METRICS, n_boot=1000, seed=0),
+            "ttests": ttests}
+
+
+def print_table(title: str, c: dict) -> None:
+    print(f"\n{title}")
+    print("| metric | base | +MARL | delta | p (Wilcoxon / bootstrap) | p (t-test) "
+          "| +MARL towers only | agents vs own towers: delta | p |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for k in METRICS:
+        v, t, a = c["vs_base"][k], c["towers_vs_base"][k], c["agents_vs_towers"][k]
+        pt = f"{c['ttests'][k]['p_ttest']:.3g}" if k in c["ttests"] else "-"
+        print(f"| {k} | {v['base_value']:.4f} | {v['value']:.4f} | {v['delta']:+.4f} "
+              f"| {v['p_value']:.3g} | {pt} | {t['value']:.4f} | {a['delta']:+.4f} | {a['p_value']:.3g} |")
 
 
 def main() -> None:
@@ -58,6 +88,8 @@ def main() -> None:
                    help="overrides for the +MARL run (e.g. marl.beta=0.1)")
     p.add_argument("--out", default="runs/marl_ml100k.json")
     args = p.parse_args()
+    global CKPT
+    CKPT = str(Path(args.out).with_suffix(""))
     torch.set_num_threads(1)
     common = [f"data.path={args.data}", f"train.epochs={args.epochs}", f"seed={args.seed}",
               "train.patience=1000"]
@@ -67,25 +99,23 @@ def main() -> None:
 
     _, st_b, arr_b, wall_b = run(cfg_base, split, "base")
     tr_m, st_m, arr_m, wall_m = run(cfg_marl, split, "marl")
-    model = tr_m.model
-    ctrl = model.controller
-    model.controller = None  # towers only: the same weights without the agents' dimensions
-    arr_t = compute_eval_arrays(split, model.scorer(), ks=(10,))
-    model.controller = ctrl
+    best = comparisons(split, arr_b, arr_m, tr_m.model)
+    # the same comparison at the last epoch (equal training for both, no selection)
+    last = {}
+    for name, cfg in (("base", cfg_base), ("marl", cfg_marl)):
+        m = build_model(cfg, split)
+        m.load_state_dict(ckpt_io.load(f"{CKPT}/{name}/last.pt")["model"])
+        last[name] = m
+    arr_bl = compute_eval_arrays(split, last["base"].scorer(), ks=(10,))
+    arr_ml = compute_eval_arrays(split, last["marl"].scorer(), ks=(10,))
+    final = comparisons(split, arr_bl, arr_ml, last["marl"])
 
-    cmp = compare([arr_m], [arr_b], METRICS, n_boot=1000, seed=0)
-    cmp_t = compare([arr_t], [arr_b], METRICS, n_boot=1000, seed=0)
-    cmp_mt = compare([arr_m], [arr_t], METRICS, n_boot=1000, seed=0)
-    pb = per_user(arr_b.recs, arr_b.targets, arr_b.tail_mask, (10,), ranks=arr_b.ranks)
-    pm = per_user(arr_m.recs, arr_m.targets, arr_m.tail_mask, (10,), ranks=arr_m.ranks)
-    ttests = {name: paired_tests(pm[f"{key}@10"], pb[f"{key}@10"])
-              for name, key in (("HR@10", "hit"), ("NDCG@10", "ndcg"), ("TailHR@10", "tailhit"))}
-
-    # agents' deterministic actions on the test users (inference observations)
-    model.eval()
+    # the fully trained agents' deterministic actions on the test users (inference observations)
+    lm = last["marl"].eval()
+    ctrl = lm.controller
     users = torch.as_tensor(arr_m.users)
     with torch.no_grad():
-        a = ctrl.act(ctrl.observe(users, model.encode_users(users))).numpy()
+        a = ctrl.act(ctrl.observe(users, lm.encode_users(users))).numpy()
     per_genre = {name: {"b_mean": float(a[:, g, 0].mean()), "b_std": float(a[:, g, 0].std()),
                         "t_mean": float(a[:, g, 1].mean()), "t_std": float(a[:, g, 1].std())}
                  for g, name in enumerate(ctrl.agent_names)}
@@ -100,23 +130,20 @@ def main() -> None:
     ep_m = [h["time_s"] for h in st_m.history]
     rl_s = [h["marl/time_s"] for h in st_m.history]
     reward_epoch = [h["marl/reward"] for h in st_m.history]
-    curve = tr_m.marl.curve
+    reward_zero_epoch = [h["marl/reward_zero_action"] for h in st_m.history]
+    curve, curve0 = tr_m.marl.curve, tr_m.marl.curve_zero
     n = max(1, len(curve) // 10)
     reward_tenths = [float(np.mean(curve[i:i + n])) for i in range(0, len(curve), n)]
+    zero_tenths = [float(np.mean(curve0[i:i + n])) for i in range(0, len(curve0), n)]
 
-    print(f"\nML-100K test, full ranking, seed {args.seed}, {args.epochs} epochs "
-          f"(best val epoch: base {st_b.best_epoch}, +MARL {st_m.best_epoch})")
-    print("| metric | base | +MARL | delta | p (Wilcoxon / bootstrap) | p (t-test) "
-          "| +MARL towers only | agents vs towers p |")
-    print("|---|---|---|---|---|---|---|---|")
-    for k in METRICS:
-        c, ct, cm = cmp[k], cmp_t[k], cmp_mt[k]
-        pt = f"{ttests[k]['p_ttest']:.3g}" if k in ttests else "-"
-        print(f"| {k} | {c['base_value']:.4f} | {c['value']:.4f} | {c['delta']:+.4f} "
-              f"| {c['p_value']:.3g} | {pt} | {ct['value']:.4f} | {cm['p_value']:.3g} |")
+    print(f"\nML-100K test, full ranking, seed {args.seed}, {args.epochs} epochs")
+    print_table(f"best validation epoch (base {st_b.best_epoch}, +MARL {st_m.best_epoch})", best)
+    print_table(f"last epoch ({args.epochs})", final)
     print("\nmean RL reward per epoch:", " ".join(f"{r:.3f}" for r in reward_epoch))
+    print("same batches, zero action:", " ".join(f"{r:.3f}" for r in reward_zero_epoch))
     print("mean RL reward per tenth of RL steps:", " ".join(f"{r:.3f}" for r in reward_tenths))
-    print("\naction spread (deterministic actions, test users):", json.dumps(
+    print("same batches, zero action:          ", " ".join(f"{r:.3f}" for r in zero_tenths))
+    print("\naction spread (last-epoch agents, deterministic actions, test users):", json.dumps(
         {k: (round(v, 4) if isinstance(v, float) else [round(x, 3) for x in v]) for k, v in spread.items()}))
     print("| genre | b mean | b std (users) | t mean | t std (users) |\n|---|---|---|---|---|")
     for name, d in per_genre.items():
@@ -128,8 +155,9 @@ def main() -> None:
           f"{tr_m.marl.cfg.marl.rl_batch_users} users; total wall base {wall_b:.0f}s, +MARL {wall_m:.0f}s")
     out = {"seed": args.seed, "epochs": args.epochs, "overrides": args.overrides,
            "best_epoch": {"base": st_b.best_epoch, "marl": st_m.best_epoch},
-           "compare": cmp, "compare_towers_only": cmp_t, "compare_agents_vs_towers": cmp_mt,
-           "ttests": ttests, "reward_per_epoch": reward_epoch, "reward_curve": curve,
+           "best": best, "last": final, "reward_per_epoch": reward_epoch,
+           "reward_zero_action_per_epoch": reward_zero_epoch,
+           "reward_curve": curve, "reward_curve_zero_action": curve0,
            "action_spread": spread, "actions_per_genre": per_genre,
            "epoch_time_s": {"base": ep_b, "marl": ep_m, "marl_rl": rl_s},
            "val_history": {"base": [h.get("val/NDCG@10") for h in st_b.history],

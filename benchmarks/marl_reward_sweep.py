@@ -50,6 +50,11 @@ SETTINGS: list[tuple[str, dict]] = [
     ("cov_gini_only", dict(beta=0.1, gamma=0.1, delta=0.0, eta=0.0, jaccard_weight=0.0)),
     ("light_nojac_smooth", dict(beta=0.1, gamma=0.1, delta=1.0, eta=0.05, jaccard_weight=0.0,
                                 tail_feature="smooth")),
+    ("fair_nojac", dict(beta=0.5, gamma=0.5, delta=1.0, eta=0.2, jaccard_weight=0.0)),
+    ("fair_mid", dict(beta=0.25, gamma=0.25, delta=0.5, eta=0.05, jaccard_weight=0.0)),
+    ("cov_gini_heavy", dict(beta=0.5, gamma=0.5, delta=0.0, eta=0.0, jaccard_weight=0.0)),
+    ("light_nojac_lr1e-3", dict(beta=0.1, gamma=0.1, delta=1.0, eta=0.05, jaccard_weight=0.0,
+                                lr=1e-3)),
 ]
 
 METRICS = ("HR@10", "NDCG@10", "Coverage@10", "Gini@10", "TailHR@10")

@@ -145,9 +145,9 @@ class MARLConfig:
     grad_clip: float = 1.0
     k: int = 10  # list length for the reward
     alpha: float = 1.0  # HR@K weight
-    beta: float = 0.1  # Coverage(B) weight (defaults: docs/marl.md sweep)
-    gamma: float = 0.1  # (1 - Gini(B)) weight
-    delta: float = 1.0  # TailHR@K weight
+    beta: float = 0.25  # Coverage(B) weight (defaults: docs/marl.md sweep)
+    gamma: float = 0.25  # (1 - Gini(B)) weight
+    delta: float = 0.5  # TailHR@K weight
     eta: float = 0.05  # Redundancy weight
     jaccard_weight: float = 0.0  # penalty on mean pairwise Jaccard of per-agent lists (sweep: 0)
     jaccard_max_genres: int = 4  # per-agent lists for the user's this-many most frequent genres

@@ -289,6 +289,7 @@ class MARLTrainer:
         self.holdout = np.zeros(len(split.train_items), dtype=bool)
         self.holdout[self.core.target_index[self.core.eligible]] = True
         self.curve: list[float] = []  # mean sampled reward of every RL step (learning curve)
+        self.curve_zero: list[float] = []  # the same batches' reward with all actions zero
         self._reset_acc()
 
     def _reset_acc(self) -> None:
@@ -317,7 +318,7 @@ class MARLTrainer:
                                    replace=False))
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         self.agents.train()
-        ro, _, info = collect(self.agents, self.core, users, gen)
+        ro, batch, info = collect(self.agents, self.core, users, gen)
         if not (torch.isfinite(ro.reward).all() and torch.isfinite(ro.agent_reward).all()):
             log.warning("non-finite MARL reward; RL step skipped")
             self._skipped += 1
@@ -328,15 +329,19 @@ class MARLTrainer:
             return stats
         res, greedy = info["result"], info["greedy"]
         terms = res.terms
-        out = {"reward": float(ro.reward.mean()),
+        # the same batch without the agents: the reward they add (learning-curve baseline)
+        zero = self.core.step(batch, torch.zeros_like(greedy)).reward
+        out = {"reward": float(ro.reward.mean()), "reward_zero_action": float(zero.mean()),
                "hr": float(terms["hr"].mean()), "tail_hr": float(terms["tail_hr"].mean()),
                "coverage": float(terms["coverage"]), "gini": float(terms["gini"]),
                "redundancy": float(terms["redundancy"].mean()),
-               "jaccard": float(terms["jaccard"].mean()),
                "policy_std": float(self.agents.log_std.detach().exp().mean()),
                "action_b_spread": float(greedy[..., 0].std()),
                "action_t_spread": float(greedy[..., 1].std()), **stats}
+        if self.core.weights.jaccard > 0:
+            out["jaccard"] = float(terms["jaccard"].mean())
         self.curve.append(out["reward"])
+        self.curve_zero.append(out["reward_zero_action"])
         for k, v in out.items():
             self._scalars[k] = self._scalars.get(k, 0.0) + v
         acc = self._agent

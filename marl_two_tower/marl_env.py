@@ -284,9 +284,15 @@ class RecEnvCore:
         return _apply_overrides(s, batch.base.overrides)
 
     @torch.no_grad()
-    def step(self, batch: RLBatch, actions: torch.Tensor, jaccard: bool = True) -> StepResult:
-        """Rewards of ``actions [B, G, 2]`` (already squashed to the action bounds)."""
+    def step(self, batch: RLBatch, actions: torch.Tensor, jaccard: bool | None = None) -> StepResult:
+        """Rewards of ``actions [B, G, 2]`` (already squashed to the action bounds).
+
+        The per-agent lists of the Jaccard term are computed when ``jaccard`` is True,
+        or by default when ``jaccard_weight > 0`` (otherwise J = 0, at no cost).
+        """
         w = self.weights
+        if jaccard is None:
+            jaccard = w.jaccard > 0
         lists = masked_topk(self.scores(batch, actions), batch.mask, w.k)
         terms = list_rewards(lists, batch.targets, self.tail_mask, self.n_items, w)
         b = len(batch.users)
