@@ -254,10 +254,11 @@ def _arrays_or_none(g: Group) -> list[EvalArrays] | None:
 # ---------------------------------------------------------------------------
 
 
-def _fmt(v: float | None, digits: int = 4) -> str:
+def _fmt(v: float | None, digits: int = 4, like: float | None = None) -> str:
+    """4 decimals, 1 for large values (AvgPop); ``like`` formats a std as its mean."""
     if v is None:
         return "n/a"
-    if abs(v) >= 100:
+    if abs(v if like is None else like) >= 100:
         return f"{v:.1f}"
     return f"{v:.{digits}f}"
 
@@ -285,7 +286,8 @@ def markdown(doc: dict[str, Any]) -> str:
         cells = []
         for c in cols:
             m = r["metrics"][c]
-            cells.append(_fmt(m["mean"]) + (f" ± {_fmt(m['std'])}" if m["std"] is not None else ""))
+            std = f" ± {_fmt(m['std'], like=m['mean'])}" if m["std"] is not None else ""
+            cells.append(_fmt(m["mean"]) + std)
         lines.append(f"| {r['label']} | {len(r['seeds'])} | " + " | ".join(cells) + " |")
     lines += ["", f"Δ vs {doc['base']} [95% CI], p (Wilcoxon for per-user metrics, paired user "
               "bootstrap for Coverage/Gini/Redundancy/AvgPop):", "", head, sep]
@@ -295,9 +297,11 @@ def markdown(doc: dict[str, Any]) -> str:
         cells = []
         for c in cols:
             m = r["metrics"][c]
-            s = ("+" if (m["delta"] or 0) >= 0 else "") + _fmt(m["delta"])
+            like = m["mean"]
+            s = ("+" if (m["delta"] or 0) >= 0 else "") + _fmt(m["delta"], like=like)
             if m.get("delta_ci95"):
-                s += f" [{_fmt(m['delta_ci95'][0])}, {_fmt(m['delta_ci95'][1])}]"
+                lo, hi = m["delta_ci95"]
+                s += f" [{_fmt(lo, like=like)}, {_fmt(hi, like=like)}]"
             p = _fmt_p(m.get("p_value"))
             s += f", p{p}" if p.startswith("<") else f", p={p}"
             cells.append(s)
