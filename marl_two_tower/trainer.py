@@ -278,8 +278,8 @@ class Trainer:
             return {"skipped": 1.0}
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
-        if self.dist is not None:
-            self.dist.all_reduce_grads(self.model.parameters())
+        if self.dist is not None:  # the supervised optimiser's parameters (the agents have their own)
+            self.dist.all_reduce_grads(p for g in self.optimizer.param_groups for p in g["params"])
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.scaler.step(self.optimizer)
