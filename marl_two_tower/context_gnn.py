@@ -64,8 +64,9 @@ estimate of the full softmax (like the paper, which always keeps familiar items
 among the sampled candidates): familiar items are scored exactly, once, in an extra
 block of columns without logQ correction; the sampled (in-batch and uniform)
 negatives that are familiar are masked out of the sampled block so they are not
-counted twice; a familiar positive keeps its column and logQ correction with s_F as
-its score.
+counted twice; a familiar positive keeps its column with s_F as its score, also
+uncorrected (it belongs to the exact stratum). Correcting it, as a first version
+did, taught the head to favour popular items (log q grows with popularity).
 
 **Retrieval** stays ANN-compatible: top-(k + familiar_size) by the two-tower dot
 product only, then F(u) re-scored and merged (``TwoTower.retrieve``); the result is
@@ -104,7 +105,9 @@ class BipartiteGraph:
     """The train user-item graph in both directions (CSR, neighbours sorted by id).
 
     ``user_indptr/user_items``: items of each user; ``item_indptr/item_users``: users
-    of each item; ``keys``: sorted ``u * n_items + i`` of every edge (membership tests).
+    of each item; ``keys``: sorted ``u * n_items + i`` of every edge (membership tests);
+    ``hist_indptr/hist_items``: each user's train interactions in time order;
+    ``last_pos[e]``: index into ``hist_items`` of the last interaction of edge ``keys[e]``.
     """
 
     n_users: int
@@ -114,10 +117,13 @@ class BipartiteGraph:
     item_indptr: np.ndarray
     item_users: np.ndarray
     keys: np.ndarray
+    hist_indptr: np.ndarray
+    hist_items: np.ndarray
+    last_pos: np.ndarray
 
     @classmethod
     def from_split(cls, split: Split) -> BipartiteGraph:
-        """Built from ``split.train_matrix`` only: validation/test edges never enter."""
+        """Built from the train interactions only: validation/test edges never enter."""
         ui = sp.csr_matrix(split.train_matrix, copy=True)
         ui.sum_duplicates()
         ui.sort_indices()
@@ -125,9 +131,23 @@ class BipartiteGraph:
         iu.sort_indices()
         n_items = split.n_items
         rows = np.repeat(np.arange(split.n_users, dtype=np.int64), np.diff(ui.indptr))
+        keys = rows * n_items + ui.indices.astype(np.int64)
+        hist_keys = split.train_users.astype(np.int64) * n_items + split.train_items
+        # last occurrence of each edge: the first one in the reversed history
+        rev_keys, first = np.unique(hist_keys[::-1], return_index=True)
+        assert np.array_equal(rev_keys, keys)
         return cls(split.n_users, n_items, ui.indptr.astype(np.int64), ui.indices.astype(np.int64),
-                   iu.indptr.astype(np.int64), iu.indices.astype(np.int64),
-                   rows * n_items + ui.indices.astype(np.int64))
+                   iu.indptr.astype(np.int64), iu.indices.astype(np.int64), keys,
+                   split.train_indptr.astype(np.int64), split.train_items.astype(np.int64),
+                   len(hist_keys) - 1 - first)
+
+    def position(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Index into ``hist_items`` of the last (u, i) interaction; must be an edge."""
+        k = np.asarray(users, dtype=np.int64) * self.n_items + np.asarray(items, dtype=np.int64)
+        e = np.searchsorted(self.keys, k)
+        if not np.array_equal(self.keys[np.minimum(e, len(self.keys) - 1)], k):
+            raise ValueError("training positives must be train edges")
+        return self.last_pos[e]
 
     @property
     def user_deg(self) -> np.ndarray:
@@ -180,37 +200,78 @@ def sample_neighbours(indptr: np.ndarray, indices: np.ndarray, nodes: np.ndarray
     return seg, indices[start[seg] + pos], scale[seg]
 
 
+def two_hop_items(graph: BipartiteGraph, m: int, budget: int = 1 << 24) -> sp.csr_matrix:
+    """C = top-``m`` per row of hat-A^T hat-A (items -> users -> items, LightGCN weights).
+
+    C(i, j) = sum_v w(v, i) w(v, j): the exact two-hop walk mass between items over
+    all their users, truncated to each item's ``m`` strongest links (ties: smaller
+    id), so hop 3 of the tree costs B x |hop 1| x m whatever the number of users.
+    Computed in row blocks of at most ``budget`` entries; train edges only.
+    """
+    n_u, n_i = graph.n_users, graph.n_items
+    udeg, ideg = graph.user_deg.astype(np.float64), graph.item_deg.astype(np.float64)
+    rows = np.repeat(np.arange(n_u), graph.user_deg)
+    a = sp.csr_matrix((1.0 / np.sqrt(udeg[rows] * ideg[graph.user_items]), (rows, graph.user_items)),
+                      shape=(n_u, n_i))
+    at = a.T.tocsr()
+    out_r, out_c, out_v = [], [], []
+    step = max(1, budget // max(n_i, 1))
+    for s0 in range(0, n_i, step):
+        c = (at[s0:s0 + step] @ a).tocoo()
+        order = np.lexsort((c.col, -c.data, c.row))
+        r, col, v = c.row[order], c.col[order], c.data[order]
+        rank = np.arange(len(r)) - np.searchsorted(r, r)
+        keep = rank < m
+        out_r.append(r[keep] + s0)
+        out_c.append(col[keep])
+        out_v.append(v[keep])
+    cm = sp.csr_matrix((np.concatenate(out_v), (np.concatenate(out_r), np.concatenate(out_c))),
+                       shape=(n_i, n_i))
+    cm.sort_indices()
+    return cm
+
+
 @dataclass
 class Neighbourhood:
     """Sampled computation tree of a batch of roots (numpy, no autograd).
 
     ``p1``: ``[B, len(items1)]`` hop-1 mass (columns = global ids ``items1``);
     ``p2``: ``[B, len(users2)]``; ``p3``: ``[B, len(items3)]`` or None when not needed;
+    ``p2``/``p3`` are dense arrays when the frontier is small (see ``dense_budget``);
     ``fam_items``: ``[B, familiar_size]`` familiar items (-1 = empty slot), best first;
     ``fam_mass``: their P3 mass (0 in empty slots).
     """
 
     p1: sp.csr_matrix
     items1: np.ndarray
-    p2: sp.csr_matrix
+    p2: sp.csr_matrix | np.ndarray
     users2: np.ndarray
-    p3: sp.csr_matrix | None
+    p3: sp.csr_matrix | np.ndarray | None
     items3: np.ndarray
     fam_items: np.ndarray
     fam_mass: np.ndarray
 
 
-def _compact(rows: np.ndarray, nodes: np.ndarray, vals: np.ndarray,
-             n_rows: int) -> tuple[sp.csr_matrix, np.ndarray]:
+def _relabel(nodes: np.ndarray, n_total: int) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct nodes in increasing id, index of each node among them), like
+    ``np.unique(return_inverse=True)`` but O(len + n_total) with a mark array."""
+    mark = np.zeros(n_total + 1, dtype=np.int64)
+    mark[nodes + 1] = 1
+    rank = np.cumsum(mark)  # rank[v] = number of distinct nodes < v
+    return np.flatnonzero(mark[1:]), rank[nodes]
+
+
+def _compact(rows: np.ndarray, nodes: np.ndarray, vals: np.ndarray, n_rows: int,
+             n_total: int) -> tuple[sp.csr_matrix, np.ndarray]:
     """CSR over the distinct ``nodes`` only (columns relabelled in increasing id)."""
-    uniq, inv = np.unique(nodes, return_inverse=True)
+    uniq, inv = _relabel(nodes, n_total)
     m = sp.csr_matrix((vals, (rows, inv)), shape=(n_rows, len(uniq)))
     m.sum_duplicates()
     return m, uniq
 
 
-def _familiar(p3: sp.csr_matrix, items3: np.ndarray, graph: BipartiteGraph, users: np.ndarray,
-              exclude: np.ndarray | None, k: int,
+def _familiar(p3: sp.csr_matrix | np.ndarray, items3: np.ndarray, graph: BipartiteGraph,
+              users: np.ndarray, exclude: np.ndarray | None, k: int,
               block: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the ``k`` unconsumed items of largest P3 mass (ties: smaller id), padded.
 
@@ -224,7 +285,7 @@ def _familiar(p3: sp.csr_matrix, items3: np.ndarray, graph: BipartiteGraph, user
     step = max(1, block // n3)
     for r0 in range(0, b, step):
         r1 = min(b, r0 + step)
-        dense = p3[r0:r1].toarray()
+        dense = p3[r0:r1].copy() if isinstance(p3, np.ndarray) else p3[r0:r1].toarray()
         # consumed items (train, minus the training positive) cannot be familiar
         u = users[r0:r1]
         start, end = graph.user_indptr[u], graph.user_indptr[u + 1]
@@ -246,52 +307,115 @@ def _familiar(p3: sp.csr_matrix, items3: np.ndarray, graph: BipartiteGraph, user
 
 
 def _topk_smallest_id(x: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of each row's ``k`` largest values, best first; ties go to the
-    smaller column (so the result does not depend on the sort algorithm)."""
-    t = torch.from_numpy(x)
-    kth = torch.topk(t, k, dim=1).values[:, -1:]
-    above = t > kth
-    tie = t == kth
-    # keep every value above the k-th, then the first (smallest-column) ties
-    need = k - above.sum(1, keepdim=True)
-    chosen = above | (tie & (torch.cumsum(tie, 1) <= need))
-    cols = torch.nonzero(chosen)[:, 1].reshape(len(x), k)
-    order = torch.sort(-torch.gather(t, 1, cols), dim=1, stable=True).indices
-    return torch.gather(cols, 1, order).numpy()
+    """Column indices of each row's ``k`` largest values, best first; exact ties go to
+    the smaller column (columns are in increasing item id, so the choice does not depend
+    on the batch): the key x * (1 - 2^-40 col/n) reorders only values that are equal to
+    ~12 significant digits, i.e. ties up to rounding."""
+    n = x.shape[1]
+    key = torch.from_numpy(x) * (1.0 - 2.0**-40 * torch.arange(n, dtype=torch.float64) / n)
+    return torch.topk(key, k, dim=1).indices.numpy()
+
+
+def _cut_return_walks(p3: sp.csr_matrix | np.ndarray, p1: sp.csr_matrix, items1: np.ndarray,
+                      items3: np.ndarray, item_item: sp.csr_matrix, graph: BipartiteGraph,
+                      users: np.ndarray, exclude: np.ndarray) -> None:
+    """Remove, in place, the walks root -> i -> root -> t from P3(b, t_b).
+
+    C sums over all users of i and t, the root included, and the root's own term
+    w(u, i) w(u, t) uses the held-out edge (u, t). Where C(i, t) was kept, that term
+    is subtracted; a result within rounding of 0 (the root was the only link) is 0.
+    """
+    b = len(users)
+    n_i = graph.n_items
+    udeg, ideg = graph.user_deg.astype(np.float64), graph.item_deg.astype(np.float64)
+    c = p1.tocoo()
+    i_glob, t = items1[c.col], exclude[c.row]
+    keys = np.repeat(np.arange(n_i, dtype=np.int64), np.diff(item_item.indptr)) * n_i + item_item.indices
+    q = i_glob * n_i + t
+    hit = np.minimum(np.searchsorted(keys, q), max(len(keys) - 1, 0))
+    stored = (keys[hit] == q) if len(keys) else np.zeros(len(q), dtype=bool)
+    per = c.data * stored / np.sqrt(udeg[users[c.row]] * ideg[i_glob])
+    leak = np.bincount(c.row, weights=per, minlength=b) / np.sqrt(udeg[users] * ideg[exclude])
+    col = np.minimum(np.searchsorted(items3, exclude), len(items3) - 1)
+    rows = np.flatnonzero((items3[col] == exclude) & (leak > 0))
+    if isinstance(p3, np.ndarray):
+        before = p3[rows, col[rows]].copy()
+        after = before - leak[rows]
+        p3[rows, col[rows]] = np.where(after > 1e-9 * before, after, 0.0)
+    else:
+        p3.sort_indices()
+        n3 = p3.shape[1]
+        flat = np.repeat(np.arange(b, dtype=np.int64), np.diff(p3.indptr)) * n3 + p3.indices
+        k = np.searchsorted(flat, rows * n3 + col[rows])  # present: leak > 0 implies a walk
+        after = p3.data[k] - leak[rows]
+        p3.data[k] = np.where(after > 1e-9 * p3.data[k], after, 0.0)
 
 
 def sample_neighbourhood(graph: BipartiteGraph, users: np.ndarray, exclude: np.ndarray | None,
-                         fanout: int, familiar_size: int, salt: int,
-                         need_hop3: bool) -> Neighbourhood:
+                         fanout: int, familiar_size: int, salt: int, need_hop3: bool,
+                         recent: int = 0, item_item: sp.csr_matrix | None = None,
+                         dense_budget: int = 1 << 21) -> Neighbourhood:
     """The sampled tree of ``users`` and their familiar sets (see the module docstring).
 
     ``exclude[b]`` (training positive, or -1) is cut from row b's tree and stays
-    eligible for F(u_b).
+    eligible for F(u_b). ``recent > 0``: the root's hop-1 neighbours are its
+    ``recent`` latest train items before the predicted interaction (temporal
+    sampling; during training, the items before the positive), weighted
+    1 / sqrt(n_window deg i) as if they were the root's only edges; ``recent = 0``:
+    a uniform ``fanout`` sample of all its items. A walk matrix is kept dense when
+    B x (its distinct frontier nodes) <= ``dense_budget`` (small graphs, where the
+    frontier saturates and dense products beat building sparse ones); the values
+    are the same either way.
     """
     users = np.asarray(users, dtype=np.int64)
     b = len(users)
     udeg, ideg = graph.user_deg.astype(np.float64), graph.item_deg.astype(np.float64)
     # hop 1: root -> items, the training positive's edge removed
-    seg, items, scale = sample_neighbours(graph.user_indptr, graph.user_items, users, fanout, salt, 1)
-    w = scale / np.sqrt(udeg[users[seg]] * ideg[items])
+    if recent > 0:
+        end = graph.hist_indptr[users + 1] if exclude is None else graph.position(users, exclude)
+        start = np.maximum(graph.hist_indptr[users], end - recent)
+        n = end - start
+        seg = np.repeat(np.arange(b), n)
+        items = graph.hist_items[np.repeat(start, n) + np.arange(int(n.sum()))
+                                 - np.repeat(np.cumsum(n) - n, n)]
+        w = 1.0 / np.sqrt(n[seg] * ideg[items])
+    else:
+        seg, items, scale = sample_neighbours(graph.user_indptr, graph.user_items, users, fanout,
+                                              salt, 1)
+        w = scale / np.sqrt(udeg[users[seg]] * ideg[items])
     if exclude is not None:
         keep = items != exclude[seg]
         seg, items, w = seg[keep], items[keep], w[keep]
-    p1, items1 = _compact(seg, items, w, b)
+    p1, items1 = _compact(seg, items, w, b, graph.n_items)
     # hop 2: items -> users; the root leaves its own frontier (return walks)
     seg, nbr, scale = sample_neighbours(graph.item_indptr, graph.item_users, items1, fanout, salt, 2)
-    s2, users2 = _compact(seg, nbr, scale / np.sqrt(ideg[items1[seg]] * udeg[nbr]), len(items1))
-    p2 = (p1 @ s2).tocoo()
-    keep = users2[p2.col] != users[p2.row]
-    p2 = sp.csr_matrix((p2.data[keep], (p2.row[keep], p2.col[keep])), shape=p2.shape)
+    s2, users2 = _compact(seg, nbr, scale / np.sqrt(ideg[items1[seg]] * udeg[nbr]), len(items1),
+                          graph.n_users)
+    p2: sp.csr_matrix | np.ndarray
+    if b * len(users2) <= dense_budget:
+        p2 = p1 @ s2.toarray()
+        loc = np.minimum(np.searchsorted(users2, users), max(len(users2) - 1, 0))
+        own = users2[loc] == users if len(users2) else np.zeros(b, dtype=bool)
+        p2[np.flatnonzero(own), loc[own]] = 0.0
+    else:
+        c = (p1 @ s2).tocoo()
+        keep = users2[c.col] != users[c.row]
+        p2 = sp.csr_matrix((c.data[keep], (c.row[keep], c.col[keep])), shape=c.shape)
     fam_items = np.full((b, familiar_size), -1, dtype=np.int64)
     fam_mass = np.zeros((b, familiar_size))
     if not need_hop3:
         return Neighbourhood(p1, items1, p2, users2, None, np.zeros(0, np.int64), fam_items, fam_mass)
-    # hop 3: users -> items
-    seg, nbr, scale = sample_neighbours(graph.user_indptr, graph.user_items, users2, fanout, salt, 3)
-    s3, items3 = _compact(seg, nbr, scale / np.sqrt(udeg[users2[seg]] * ideg[nbr]), len(users2))
-    p3 = (p2 @ s3).tocsr()
+    # hop 3: items -> items through the two-hop operator C (exact walks, top-m links)
+    if item_item is None:
+        raise ValueError("hop 3 needs the two-hop item operator (two_hop_items)")
+    rows_c = item_item[items1]
+    items3, inv = _relabel(rows_c.indices.astype(np.int64), graph.n_items)
+    c3 = sp.csr_matrix((rows_c.data, inv, rows_c.indptr), shape=(len(items1), len(items3)))
+    p3: sp.csr_matrix | np.ndarray = (p1 @ c3).tocsr()
+    if b * len(items3) <= dense_budget:
+        p3 = p3.toarray()
+    if exclude is not None and len(items3):
+        _cut_return_walks(p3, p1, items1, items3, item_item, graph, users, exclude)
     if familiar_size > 0:
         fam_items, fam_mass = _familiar(p3, items3, graph, users, exclude, familiar_size)
     return Neighbourhood(p1, items1, p2, users2, p3, items3, fam_items, fam_mass)
@@ -302,9 +426,11 @@ def sample_neighbourhood(graph: BipartiteGraph, users: np.ndarray, exclude: np.n
 # ---------------------------------------------------------------------------
 
 
-def _propagate(m: sp.csr_matrix, emb: torch.Tensor) -> torch.Tensor:
+def _propagate(m: sp.csr_matrix | np.ndarray, emb: torch.Tensor) -> torch.Tensor:
     """``m @ emb`` with gradients to ``emb``: dense when m is dense enough, else sparse."""
     dev = emb.device
+    if isinstance(m, np.ndarray):
+        return torch.from_numpy(m.astype(np.float32)).to(dev) @ emb
     if m.nnz == 0:
         return emb.new_zeros((m.shape[0], emb.shape[1]))
     if m.nnz > 0.05 * m.shape[0] * m.shape[1]:
@@ -331,6 +457,9 @@ class ContextGNN(ScoreAdjuster):
             raise ValueError("context_gnn.fanout must be >= 1 and familiar_size >= 0")
         self.cfg = cfg
         self.graph = BipartiteGraph.from_split(split)
+        # hop 3 (familiar items, layer 3): exact two-hop item walks, top item_neighbours
+        self.item_item = (two_hop_items(self.graph, cfg.item_neighbours)
+                          if cfg.layers >= 3 or cfg.familiar else None)
         self.max_items = cfg.familiar_size if cfg.familiar else 0
         self.user_emb = nn.Embedding(split.n_users, dim)
         self.item_emb = nn.Embedding(split.n_items, dim)
@@ -345,26 +474,33 @@ class ContextGNN(ScoreAdjuster):
         self._cache: tuple | None = None
 
     # --- sampling ---------------------------------------------------------
-    def neighbourhood(self, users: torch.Tensor, exclude: torch.Tensor | None) -> Neighbourhood:
-        """The sampled tree of this batch; reused by the calls of one forward pass.
+    def tree(self, users: torch.Tensor,
+             exclude: torch.Tensor | None) -> tuple[Neighbourhood, torch.Tensor]:
+        """(sampled tree, c_u) of this batch, shared by the calls of one forward pass.
 
-        The context (inside ``user_vectors``) and the familiar head (after it) must
-        see the same sample; the cache holds the structure only (no parameters), keyed
-        by the identity of the ``users``/``exclude`` tensors and the mode.
+        The context (inside ``user_vectors``) and the familiar head (after it) must see
+        the same sample, so the tree is cached, keyed by the identity of the
+        ``users``/``exclude`` tensors and the mode; c_u is reused only while the GNN
+        tables are unchanged (their in-place version counters, bumped by every
+        optimiser step) and the grad mode is the same.
         """
+        version = (self.user_emb.weight._version, self.item_emb.weight._version,
+                   torch.is_grad_enabled())
         c = self._cache
         if c is not None and c[0] is users and c[1] is exclude and c[2] == self.training:
-            return c[3]
-        if self.training:
-            salt = int(torch.randint(0, 2**62, ()).item())
+            nb = c[3]
+            if c[5] == version:
+                return nb, c[4]
         else:
-            salt = self.cfg.inference_seed
-        ex = None if exclude is None else exclude.detach().cpu().numpy().astype(np.int64)
-        nb = sample_neighbourhood(self.graph, users.detach().cpu().numpy(), ex, self.cfg.fanout,
-                                  self.max_items, salt,
-                                  need_hop3=self.cfg.layers >= 3 or self.max_items > 0)
-        self._cache = (users, exclude, self.training, nb)
-        return nb
+            salt = int(torch.randint(0, 2**62, ()).item()) if self.training else self.cfg.inference_seed
+            ex = None if exclude is None else exclude.detach().cpu().numpy().astype(np.int64)
+            nb = sample_neighbourhood(self.graph, users.detach().cpu().numpy(), ex, self.cfg.fanout,
+                                      self.max_items, salt,
+                                      need_hop3=self.cfg.layers >= 3 or self.max_items > 0,
+                                      recent=self.cfg.recent, item_item=self.item_item)
+        ctx = self.context(users, nb)
+        self._cache = (users, exclude, self.training, nb, ctx, version)
+        return nb, ctx
 
     # --- context ----------------------------------------------------------
     def context(self, users: torch.Tensor, nb: Neighbourhood) -> torch.Tensor:
@@ -383,51 +519,67 @@ class ContextGNN(ScoreAdjuster):
                 exclude: torch.Tensor | None = None) -> torch.Tensor:
         """c_u ``[B, d]`` (the user-context interface of ``TwoTower``)."""
         with torch.autocast(users.device.type, enabled=False):
-            return self.context(users, self.neighbourhood(users, exclude))
+            return self.tree(users, exclude)[1]
 
     # --- familiar items -----------------------------------------------------
-    def overrides(self, users: torch.Tensor, model: TwoTower,
-                  exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(F(u) ``[B, familiar_size]`` with -1 padding, s_F(u, j) ``[B, familiar_size]``)."""
+    def overrides(self, users: torch.Tensor, model: TwoTower, exclude: torch.Tensor | None = None,
+                  z: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(F(u) ``[B, familiar_size]`` with -1 padding, s_F(u, j) ``[B, familiar_size]``).
+
+        ``z`` (the batch's z_u, if already computed) feeds the residual variant.
+        """
         dev = self.user_emb.weight.device
         with torch.autocast(dev.type, enabled=False):
-            nb = self.neighbourhood(users, exclude)
+            nb, c = self.tree(users, exclude)
             items = torch.from_numpy(nb.fam_items).to(dev)
             valid = items >= 0
             if items.shape[1] == 0:
                 return items, torch.zeros(items.shape, device=dev)
-            c = self.context(users, nb)
-            h = self.item_emb(items.clamp(min=0))  # [B, F, d]
+            safe = items.clamp(min=0)
+            h = self.item_emb(safe)  # [B, F, d]
             mass = torch.from_numpy(nb.fam_mass.astype(np.float32)).to(dev).clamp(min=1e-30)
             log_mass = torch.log(mass)
             rel = log_mass - log_mass[:, :1]
-            phi = torch.stack([log_mass, rel, self.log_item_deg[items.clamp(min=0)]], dim=-1)
+            phi = torch.stack([log_mass, rel, self.log_item_deg[safe]], dim=-1)
             phi = torch.where(valid[..., None], phi, torch.zeros_like(phi))
             logit = (torch.einsum("bd,bfd->bf", c, h) + self.item_head(h).squeeze(-1)
                      + self.pair_head(phi).squeeze(-1) + self.offset(c))
+            if self.cfg.residual:
+                if z is None:
+                    z = model.user_vectors(users, exclude)
+                uniq, inv = torch.unique(safe, return_inverse=True)
+                y = model.item_vectors(uniq).float()[inv]  # [B, F, d']
+                logit = logit + torch.einsum("bd,bfd->bf", z.float(), y)
             return items, logit.masked_fill(~valid, 0.0)
 
     def training_logits(self, model: TwoTower, users: torch.Tensor, pos: torch.Tensor,
                         cand_items: torch.Tensor, logits: torch.Tensor,
-                        log_q_pos: torch.Tensor | None) -> torch.Tensor:
-        """Sampled-softmax logits ``[B, C]`` -> ``[B, C + F]`` with familiar items exact.
+                        z: torch.Tensor | None = None,
+                        log_q: torch.Tensor | None = None) -> torch.Tensor:
+        """Sampled-softmax logits ``[B, C]`` of the fused score (column b = row b's positive).
 
-        Column b of row b is the positive; familiar non-positive candidates are masked
-        in the sampled block and scored once in the appended block (no logQ).
+        ``logits`` are the logQ-corrected two-tower logits s - log q_c (``log_q [C]``,
+        None = uncorrected). ``familiar_loss='sampled'``: a familiar candidate's logit
+        becomes s_F - log q_c, i.e. the sampled softmax of the fused score, with the
+        same correction for both kinds of logits. ``'stratified'``: familiar items are
+        scored once each, exactly and uncorrected, in ``F`` appended columns; familiar
+        candidates other than the positive are masked in the sampled block; a
+        familiar positive gets s_F uncorrected. Returns ``[B, C]`` or ``[B, C + F]``.
         """
-        items, fam = self.overrides(users, model, exclude=pos)
+        items, fam = self.overrides(users, model, exclude=pos, z=z)
         if items.shape[1] == 0:
             return logits
         fam = fam.float()
-        b = len(users)
-        ar = torch.arange(b, device=logits.device)
         in_fam, fam_at = lookup_overrides(items, fam, cand_items)  # [B, C]
+        in_fam &= torch.isfinite(logits)  # accidental hits stay masked
+        corr = log_q.float()[None, :] if log_q is not None else torch.zeros_like(logits[:1])
+        if self.cfg.familiar_loss == "sampled":
+            return torch.where(in_fam, fam_at - corr, logits)
+        ar = torch.arange(len(users), device=logits.device)
         own = torch.zeros_like(in_fam)
         own[ar, ar] = True
         out = logits.masked_fill(in_fam & ~own, float("-inf"))
-        pos_fam = in_fam[ar, ar]
-        corr = log_q_pos.float() if log_q_pos is not None else torch.zeros(b, device=logits.device)
-        out[ar, ar] = torch.where(pos_fam, fam_at[ar, ar] - corr, out[ar, ar])
+        out[ar, ar] = torch.where(in_fam[ar, ar], fam_at[ar, ar], out[ar, ar])
         extra = fam.masked_fill((items < 0) | (items == pos[:, None]), float("-inf"))
         return torch.cat([out, extra], dim=1)
 

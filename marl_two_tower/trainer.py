@@ -238,8 +238,9 @@ class Trainer:
                 log_q_pos = log_q_neg[:1].expand(len(pos))
         logits = sampled_softmax_logits(z, pos, neg, y_pos, y_neg, log_q_pos, log_q_neg)
         if m.score_adjuster is not None:  # ContextGNN: familiar items get pair-wise logits
-            logits = m.score_adjuster.training_logits(m, users, pos, torch.cat([pos, neg]), logits,
-                                                      log_q_pos)
+            log_q = None if log_q_pos is None else torch.cat([log_q_pos, log_q_neg])
+            logits = m.score_adjuster.training_logits(m, users, pos, torch.cat([pos, neg]), logits, z,
+                                                      log_q)
         if not cfg.train.in_batch_negatives:  # mask the other rows' positives
             b = len(pos)
             off = ~torch.eye(b, dtype=torch.bool, device=logits.device)

@@ -61,16 +61,18 @@ class ScoreAdjuster(nn.Module):
 
     max_items: int = 0
 
-    def overrides(self, users: torch.Tensor, model: TwoTower,
-                  exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(items ``[B, max_items]`` int64, -1 = empty slot; their logits ``[B, max_items]``)."""
+    def overrides(self, users: torch.Tensor, model: TwoTower, exclude: torch.Tensor | None = None,
+                  z: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(items ``[B, max_items]`` int64, -1 = empty slot; their logits ``[B, max_items]``);
+        ``z`` = the batch's user vectors when already computed."""
         raise NotImplementedError
 
     def training_logits(self, model: TwoTower, users: torch.Tensor, pos: torch.Tensor,
                         cand_items: torch.Tensor, logits: torch.Tensor,
-                        log_q_pos: torch.Tensor | None) -> torch.Tensor:
-        """Sampled-softmax logits ``[B, C]`` (column b = row b's positive) with the
-        adjusted items' logits put in; may append columns."""
+                        z: torch.Tensor | None = None,
+                        log_q: torch.Tensor | None = None) -> torch.Tensor:
+        """Sampled-softmax logits ``[B, C]`` (column b = row b's positive, corrected by
+        ``log_q [C]``) with the adjusted items' logits put in; may append columns."""
         raise NotImplementedError
 
 
@@ -291,10 +293,11 @@ class TwoTower(nn.Module):
     def score(self, users: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         """s(u, i) = <z_u, y_i> for all items (``[B, n_items]``) or given items ``[M]``,
         with the score adjuster's items replaced (fused score)."""
-        s = self.user_vectors(users) @ self.item_vectors(items).T
+        z = self.user_vectors(users)
+        s = z @ self.item_vectors(items).T
         if self.score_adjuster is None:
             return s
-        ov_items, ov_vals = self.score_adjuster.overrides(users, self)
+        ov_items, ov_vals = self.score_adjuster.overrides(users, self, z=z)
         if items is None:
             return apply_overrides(s, ov_items, ov_vals)
         hit, val = lookup_overrides(ov_items, ov_vals, items)
@@ -316,7 +319,8 @@ class TwoTower(nn.Module):
         without a rankable item hold -1 / -inf.
         """
         self.eval()
-        s = self.user_vectors(users) @ self.item_vectors().T
+        z = self.user_vectors(users)
+        s = z @ self.item_vectors().T
         n_ex, ex_keys = 0, None
         if exclude is not None:
             sub = exclude[users.cpu().numpy()].tocsr()
@@ -327,7 +331,7 @@ class TwoTower(nn.Module):
         kk = min(s.shape[1], k + (adj.max_items if adj is not None else 0) + n_ex)
         cand_s, cand_i = torch.topk(s, kk, dim=1)  # stage 1: dot-product top-K'
         if adj is not None:
-            ov_items, ov_vals = adj.overrides(users, self)
+            ov_items, ov_vals = adj.overrides(users, self, z=z)
             hit, val = lookup_overrides(ov_items, ov_vals, cand_i)
             cand_s = torch.where(hit, val.to(cand_s.dtype), cand_s)
             new = (ov_items >= 0) & ~(ov_items[:, :, None] == cand_i[:, None, :]).any(-1)
@@ -350,9 +354,10 @@ class TwoTower(nn.Module):
         def score_fn(users: np.ndarray) -> torch.Tensor:
             with torch.no_grad():
                 u = torch.as_tensor(users, dtype=torch.long, device=device)
-                s = self.user_vectors(u) @ items.T
+                z = self.user_vectors(u)
+                s = z @ items.T
                 if self.score_adjuster is not None:
-                    s = apply_overrides(s, *self.score_adjuster.overrides(u, self))
+                    s = apply_overrides(s, *self.score_adjuster.overrides(u, self, z=z))
                 return s.float().cpu()
 
         return score_fn

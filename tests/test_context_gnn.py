@@ -14,6 +14,7 @@ from marl_two_tower.context_gnn import (
     ContextGNN,
     sample_neighbourhood,
     sample_neighbours,
+    two_hop_items,
 )
 from marl_two_tower.data import load_split
 from marl_two_tower.data.dataset import Dataset
@@ -47,20 +48,35 @@ def hand_dataset(histories: list[list[int]], n_items: int) -> Dataset:
                    item_year=np.zeros(n_items, dtype=np.int32))
 
 
-def exact_walks(graph: BipartiteGraph, users: np.ndarray, exclude: np.ndarray | None):
-    """Oracle: dense hat-A powers with the module's two leakage rules applied."""
+def exact_walks(graph: BipartiteGraph, users: np.ndarray, exclude: np.ndarray | None,
+                recent: int = 0):
+    """Oracle: dense hat-A products with the module's leakage rules applied."""
     r = np.zeros((graph.n_users, graph.n_items))
     rows = np.repeat(np.arange(graph.n_users), graph.user_deg)
     r[rows, graph.user_items] = 1.0
     du, di = r.sum(1), r.sum(0)
     a = r / np.sqrt(np.maximum(np.outer(du, di), 1e-300))
     a[r == 0] = 0.0
-    p1 = a[users].copy()
+    if recent == 0:
+        p1 = a[users].copy()
+    else:  # the latest `recent` items before the predicted interaction
+        p1 = np.zeros((len(users), graph.n_items))
+        for b, u in enumerate(users):
+            h = list(graph.hist_items[graph.hist_indptr[u]:graph.hist_indptr[u + 1]])
+            if exclude is not None:
+                h = h[:len(h) - 1 - h[::-1].index(exclude[b])]
+            for i in h[-recent:]:
+                p1[b, i] += 1.0 / np.sqrt(len(h[-recent:]) * di[i])
     if exclude is not None:
         p1[np.arange(len(users)), exclude] = 0.0
     p2 = p1 @ a.T
     p2[np.arange(len(users)), users] = 0.0  # the root leaves its own frontier
-    return p1, p2, p2 @ a
+    p3 = p1 @ (a.T @ a)
+    if exclude is not None:  # walks root -> i -> root -> t use the held-out edge
+        ar = np.arange(len(users))
+        p3[ar, exclude] -= (p1 * a[users]).sum(1) * a[users, exclude]
+        p3[np.abs(p3) < 1e-12] = 0.0
+    return p1, p2, p3
 
 
 # --- graph and sampling ------------------------------------------------------
@@ -110,16 +126,32 @@ def test_neighbour_sampling_is_bounded_without_replacement_and_unbiased():
     assert np.array_equal(a, nbr[seg == 1])
 
 
-def test_tree_size_is_bounded_by_fanout(tiny_split):
+def dense(m) -> np.ndarray:
+    return m if isinstance(m, np.ndarray) else m.toarray()
+
+
+def test_tree_size_is_bounded_by_fanout_and_dense_equals_sparse(tiny_split):
     g = BipartiteGraph.from_split(tiny_split)
+    cm = two_hop_items(g, 7)
+    assert np.diff(cm.indptr).max() == 7  # each item keeps its 7 strongest links
     users = np.arange(64)
+    exclude = tiny_split.train_items[tiny_split.train_indptr[users + 1] - 1]
     f = 3
-    nb = sample_neighbourhood(g, users, None, f, 10, salt=1, need_hop3=True)
+    nb = sample_neighbourhood(g, users, exclude, f, 10, salt=1, need_hop3=True, item_item=cm,
+                              dense_budget=0)
     assert np.diff(nb.p1.indptr).max() <= f
     assert np.diff(nb.p2.indptr).max() <= f**2
-    assert np.diff(nb.p3.indptr).max() <= f**3
+    assert np.diff(nb.p3.indptr).max() <= f * 7
     assert len(nb.items1) <= 64 * f and len(nb.users2) <= 64 * f**2
     assert g.user_deg.max() > 3 * f  # the cap actually binds on this data
+    rec = sample_neighbourhood(g, users, exclude, f, 10, salt=1, need_hop3=True, item_item=cm,
+                               recent=2, dense_budget=0)
+    assert np.diff(rec.p1.indptr).max() <= 2
+    # the dense regime (small frontiers) computes the same tree
+    nd = sample_neighbourhood(g, users, exclude, f, 10, salt=1, need_hop3=True, item_item=cm)
+    assert isinstance(nd.p2, np.ndarray) and isinstance(nd.p3, np.ndarray)
+    assert np.allclose(dense(nd.p2), dense(nb.p2)) and np.allclose(dense(nd.p3), dense(nb.p3))
+    assert np.array_equal(nd.fam_items, nb.fam_items)
 
 
 def test_full_fanout_equals_exact_propagation_and_cuts_the_training_edge():
@@ -129,28 +161,31 @@ def test_full_fanout_equals_exact_propagation_and_cuts_the_training_edge():
     g = BipartiteGraph.from_split(split)
     users = np.array([0, 1, 2, 3, 0])
     exclude = np.array([1, 2, 3, 4, 0])
-    for ex in (None, exclude):
-        nb = sample_neighbourhood(g, users, ex, fanout=100, familiar_size=8, salt=0, need_hop3=True)
-        p1, p2, p3 = exact_walks(g, users, ex)
+    cm = two_hop_items(g, 8)  # all links kept: exact
+    for ex, budget, recent in ((None, 0, 0), (exclude, 0, 0), (exclude, 1 << 20, 0), (None, 0, 2),
+                               (exclude, 0, 2), (exclude, 1 << 20, 2)):
+        nb = sample_neighbourhood(g, users, ex, fanout=100, familiar_size=8, salt=0, need_hop3=True,
+                                  item_item=cm, recent=recent, dense_budget=budget)
+        p1, p2, p3 = exact_walks(g, users, ex, recent)
         got1 = np.zeros_like(p1)
         got1[:, nb.items1] = nb.p1.toarray()
         got2 = np.zeros_like(p2)
-        got2[:, nb.users2] = nb.p2.toarray()
+        got2[:, nb.users2] = dense(nb.p2)
         got3 = np.zeros_like(p3)
-        got3[:, nb.items3] = nb.p3.toarray()
+        got3[:, nb.items3] = dense(nb.p3)
         assert np.allclose(got1, p1) and np.allclose(got2, p2) and np.allclose(got3, p3)
         # familiar: unconsumed (train minus the positive) items by P3 mass
         for b, u in enumerate(users):
             consumed = set(g.user_items[g.user_indptr[u]:g.user_indptr[u + 1]].tolist())
             if ex is not None:
                 consumed.discard(int(ex[b]))
-            cand = [j for j in np.argsort(-p3[b], kind="stable") if p3[b, j] > 1e-12
+            cand = [j for j in np.argsort(-np.round(p3[b], 12), kind="stable") if p3[b, j] > 1e-12
                     and j not in consumed]
             fam = [j for j in nb.fam_items[b] if j >= 0]
             assert fam == cand[:8]
     # row 0 (user 0, positive 1): without the edge (0, 1), only user 2's edge reaches 1
-    nb = sample_neighbourhood(g, users, exclude, 100, 8, 0, True)
-    assert 1 not in nb.items1[nb.p1[0].indices]
+    nb = sample_neighbourhood(g, users, exclude, 100, 8, 0, True, item_item=cm)
+    assert 1 not in nb.items1[nb.p1[[0]].indices]
     ud, idg = g.user_deg.astype(float), g.item_deg.astype(float)
     # walks 0 -> 0 -> 2 -> 1 and 0 -> 5 -> 2 -> 1 (hand): only through user 2
     w = (1 / np.sqrt(ud[0] * idg[0]) / np.sqrt(idg[0] * ud[2]) / np.sqrt(ud[2] * idg[1])
@@ -159,17 +194,25 @@ def test_full_fanout_equals_exact_propagation_and_cuts_the_training_edge():
     assert len(m) == 1 and m[0] == pytest.approx(w)
     # user 3's positive (4) has no other user: it cannot be reached at all
     assert 4 not in nb.fam_items[3]
+    assert dense(nb.p3)[3, np.searchsorted(nb.items3, 4)] == 0.0
+    # temporal hop 1: user 2 predicting item 3 sees only what came before it, {0, 1}
+    nb = sample_neighbourhood(g, np.array([2]), np.array([3]), 100, 8, 0, True, item_item=cm,
+                              recent=2)
+    assert set(nb.items1[nb.p1[[0]].indices]) == {0, 1}
+    nb = sample_neighbourhood(g, np.array([2]), None, 100, 8, 0, True, item_item=cm, recent=2)
+    assert set(nb.items1[nb.p1[[0]].indices]) == {3, 5}  # inference: the latest two
 
 
 def test_sampled_walks_are_unbiased(tiny_split):
     g = BipartiteGraph.from_split(tiny_split)
     users = np.array([3, 11, 42])
     _, _, exact = exact_walks(g, users, None)
+    cm = two_hop_items(g, g.n_items)
     acc = np.zeros_like(exact)
     n = 150
     for salt in range(n):
-        nb = sample_neighbourhood(g, users, None, 4, 0, salt, need_hop3=True)
-        acc[:, nb.items3] += nb.p3.toarray()
+        nb = sample_neighbourhood(g, users, None, 4, 0, salt, need_hop3=True, item_item=cm)
+        acc[:, nb.items3] += dense(nb.p3)
     est = acc / n
     # total mass is estimated within a few percent; per-item up to sampling noise
     assert np.allclose(est.sum(1), exact.sum(1), rtol=0.06)
@@ -197,9 +240,10 @@ def test_disabled_component_adds_nothing(tiny_split):
     assert ctx_only.score_adjuster is None
 
 
-def test_training_logits_put_familiar_items_in_exactly_once(tiny_split):
+@pytest.mark.parametrize("mode", ["sampled", "stratified"])
+def test_training_logits_score_familiar_candidates_pairwise(tiny_split, mode):
     torch.manual_seed(0)
-    model = build_model(tiny_cfg(), tiny_split)
+    model = build_model(tiny_cfg(f"context_gnn.familiar_loss={mode}"), tiny_split)
     gnn = model.score_adjuster
     assert isinstance(gnn, ContextGNN)
     model.train()
@@ -208,35 +252,45 @@ def test_training_logits_put_familiar_items_in_exactly_once(tiny_split):
     pos = torch.as_tensor(tiny_split.train_items[idx])
     neg = torch.arange(0, 150, 3)
     cand = torch.cat([pos, neg])
+    log_q = torch.linspace(-1.0, 1.0, len(cand))
     z = model.user_vectors(users, exclude=pos)
     raw = (z @ model.item_vectors(cand).T).detach()
-    log_q = torch.full((len(pos),), 0.5)
-    out = gnn.training_logits(model, users, pos, cand, raw - 0.25, log_q)
-    items, fam = gnn.overrides(users, model, exclude=pos)
+    corrected = raw - log_q[None, :]
+    corrected[0, 1] = float("-inf")  # an accidental hit stays masked
+    out = gnn.training_logits(model, users, pos, cand, corrected, z, log_q)
+    items, fam = gnn.overrides(users, model, exclude=pos, z=z)
     fam = fam.detach()
-    assert out.shape == (40, len(cand) + items.shape[1])
-    n_fam_pos = 0
+    extra = items.shape[1] if mode == "stratified" else 0
+    assert out.shape == (40, len(cand) + extra)
+    n_fam_pos = n_fam = 0
     for b in range(40):
         f = {int(i): float(v) for i, v in zip(items[b], fam[b], strict=True) if i >= 0}
         # F(u) holds no consumed item other than the positive
         assert not (set(f) - {int(pos[b])}) & set(tiny_split.history(int(users[b])).tolist())
         for c in range(len(cand)):
-            item = int(cand[c])
-            if c == b:  # the positive: its column, pair-wise score if familiar, logQ kept
-                want = f[item] - 0.5 if item in f else float(raw[b, c]) - 0.25
-                n_fam_pos += item in f
-                assert float(out[b, c].detach()) == pytest.approx(want, abs=1e-5)
-            elif item in f:
-                assert out[b, c] == float("-inf")  # counted once, in the exact block
-            else:
-                assert float(out[b, c].detach()) == pytest.approx(float(raw[b, c]) - 0.25, abs=1e-5)
-        block = out[b, len(cand):].detach()
-        for s, i in enumerate(items[b].tolist()):
-            if i < 0 or i == int(pos[b]):
-                assert block[s] == float("-inf")
-            else:
-                assert float(block[s]) == pytest.approx(f[i], abs=1e-5)
+            item, got = int(cand[c]), float(out[b, c].detach())
+            if (b, c) == (0, 1):
+                assert got == float("-inf")
+            elif item not in f:
+                assert got == pytest.approx(float(corrected[b, c]), abs=1e-5)
+            elif mode == "sampled":  # the fused score, with the column's correction
+                n_fam += 1
+                n_fam_pos += c == b
+                assert got == pytest.approx(f[item] - float(log_q[c]), abs=1e-5)
+            elif c == b:  # stratified: a familiar positive is uncorrected
+                n_fam_pos += 1
+                assert got == pytest.approx(f[item], abs=1e-5)
+            else:  # stratified: counted once, in the exact block
+                assert got == float("-inf")
+        if mode == "stratified":
+            block = out[b, len(cand):].detach()
+            for s, i in enumerate(items[b].tolist()):
+                if i < 0 or i == int(pos[b]):
+                    assert block[s] == float("-inf")
+                else:
+                    assert float(block[s]) == pytest.approx(f[i], abs=1e-5)
     assert n_fam_pos > 0  # some positives are familiar: the head is trained on them
+    assert mode == "stratified" or n_fam > 100
     out.logsumexp(1).sum().backward()
     assert gnn.pair_head[0].weight.grad is not None and gnn.offset.weight.grad.abs().sum() > 0
 
@@ -285,9 +339,10 @@ def test_retrieve_then_rescore_equals_exhaustive_on_ml100k(ml100k_dir):
     assert np.array_equal(got.numpy(), res.recs)
 
 
-def test_retrieve_then_rescore_equals_exhaustive_on_tiny_split(tiny_split):
+@pytest.mark.parametrize("residual", [False, True])
+def test_retrieve_then_rescore_equals_exhaustive_on_tiny_split(tiny_split, residual):
     torch.manual_seed(1)
-    model = build_model(tiny_cfg(), tiny_split)
+    model = build_model(tiny_cfg(f"context_gnn.residual={str(residual).lower()}"), tiny_split)
     users = np.arange(tiny_split.n_users)
     _calibrate(model, tiny_split, users)
     share = fused_equals_retrieve(model, tiny_split, users, k=5)
@@ -313,6 +368,13 @@ def test_inference_is_batch_independent_and_deterministic(tiny_split):
     assert torch.equal(items, all_items[sub])
     assert torch.allclose(s, all_s[sub], atol=1e-5)
     assert torch.allclose(c_sub, c_all[sub], atol=1e-5)
+    # the per-batch cache never serves a stale c_u after the tables change in place
+    with torch.no_grad():
+        before = model.score(sub).clone()
+        again = model.score(sub)
+        gnn.user_emb.weight.mul_(3.0)
+        after = model.score(sub)
+    assert torch.equal(before, again) and not torch.allclose(before, after)
 
 
 def test_training_is_deterministic_with_a_seed(tiny_split, tmp_path):
