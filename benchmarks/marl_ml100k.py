@@ -131,18 +131,23 @@ def main() -> None:
     rl_s = [h["marl/time_s"] for h in st_m.history]
     reward_epoch = [h["marl/reward"] for h in st_m.history]
     reward_zero_epoch = [h["marl/reward_zero_action"] for h in st_m.history]
-    curve, curve0 = tr_m.marl.curve, tr_m.marl.curve_zero
+    reward_det_epoch = [h["marl/reward_deterministic"] for h in st_m.history]
+    curve, curve_d, curve0 = tr_m.marl.curve, tr_m.marl.curve_det, tr_m.marl.curve_zero
     n = max(1, len(curve) // 10)
-    reward_tenths = [float(np.mean(curve[i:i + n])) for i in range(0, len(curve), n)]
-    zero_tenths = [float(np.mean(curve0[i:i + n])) for i in range(0, len(curve0), n)]
+
+    def tenths(c: list[float]) -> list[float]:
+        return [float(np.mean(c[i:i + n])) for i in range(0, len(c), n)]
 
     print(f"\nML-100K test, full ranking, seed {args.seed}, {args.epochs} epochs")
     print_table(f"best validation epoch (base {st_b.best_epoch}, +MARL {st_m.best_epoch})", best)
     print_table(f"last epoch ({args.epochs})", final)
-    print("\nmean RL reward per epoch:", " ".join(f"{r:.3f}" for r in reward_epoch))
-    print("same batches, zero action:", " ".join(f"{r:.3f}" for r in reward_zero_epoch))
-    print("mean RL reward per tenth of RL steps:", " ".join(f"{r:.3f}" for r in reward_tenths))
-    print("same batches, zero action:          ", " ".join(f"{r:.3f}" for r in zero_tenths))
+    print("\nmean RL reward per epoch (RL batches; sampled / deterministic / zero action):")
+    for label, c in (("sampled", reward_epoch), ("deterministic", reward_det_epoch),
+                     ("zero action", reward_zero_epoch)):
+        print(f"  {label:<14}", " ".join(f"{r:.3f}" for r in c))
+    print("per tenth of all RL steps:")
+    for label, c in (("sampled", curve), ("deterministic", curve_d), ("zero action", curve0)):
+        print(f"  {label:<14}", " ".join(f"{r:.3f}" for r in tenths(c)))
     print("\naction spread (last-epoch agents, deterministic actions, test users):", json.dumps(
         {k: (round(v, 4) if isinstance(v, float) else [round(x, 3) for x in v]) for k, v in spread.items()}))
     print("| genre | b mean | b std (users) | t mean | t std (users) |\n|---|---|---|---|---|")
@@ -157,7 +162,9 @@ def main() -> None:
            "best_epoch": {"base": st_b.best_epoch, "marl": st_m.best_epoch},
            "best": best, "last": final, "reward_per_epoch": reward_epoch,
            "reward_zero_action_per_epoch": reward_zero_epoch,
-           "reward_curve": curve, "reward_curve_zero_action": curve0,
+           "reward_deterministic_per_epoch": reward_det_epoch,
+           "reward_curve": curve, "reward_curve_deterministic": curve_d,
+           "reward_curve_zero_action": curve0,
            "action_spread": spread, "actions_per_genre": per_genre,
            "epoch_time_s": {"base": ep_b, "marl": ep_m, "marl_rl": rl_s},
            "val_history": {"base": [h.get("val/NDCG@10") for h in st_b.history],

@@ -289,6 +289,7 @@ class MARLTrainer:
         self.holdout = np.zeros(len(split.train_items), dtype=bool)
         self.holdout[self.core.target_index[self.core.eligible]] = True
         self.curve: list[float] = []  # mean sampled reward of every RL step (learning curve)
+        self.curve_det: list[float] = []  # the same batches' reward with deterministic actions
         self.curve_zero: list[float] = []  # the same batches' reward with all actions zero
         self._reset_acc()
 
@@ -329,9 +330,12 @@ class MARLTrainer:
             return stats
         res, greedy = info["result"], info["greedy"]
         terms = res.terms
-        # the same batch without the agents: the reward they add (learning-curve baseline)
+        # the same batch with the deterministic (inference) actions and without the agents:
+        # the learning curve of the policy and its baseline
+        det = self.core.step(batch, greedy).reward
         zero = self.core.step(batch, torch.zeros_like(greedy)).reward
-        out = {"reward": float(ro.reward.mean()), "reward_zero_action": float(zero.mean()),
+        out = {"reward": float(ro.reward.mean()), "reward_deterministic": float(det.mean()),
+               "reward_zero_action": float(zero.mean()),
                "hr": float(terms["hr"].mean()), "tail_hr": float(terms["tail_hr"].mean()),
                "coverage": float(terms["coverage"]), "gini": float(terms["gini"]),
                "redundancy": float(terms["redundancy"].mean()),
@@ -341,6 +345,7 @@ class MARLTrainer:
         if self.core.weights.jaccard > 0:
             out["jaccard"] = float(terms["jaccard"].mean())
         self.curve.append(out["reward"])
+        self.curve_det.append(out["reward_deterministic"])
         self.curve_zero.append(out["reward_zero_action"])
         for k, v in out.items():
             self._scalars[k] = self._scalars.get(k, 0.0) + v
