@@ -92,11 +92,14 @@ class PlannedVariant:
 
 def plan_variants(variants: Sequence[Variant] = VARIANTS,
                   implemented: set[str] | frozenset[str] | None = None,
-                  exclude: Sequence[str] = ()) -> list[PlannedVariant]:
+                  exclude: Sequence[str] = (), only: Sequence[str] | None = None
+                  ) -> list[PlannedVariant]:
     """Resolve which variants can run and which components each switches on.
 
     ``exclude`` removes components from the whole study (``--no-buhs``): their own
-    variant is skipped and later variants run without them.
+    variant is skipped and later variants run without them. ``only`` (variant keys)
+    keeps a subset; the cumulative stack is still built over all ``variants``, so
+    ``only=["buhs"]`` runs BUHS on top of ContextGNN, MARL and the Fair Sampler.
     """
     impl = IMPLEMENTED if implemented is None else implemented
     out: list[PlannedVariant] = []
@@ -113,7 +116,8 @@ def plan_variants(variants: Sequence[Variant] = VARIANTS,
             reason = f"component(s) not implemented: {', '.join(own_missing)}"
         else:
             reason = ""
-        out.append(PlannedVariant(v, on, missing, available=not reason, reason=reason))
+        if only is None or v.key in only:
+            out.append(PlannedVariant(v, on, missing, available=not reason, reason=reason))
     return out
 
 
@@ -241,7 +245,7 @@ def _run_baselines(cfg: Config, split: Split, output_dir: Path) -> list[dict[str
 def run_study(cfg: Config, seeds: Sequence[int], output_dir: str | Path,
               variants: Sequence[Variant] = VARIANTS, exclude: Sequence[str] = (),
               baselines: bool = True, progress: bool = True, report: bool = True,
-              split: Split | None = None) -> dict[str, Any]:
+              split: Split | None = None, only: Sequence[str] | None = None) -> dict[str, Any]:
     """Run (or finish) the ablation study; returns and writes ``study.json``.
 
     Every (variant, seed) run goes through :func:`pipeline.train_and_evaluate`, so
@@ -254,7 +258,7 @@ def run_study(cfg: Config, seeds: Sequence[int], output_dir: str | Path,
     output_dir = Path(output_dir)
     t_start = time.perf_counter()
     split = split or load_split(cfg.data)
-    planned = plan_variants(variants, exclude=exclude)
+    planned = plan_variants(variants, exclude=exclude, only=only)
     for pv in planned:
         if not pv.available:
             print(f"ablation: variant {pv.variant.label!r} not available ({pv.reason}); skipped")

@@ -28,18 +28,17 @@ def cmd_ablate(args: argparse.Namespace) -> int:
             extra.append(f"{key}={val}")
     cfg = _config(args, extra)
     exclude = [comp for flag, comp in _NO_FLAGS.items() if getattr(args, flag)]
-    variants = VARIANTS
+    only = None
     if args.variants:
-        wanted = args.variants.split(",")
-        unknown = sorted(set(wanted) - {v.key for v in VARIANTS})
+        only = args.variants.split(",")
+        unknown = sorted(set(only) - {v.key for v in VARIANTS})
         if unknown:
             raise ValueError(f"unknown variant(s) {unknown}; known: {[v.key for v in VARIANTS]}")
-        variants = tuple(v for v in VARIANTS if v.key in wanted)
     seeds = [cfg.seed + i for i in range(args.seeds)]
     out = Path(args.output_dir)
     t0 = time.perf_counter()
-    run_study(cfg, seeds, out, variants=variants, exclude=exclude,
-              baselines=not args.no_baselines, progress=not args.quiet)
+    run_study(cfg, seeds, out, exclude=exclude, only=only, baselines=not args.no_baselines,
+              progress=not args.quiet)
     print((out / "report" / "ablation.md").read_text())
     print(f"study: {out}/study.json; report: {out}/report/ (wall {time.perf_counter() - t0:.0f} s)")
     return 0

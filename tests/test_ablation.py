@@ -32,6 +32,9 @@ def test_plan_marks_unimplemented_variants_and_missing_predecessors():
     assert plan["gini"].components == ["context_gnn", "marl", "fair_sampler", "gini", "tail_loss"]
     assert [p.components for p in plan_variants(STUDY_VARIANTS, implemented=full)][-1] == \
         ["context_gnn", "marl", "fair_sampler", "buhs", "gini", "tail_loss"]
+    # a subset keeps the cumulative stack of the whole study
+    (buhs,) = plan_variants(STUDY_VARIANTS, implemented=full, only=["buhs"])
+    assert buhs.components == ["context_gnn", "marl", "fair_sampler", "buhs"]
 
 
 class Counter:
