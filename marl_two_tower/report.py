@@ -77,15 +77,29 @@ def _run_dirs_under(path: Path) -> list[Path]:
 
 
 def _groups_from_study(path: Path) -> tuple[list[Group], list[dict[str, Any]]]:
+    """Variants in ablation order (finished runs on disk; components from their config),
+    then the baselines. ``study.json`` supplies the unavailable variants and the
+    components missing from a stack; parallel workers may each have written a part."""
+    from .ablation import VARIANTS
+    from .trainer import COMPONENTS
+
     study = json.loads((path / "study.json").read_text())
+    listed = {v["key"]: v for v in study["variants"]}
+    known = {v.key: v.label for v in VARIANTS}
+    order = {k: i for i, k in enumerate(known)}
+    keys = sorted(set(listed) | set(known),
+                  key=lambda k: (order.get(k, len(order)), list(listed).index(k) if k in listed else 0))
     groups, unavailable = [], []
-    for v in study["variants"]:
-        if not v["available"]:
-            unavailable.append({"key": v["key"], "label": v["label"], "reason": v["reason"]})
-            continue
-        runs = sorted(d for d in (path / v["key"]).glob("seed*") if (d / "results.json").exists())
+    for key in keys:
+        label = listed[key]["label"] if key in listed else known[key]
+        runs = sorted(d for d in (path / key).glob("seed*") if (d / "results.json").exists())
         if runs:
-            groups.append(Group(v["key"], v["label"], "variant", runs, v["components"], v["missing"]))
+            cfg = read_results(runs[0])["config"]
+            on = [c for c in COMPONENTS if cfg.get(c, {}).get("enabled")]
+            groups.append(Group(key, label, "variant", runs, on,
+                                listed.get(key, {}).get("missing", [])))
+        elif key in listed and not listed[key]["available"]:
+            unavailable.append({"key": key, "label": label, "reason": listed[key]["reason"]})
     for b in sorted((path / "baselines").glob("*/results.json")):
         groups.append(Group(b.parent.name, b.parent.name, "baseline", [b.parent]))
     return groups, unavailable

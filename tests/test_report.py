@@ -119,3 +119,16 @@ def test_lorenz_curve():
     xs, ys = lorenz_curve([0, 0, 1, 3])
     assert xs.tolist() == [0, 0.25, 0.5, 0.75, 1.0]
     assert ys.tolist() == [0, 0, 0, 0.25, 1.0]
+
+
+def test_study_report_keeps_variants_a_worker_did_not_list(study, tmp_path):
+    # parallel workers each write study.json for their own variants: the report still
+    # shows every finished variant, in ablation order
+    s = tmp_path / "s"
+    shutil.copytree(study, s)
+    meta = json.loads((s / "study.json").read_text())
+    meta["variants"] = [v for v in meta["variants"] if v["key"] == "tail"]
+    (s / "study.json").write_text(json.dumps(meta))
+    groups, _ = collect([s])
+    assert [g.label for g in groups if g.kind == "variant"] == ["Base", "+Tail loss"]
+    assert groups[1].components == ["tail_loss"]
