@@ -7,7 +7,7 @@ Baselines (MostPop, BPR-MF, EASE with lambda tuned on validation) are fitted on
 train only, like the two-tower models, and scored by the same harness.
 
     .venv/bin/python benchmarks/components_ml100k.py --part val            # tuning
-    .venv/bin/python benchmarks/components_ml100k.py --part test           # the table
+    .venv/bin/python benchmarks/components_ml100k.py --part test --seeds 42 1 2   # the table
     .venv/bin/python benchmarks/components_ml100k.py --part val \\
         --variants "+Fair Sampler" --set fair_sampler.beta=0.75              # one sweep point
 
@@ -49,8 +49,12 @@ VARIANTS: dict[str, list[str]] = {
     "+Tail loss": ["tail_loss.enabled=true"],
     "+All four": ["fair_sampler.enabled=true", "buhs.enabled=true", "gini.enabled=true",
                   "tail_loss.enabled=true"],
+    # the two components that did not cost accuracy on validation, together
+    "+BUHS +Fair Sampler": ["buhs.enabled=true", "fair_sampler.enabled=true"],
 }
-BASELINES = ("MostPop", "BPR-MF", "EASE")
+# "EASE (train+val)" refits on train + validation after tuning lambda on validation (the
+# baselines module's usual last step); the two-tower models never train on validation.
+BASELINES = ("MostPop", "BPR-MF", "EASE", "EASE (train+val)")
 
 
 def metrics_of(split, score_fn, part: str) -> dict[str, float]:
@@ -58,16 +62,17 @@ def metrics_of(split, score_fn, part: str) -> dict[str, float]:
     return {k: float(res[k]) if res[k] is not None else float("nan") for k in METRICS}
 
 
-def run_two_tower(split, name: str, overrides: list[str], args) -> dict:
+def run_two_tower(split, name: str, overrides: list[str], args, seed: int) -> dict:
     with tempfile.TemporaryDirectory() as ck:
         cfg = load_config(None, ["data.source=ml-100k", f"data.path={args.data}",
-                                 f"train.epochs={args.epochs}", f"seed={args.seed}",
+                                 f"train.epochs={args.epochs}", f"seed={seed}",
                                  "train.num_threads=1", f"checkpoint_dir={ck}",
                                  *overrides, *args.set])
         t0 = time.perf_counter()
         trainer = Trainer(cfg, split, progress=False)
         state = trainer.fit()
-        row = {"model": name, "overrides": overrides + args.set, "best_epoch": state.best_epoch,
+        row = {"model": name, "seed": cfg.seed, "overrides": overrides + args.set,
+               "best_epoch": state.best_epoch,
                "val_NDCG@10": state.best_metric, "time_s": round(time.perf_counter() - t0, 1)}
         last = state.history[state.best_epoch - 1] if state.best_epoch > 0 else {}
         for key in ("sampler/gini", "gini/lambda", "gini/value"):
@@ -77,19 +82,22 @@ def run_two_tower(split, name: str, overrides: list[str], args) -> dict:
     return row
 
 
-def run_baseline(split, name: str, args) -> dict:
+def run_baseline(split, name: str, args, seed: int) -> dict:
     t0 = time.perf_counter()
     if name == "MostPop":
         model = MostPop().fit(split)
         extra = {}
     elif name == "BPR-MF":
-        model = BPR(seed=args.seed).fit(split)
+        model = BPR(seed=seed).fit(split)
         extra = {}
     else:
         lam, _ = tune_ease(split)  # lambda by validation NDCG@10 only
-        model = EASE(lam).fit(split)
+        refit = name == "EASE (train+val)"
+        if refit and args.part == "val":
+            raise SystemExit("EASE (train+val) cannot be scored on validation")
+        model = EASE(lam).fit(split, include_val=refit)
         extra = {"overrides": [f"lambda={lam}"]}
-    return {"model": name, **extra, "time_s": round(time.perf_counter() - t0, 1),
+    return {"model": name, "seed": seed, **extra, "time_s": round(time.perf_counter() - t0, 1),
             **metrics_of(split, model.score, args.part)}
 
 
@@ -116,19 +124,36 @@ def sampler_gini_table(split, seed: int) -> None:
 
 
 def print_table(rows: list[dict], part: str) -> None:
-    base = next((r for r in rows if r["model"] == "Base two-tower"), None)
-    head = f"| model | {' | '.join(METRICS)} | best ep | settings |"
-    print(f"\nML-100K, LOO by time, full ranking, {part} split\n")
-    print(head)
-    print("|" + "---|" * (len(METRICS) + 3))
+    """Mean (and std over seeds when there are several) per model, delta vs the base."""
+    import numpy as np
+
+    def key(r: dict) -> tuple[str, str]:  # one row per model and setting; seeds pooled
+        return r["model"], " ".join(o for o in r.get("overrides", []) if not o.startswith("seed="))
+
+    groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
+        groups.setdefault(key(r), []).append(r)
+    mean = {n: {k: float(np.mean([r[k] for r in g])) for k in METRICS} for n, g in groups.items()}
+    base = mean.get(("Base two-tower", ""))
+    print(f"\nML-100K, LOO by time, full ranking, {part} split "
+          "(mean +- std over seeds; delta vs base two-tower)\n")
+    print(f"| model | seeds | {' | '.join(METRICS)} | val NDCG@10 | best ep | settings |")
+    print("|" + "---|" * (len(METRICS) + 5))
+    for (n, setting), g in groups.items():
         cells = []
         for k in METRICS:
-            v = r[k]
-            d = f" ({v - base[k]:+.4f})" if base is not None and r is not base and "best_epoch" in r else ""
-            cells.append(f"{v:.4f}{d}")
-        ep = str(r.get("best_epoch", "-"))
-        print(f"| {r['model']} | {' | '.join(cells)} | {ep} | {' '.join(r.get('overrides', []))} |")
+            vals = [r[k] for r in g]
+            c = f"{np.mean(vals):.4f}"
+            if len(vals) > 1:
+                c += f" ± {np.std(vals, ddof=1):.4f}"
+            if base is not None and (n, setting) != ("Base two-tower", "") and "best_epoch" in g[0]:
+                c += f" ({mean[n, setting][k] - base[k]:+.4f})"
+            cells.append(c)
+        val = [r["val_NDCG@10"] for r in g if "val_NDCG@10" in r]
+        vcell = f"{np.mean(val):.4f}" if val else "-"
+        ep = ",".join(str(r["best_epoch"]) for r in g if "best_epoch" in r) or "-"
+        seeds = ",".join(str(r.get("seed", "-")) for r in g)
+        print(f"| {n} | {seeds} | {' | '.join(cells)} | {vcell} | {ep} | {setting} |")
 
 
 def main() -> int:
@@ -136,7 +161,8 @@ def main() -> int:
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "ml-100k"))
     p.add_argument("--part", choices=["val", "test"], default="val")
     p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seeds", type=int, nargs="+", default=[42],
+                   help="training seeds (two-tower and BPR); MostPop and EASE are deterministic")
     p.add_argument("--variants", nargs="*", default=list(VARIANTS) + list(BASELINES),
                    help="rows to run (names from the table)")
     p.add_argument("--set", action="append", default=[], help="extra config override for every "
@@ -155,21 +181,26 @@ def main() -> int:
         return 0
     split = leave_one_out(load_ml100k(args.data))
     if args.sampler_gini:
-        sampler_gini_table(split, args.seed)
+        sampler_gini_table(split, args.seeds[0])
         return 0
     for name in args.variants:
-        if name in VARIANTS:
-            row = run_two_tower(split, name, VARIANTS[name], args)
-        elif name in BASELINES:
-            row = run_baseline(split, name, args)
-        else:
+        if name not in VARIANTS and name not in BASELINES:
             raise SystemExit(f"unknown variant {name!r}; known: {list(VARIANTS) + list(BASELINES)}")
-        row["part"] = args.part
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(json.dumps(row) + "\n")
+    for name in args.variants:
+        seeds = args.seeds if name in VARIANTS or name == "BPR-MF" else args.seeds[:1]
+        if name == "EASE (train+val)" and args.part == "val":
+            continue
+        for seed in seeds:
+            if name in VARIANTS:
+                row = run_two_tower(split, name, VARIANTS[name], args, seed)
+            else:
+                row = run_baseline(split, name, args, seed)
+            row["part"] = args.part
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            if args.out:
+                with open(args.out, "a") as f:
+                    f.write(json.dumps(row) + "\n")
     print_table(rows, args.part)
     return 0
 

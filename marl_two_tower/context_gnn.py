@@ -9,71 +9,83 @@ product, and calibrates the two scales with learned per-user offsets.
 
 Our version, over the **train** user-item bipartite graph G (validation and test
 edges never enter it), with symmetric LightGCN weights w(u, i) = 1 / sqrt(deg u deg i)
-(He et al., *LightGCN*, SIGIR 2020):
+(He et al., *LightGCN*, SIGIR 2020). For a batch of root users a computation tree
+root -> items (hop 1) -> users (hop 2) -> items (hop 3) gives walk-mass matrices
 
-1. **Bounded neighbour sampling.** For a batch of root users, a computation tree is
-   sampled hop by hop: root -> items (hop 1) -> users (hop 2) -> items (hop 3). Every
-   frontier node keeps at most ``fanout`` neighbours (systematic sampling: a random
-   offset r in [0, deg/F) and positions floor(r + k deg/F), so every neighbour is kept
-   with probability exactly F/deg, without duplicates), and a kept edge carries
-   ``(deg/kept) * w`` so the sampled sums are unbiased estimates of the full
-   propagation. The walk masses of the tree are sparse matrices
+    P1 [B, items],  P2 = P1 S_iu [B, users],  P3 = P1 C [B, items]
 
-       P1 = S_ui[roots],  P2 = P1 S_iu,  P3 = P2 S_ui      (hat-A, hat-A^2, hat-A^3)
+1. **Hop 1, temporal** (``recent`` > 0, the default): the root's ``recent`` latest
+   train items *before the predicted interaction* (at inference: the latest ones; in
+   training: those before the positive), weighted 1/sqrt(n_window deg i) as if they
+   were the root's only edges. This is the temporal neighbour sampling of the
+   paper's RelBench setting (neighbours before the seed time, most recent first);
+   on a leave-one-out-by-time split it is what makes the graph useful (see
+   docs/context_gnn.md). ``recent = 0``: a uniform sample of ``fanout`` of all its
+   items, weights (deg/kept) w, an unbiased estimate of the full hop.
+2. **Hop 2, sampled**: at most ``fanout`` users per frontier item (systematic
+   sampling: random offset r in [0, deg/F), positions floor(r + k deg/F): each user
+   kept with probability exactly F/deg, no duplicates), edge weight (deg/kept) w, so
+   P2 is an unbiased estimate of the full propagation. The root leaves its own
+   frontier. The random offsets are a hash of (salt, hop, node): a node's sample does
+   not depend on which batch it is in, so inference (fixed salt) is reproducible;
+   training draws a fresh salt per step from torch's RNG (seeded and checkpointed).
+3. **Hop 3, exact and truncated**: C = top-``item_neighbours`` per row of
+   hat-A^T hat-A, the two-hop item -> user -> item walk mass over *all* users,
+   precomputed once from the train edges (``two_hop_items``). Sampling this hop too
+   (fan-out F at hops 2 and 3, a first version) left ~F^2 walks per root item and
+   the familiar sets were mostly noise; the truncated operator is exact where it
+   matters and costs B x |hop 1| x item_neighbours.
 
-   with at most B F, B F^2 and B F^3 non-zeros whatever the graph size, so memory is
-   bounded by the batch and the fan-out, not by the 1M+ users of the graph. The
-   random offsets are a hash of (salt, hop, node): a node's sample does not depend
-   on which batch it is in, so inference (fixed salt) is reproducible and a user's
-   recommendations do not change with the batch composition; training draws a fresh
-   salt per step from torch's RNG (seeded and checkpointed by the trainer).
+P1, P2 and P3 have at most B |hop1|, B |hop1| F and B |hop1| item_neighbours
+non-zeros whatever the graph size, so per-batch memory is bounded by the batch and
+the fan-outs, not by the 1M+ users of the graph (C itself is n_items x
+item_neighbours).
 
-2. **Context vector.** LightGCN layer combination over learned GNN embeddings
-   U^0 (users) and I^0 (items), with ``layers`` = K in {1, 2, 3}:
+**Context vector.** LightGCN layer combination over learned GNN embeddings U^0
+(users) and I^0 (items), ``layers`` = K in {1, 2, 3}:
 
-       c_u = 1/(K+1) * (U^0_u + P1 I^0 + P2 U^0 + P3 I^0)     (first K+1 terms)
+    c_u = 1/(K+1) * (U^0_u + P1 I^0 + P2 U^0 + P3 I^0)      (first K+1 terms)
 
-   fused into the user tower by the model's gated sum (``TwoTower.add_user_context``).
+fused into the user tower by the model's gated sum (``TwoTower.add_user_context``).
 
-3. **Familiar items and their pair-wise logit.** F(u) = the ``familiar_size`` items
-   with the largest 3-hop walk mass P3(u, j) among items u has *not* consumed
-   (u -> i -> v -> j: items of users who share items with u). The user's own train
-   items are in the sampled neighbourhood too, but the full-ranking protocol masks
-   them, so a familiar slot spent on them would be wasted; on a re-consumption task
-   they would belong in F(u). For j in F(u) the two-tower logit is *replaced* by
+**Familiar items and their pair-wise logit.** F(u) = the ``familiar_size`` items with
+the largest P3(u, j) among items u has *not* consumed (items co-consumed with u's
+recent items). The user's own train items are in the neighbourhood too, but the
+full-ranking protocol masks them, so a familiar slot spent on them would be wasted;
+on a re-consumption task they would belong in F(u). For j in F(u) the two-tower
+logit is *replaced* by
 
-       s_F(u, j) = <c_u, I^0_j> + a^T I^0_j + MLP(phi(u, j)) + o(u),
-       phi(u, j) = [log P3(u,j), log(P3(u,j) / max_j' P3(u,j')), log(1 + deg j)],
+    s_F(u, j) = <c_u, I^0_j> + a^T I^0_j + MLP(phi(u, j)) + o(u)  [+ <z_u, y_j> if residual]
+    phi(u, j) = [log P3(u,j), log(P3(u,j) / max_j' P3(u,j')), log(1 + deg j)],
 
-   the analogue of the paper's ``head(h_j) + <h_u, h_j> + offset_idgnn(u)`` where
-   ID-GNN's user-conditioned item states become the user-conditioned walk mass.
-   o(u) = w_o^T c_u + b_o is the learned per-user offset that calibrates the pair-wise
-   scale against the dot product (the paper also offsets the two-tower logits, but a
-   per-user constant added to *all* items changes neither the ranking nor the
-   softmax, so only the difference o(u) is identifiable and only it is kept).
+the analogue of the paper's ``head(h_j) + <h_u, h_j> + offset_idgnn(u)``, where
+ID-GNN's user-conditioned item states become the user-conditioned walk mass.
+o(u) = w_o^T c_u + b_o is the learned per-user offset that calibrates the pair-wise
+scale against the dot product (the paper also offsets the two-tower logits, but a
+per-user constant added to *all* items changes neither the ranking nor the softmax,
+so only the difference o(u) is identifiable and only it is kept).
 
-**No leakage in training.** When the positive (u, t) is predicted, that edge is in
-the train graph. It is dropped from u's hop-1 sample, and the root is removed from
-its own hop-2 frontier (return walks u -> i -> u -> j would only reach u's own
-items, one of which is t), so no path of the tree uses the edge (u, t); F(u)
-excludes u's train items except t, mirroring evaluation, where F(u) excludes all
-train items.
+**No leakage in training.** When the positive (u, t) is predicted, the edge (u, t) is
+in the train graph. Hop 1 never contains t (the temporal window ends before it; the
+uniform sample drops it); hop 2 drops the root; in hop 3 the operator C contains the
+root's own term w(u, i) w(u, t) for every (i, t) it kept, and exactly that term is
+subtracted from P3(b, t) (a result within rounding of zero is zero). So no walk of
+the tree uses (u, t) (tested against a dense oracle). F(u) excludes u's train items
+except t, mirroring evaluation, where F(u) excludes all train items.
 
-**Training.** The familiar logits enter the sampled softmax as a stratified
-estimate of the full softmax (like the paper, which always keeps familiar items
-among the sampled candidates): familiar items are scored exactly, once, in an extra
-block of columns without logQ correction; the sampled (in-batch and uniform)
-negatives that are familiar are masked out of the sampled block so they are not
-counted twice; a familiar positive keeps its column with s_F as its score, also
-uncorrected (it belongs to the exact stratum). Correcting it, as a first version
-did, taught the head to favour popular items (log q grows with popularity).
+**Training.** ``familiar_loss='sampled'`` (default): the sampled softmax of the fused
+score, i.e. a candidate that is familiar gets s_F minus the same logQ correction as
+any candidate. ``'stratified'`` (the paper keeps familiar items among the sampled
+candidates): familiar items are scored exactly, once, in extra uncorrected columns,
+and familiar sampled candidates are masked out; it over-weights the familiar
+stratum on this data (docs/context_gnn.md).
 
 **Retrieval** stays ANN-compatible: top-(k + familiar_size) by the two-tower dot
 product only, then F(u) re-scored and merged (``TwoTower.retrieve``); the result is
 identical to ranking the fused scores of the whole catalogue (tested).
 
-Implemented with torch sparse tensors and scipy, not PyTorch Geometric: no extra
-dependency, CPU friendly, and the bipartite two-hop tree is a few sparse products.
+Implemented with scipy sparse matrices and torch, not PyTorch Geometric: no extra
+dependency, CPU friendly, and the bipartite tree is three sparse products.
 """
 
 from __future__ import annotations
