@@ -105,6 +105,7 @@ class GiniConfig:
     lr_dual: float = 0.01  # dual ascent step size of lambda_fair
     init_lambda: float = 1.0  # initial lambda_fair (multiplies l_fair)
     n_candidates: int = 0  # 0 = all items; >0 = sampled candidate set of this size
+    mask_seen: bool = True  # leave each user's train items out of its soft exposure
 
 
 @dataclass

@@ -200,7 +200,8 @@ class Trainer:
         if cfg.gini.enabled:
             from .gini import GiniAgent
 
-            self.gini_agent = GiniAgent(cfg.gini, split.n_items).to(self.device)
+            self.gini_agent = GiniAgent(cfg.gini, split.n_items, split.train_indptr,
+                                        split.train_items).to(self.device)
             if self.dist is not None:  # G over the global batch's exposure (distributed.py)
                 self.gini_agent.exposure_reduce = self.dist.sum_exposure
         self._gini_batch = math.nan  # G of the last batch, for the dual update after the step
@@ -253,7 +254,7 @@ class Trainer:
             cand = self.gini_agent.candidates(self.device)
             if cand is not None and self.dist is not None:  # one candidate set for all ranks
                 self.dist.broadcast_(cand)
-            g = self.gini_agent.loss(z, m.item_vectors(cand))
+            g = self.gini_agent.loss(z, m.item_vectors(cand), users, cand)
             self._gini_batch = float(g.detach())
             out["gini"] = cfg.loss.l_fair * self.gini_agent.lam * g
         return out

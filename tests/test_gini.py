@@ -9,7 +9,7 @@ import torch
 
 from marl_two_tower.config import GiniConfig, load_config
 from marl_two_tower.data import load_split
-from marl_two_tower.gini import GiniAgent, gini, soft_exposure
+from marl_two_tower.gini import GiniAgent, gini, seen_mask, soft_exposure
 from marl_two_tower.trainer import Trainer
 
 
@@ -84,6 +84,27 @@ def test_candidate_set_option():
     assert GiniAgent(GiniConfig(enabled=True, n_candidates=0), 40).candidates(torch.device("cpu")) is None
     with pytest.raises(ValueError):
         GiniAgent(GiniConfig(enabled=True, tau=0.0), 40)
+
+
+def test_seen_mask_and_masked_exposure():
+    # CSR: user 0 saw items [1, 3], user 1 saw nothing, user 2 saw [0, 1, 2, 3]
+    indptr = torch.tensor([0, 2, 2, 6])
+    items = torch.tensor([1, 3, 0, 1, 2, 3])
+    users = torch.tensor([2, 0, 1])
+    m = seen_mask(indptr, items, users, n_items=4)
+    assert m.tolist() == [[True] * 4, [False, True, False, True], [False] * 4]
+    # on a candidate subset: columns follow cand
+    mc = seen_mask(indptr, items, users, n_items=4, cand=torch.tensor([3, 2]))
+    assert mc.tolist() == [[True, True], [True, False], [False, False]]
+    scores = torch.zeros(3, 4)
+    x = soft_exposure(scores, 1.0, m)
+    # row 0 fully masked -> left unmasked (1/4 each); row 1 -> items 0, 2 (1/2 each); row 2 -> 1/4
+    torch.testing.assert_close(x, torch.tensor([1.0, 0.5, 1.0, 0.5]))
+    agent = GiniAgent(GiniConfig(enabled=True, mask_seen=True), 4, indptr.numpy(), items.numpy())
+    z, y = torch.zeros(3, 2), torch.zeros(4, 2)
+    assert float(agent.loss(z, y, users)) == pytest.approx(gini_mean_abs_diff(np.array([1, .5, 1, .5])))
+    off = GiniAgent(GiniConfig(enabled=True, mask_seen=False), 4, indptr.numpy(), items.numpy())
+    assert float(off.loss(z, y, users)) == 0.0  # unmasked uniform softmax: equal exposure
 
 
 def test_trainer_adds_weighted_gini_term_and_logs_lambda(tmp_path):
