@@ -15,7 +15,10 @@ slots taken by familiar items.
     .venv/bin/python benchmarks/context_gnn_ml100k.py --part val             # tuning
     .venv/bin/python benchmarks/context_gnn_ml100k.py --part val --variant-only \\
         --set context_gnn.fanout=40                                          # one sweep point
-    .venv/bin/python benchmarks/context_gnn_ml100k.py --part test            # the table
+    .venv/bin/python benchmarks/context_gnn_ml100k.py --part test --out runs/cgnn.jsonl   # the table
+    .venv/bin/python benchmarks/context_gnn_ml100k.py --part test --variant-only \
+        --name "+ContextGNN familiar" --set context_gnn.familiar=true --out runs/cgnn.jsonl
+    .venv/bin/python benchmarks/context_gnn_ml100k.py --part test --collect --out runs/cgnn.jsonl
 """
 
 from __future__ import annotations
@@ -132,6 +135,7 @@ def main() -> int:
     p.add_argument("--set", action="append", default=[],
                    help="extra config override of the +ContextGNN variant (repeatable)")
     p.add_argument("--variant-only", action="store_true", help="skip the base model")
+    p.add_argument("--name", default="+ContextGNN", help="row label of the variant")
     p.add_argument("--out", default="", help="append each row (with per-user arrays) as JSON lines")
     p.add_argument("--collect", action="store_true", help="only print the table from --out")
     args = p.parse_args()
@@ -143,7 +147,7 @@ def main() -> int:
     else:
         split = leave_one_out(load_ml100k(args.data))
         todo = [] if args.variant_only else [("Base two-tower", [])]
-        todo.append(("+ContextGNN", ["context_gnn.enabled=true", *args.set]))
+        todo.append((args.name, ["context_gnn.enabled=true", *args.set]))
         for name, overrides in todo:
             row = run(split, name, overrides, args) | {"part": args.part}
             rows.append(row)
