@@ -189,7 +189,7 @@ def test_familiar_overrides_are_merged_and_explained(trained):
 
 
 COMPONENT_SETS = {
-    "context_gnn": ["context_gnn.enabled=true", "context_gnn.familiar_size=10", "context_gnn.fanout=5"],
+    "context_gnn": ["context_gnn.enabled=true", "context_gnn.familiar=true", "context_gnn.familiar_size=10", "context_gnn.fanout=5"],
     "marl": ["marl.enabled=true", "marl.rl_batch_users=64"],
 }
 
