@@ -19,6 +19,7 @@ slots taken by familiar items.
     .venv/bin/python benchmarks/context_gnn_ml100k.py --part test --variant-only \
         --name "+ContextGNN familiar" --set context_gnn.familiar=true --out runs/cgnn.jsonl
     .venv/bin/python benchmarks/context_gnn_ml100k.py --part test --collect --out runs/cgnn.jsonl
+    .venv/bin/python benchmarks/context_gnn_ml100k.py --timing 5           # s/epoch, alternating
 """
 
 from __future__ import annotations
@@ -89,6 +90,29 @@ def run(split, name: str, overrides: list[str], args) -> dict:
     return row
 
 
+def timing(split, variant: list[str], args) -> None:
+    """Median seconds per training epoch, base and variant alternating epoch by epoch
+    in one process (so both see the same machine load)."""
+    with tempfile.TemporaryDirectory() as ck:
+        common = ["data.source=ml-100k", f"data.path={args.data}", f"seed={args.seed}",
+                  "train.num_threads=1", f"checkpoint_dir={ck}"]
+        trainers = {"Base two-tower": Trainer(load_config(None, common), split, progress=False),
+                    args.name: Trainer(load_config(None, common + variant), split, progress=False)}
+        times: dict[str, list[float]] = {k: [] for k in trainers}
+        for epoch in range(args.timing):
+            for name, tr in trainers.items():
+                t0 = time.perf_counter()
+                tr.train_epoch(epoch)
+                times[name].append(time.perf_counter() - t0)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    base = med["Base two-tower"]
+    print(f"\nSeconds per training epoch (median of {args.timing}, alternating, 1 thread)\n")
+    print("| model | s/epoch | ratio | all epochs |")
+    print("|---|---|---|---|")
+    for k, v in med.items():
+        print(f"| {k} | {v:.2f} | {v / base:.2f}x | {' '.join(f'{t:.1f}' for t in times[k])} |")
+
+
 def fmt_p(p: float | None) -> str:
     return "-" if p is None else f"{p:.3g}"
 
@@ -138,8 +162,13 @@ def main() -> int:
     p.add_argument("--name", default="+ContextGNN", help="row label of the variant")
     p.add_argument("--out", default="", help="append each row (with per-user arrays) as JSON lines")
     p.add_argument("--collect", action="store_true", help="only print the table from --out")
+    p.add_argument("--timing", type=int, default=0,
+                   help="only time N alternating epochs of base and variant (no evaluation)")
     args = p.parse_args()
     torch.set_num_threads(1)
+    if args.timing:
+        timing(leave_one_out(load_ml100k(args.data)), ["context_gnn.enabled=true", *args.set], args)
+        return 0
 
     rows: list[dict] = []
     if args.collect:

@@ -77,8 +77,8 @@ except t, mirroring evaluation, where F(u) excludes all train items.
 score, i.e. a candidate that is familiar gets s_F minus the same logQ correction as
 any candidate. ``'stratified'`` (the paper keeps familiar items among the sampled
 candidates): familiar items are scored exactly, once, in extra uncorrected columns,
-and familiar sampled candidates are masked out; it over-weights the familiar
-stratum on this data (docs/context_gnn.md).
+and familiar sampled candidates are masked out; on ML-100K both give the same
+accuracy (docs/context_gnn.md).
 
 **Retrieval** stays ANN-compatible: top-(k + familiar_size) by the two-tower dot
 product only, then F(u) re-scored and merged (``TwoTower.retrieve``); the result is
