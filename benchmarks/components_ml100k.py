@@ -51,6 +51,8 @@ VARIANTS: dict[str, list[str]] = {
                   "tail_loss.enabled=true"],
     # the two components that did not cost accuracy on validation, together
     "+BUHS +Fair Sampler": ["buhs.enabled=true", "fair_sampler.enabled=true"],
+    "+BUHS +Fair Sampler +GINI agent": ["buhs.enabled=true", "fair_sampler.enabled=true",
+                                        "gini.enabled=true"],
 }
 # "EASE (train+val)" refits on train + validation after tuning lambda on validation (the
 # baselines module's usual last step); the two-tower models never train on validation.
