@@ -108,6 +108,16 @@ class GiniConfig:
     init_lambda: float = 1.0  # initial lambda_fair (multiplies l_fair)
     n_candidates: int = 0  # 0 = all items; >0 = sampled candidate set of this size
     mask_seen: bool = True  # leave each user's train items out of its soft exposure
+    # inference-time arm (marl_two_tower/exposure.py): every item enters at most
+    # ceil(exposure_cap * cap_k * U / N) of the U users' top-K lists; 0 = off. 6 = the
+    # tightest cap within 5% of the unconstrained validation NDCG@10 on ML-100K
+    # (docs/gini_agent.md, benchmarks/exposure_budget_ml100k.py)
+    exposure_cap: float = 6.0
+    cap_k: int = 10  # list length the fair share K * U / N is measured at
+    cap_candidates: int = 1000  # best unmasked items per user the allocation chooses from
+    # coverage floor: each user may give up to this many top-K slots to items no list
+    # holds (validation Coverage@10 0.74 -> 0.98 at -0.001 NDCG@10 on ML-100K)
+    cover_floor: int = 1
 
 
 @dataclass
@@ -233,6 +243,11 @@ class ServingConfig:
     cold_start_beta: float = 0.5  # cold-start score pop^(1 - beta): 0 = popularity, 1 = flat
     cold_start_tail_quota: float = 0.2  # share of cold-start slots reserved for tail items
     cold_start_prior: float = 50.0  # pseudo-interactions shrinking a group's popularity to global
+    # online exposure cap (marl_two_tower/exposure.py OnlineExposureBudget): an item that
+    # holds ceil(exposure_cap * k * window / n_items) slots of the last `exposure_window`
+    # served top-k lists is skipped; 0 = off (the offline GINI budget needs all users at once)
+    exposure_cap: float = 0.0
+    exposure_window: int = 10_000
 
 
 @dataclass

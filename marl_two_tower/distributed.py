@@ -72,6 +72,7 @@ import torch.multiprocessing as mp
 
 from . import evaluation as ev
 from .data.split import Split
+from .exposure import ExposureBudget
 
 # Loss terms already computed on the global batch (not per-rank means).
 GLOBAL_TERMS = frozenset({"gini"})
@@ -264,15 +265,18 @@ def _concat(parts: list[ev.RankResult]) -> ev.RankResult:
 
 
 def rank_full(split: Split, score_fn: ev.ScoreFn, part: str = "test", k_max: int = 20,
-              batch_size: int = 1024, users: np.ndarray | None = None) -> ev.RankResult:
+              batch_size: int = 1024, users: np.ndarray | None = None,
+              budget: ExposureBudget | None = None) -> ev.RankResult:
     """:func:`marl_two_tower.evaluation.rank_full`, sharded over the ranks and gathered.
 
     Identical result: the shards are runs of whole evaluation batches, so every
-    batch a rank scores is a batch the single-process loop scores.
+    batch a rank scores is a batch the single-process loop scores. An exposure
+    ``budget`` allocates all users' lists jointly, so it is not sharded: every rank
+    runs the whole (cheap) ranking and gets the same lists.
     """
     ctx = current()
-    if ctx is None:
-        return ev.rank_full(split, score_fn, part, k_max, batch_size, users)
+    if ctx is None or budget is not None:
+        return ev.rank_full(split, score_fn, part, k_max, batch_size, users, budget)
     all_users = np.ascontiguousarray(split.eval_users(part) if users is None else users, np.int64)
     lo, hi = batch_shards(len(all_users), batch_size, ctx.world_size)[ctx.rank]
     mine = ev.rank_full(split, score_fn, part, k_max, batch_size, all_users[lo:hi])
@@ -314,12 +318,14 @@ def rank_sampled(split: Split, score_fn: ev.ScoreFn, part: str = "test", n_neg: 
 
 def evaluate(split: Split, score_fn: ev.ScoreFn, part: str = "test", ks: Sequence[int] = (5, 10, 20),
              protocol: ev.Protocol = "full", batch_size: int = 1024, groups: bool = True,
-             n_neg: int = 99, seed: int = 12345) -> dict[str, Any]:
+             n_neg: int = 99, seed: int = 12345,
+             budget: ExposureBudget | None = None) -> dict[str, Any]:
     """:func:`marl_two_tower.evaluation.evaluate` with the rankings sharded over the
     ranks (the single-process function when there is no process group); the same
     dictionary on every rank."""
     if current() is None:
-        return ev.evaluate(split, score_fn, part, ks, protocol, batch_size, groups, n_neg, seed)
+        return ev.evaluate(split, score_fn, part, ks, protocol, batch_size, groups, n_neg, seed,
+                           budget)
     if protocol not in ("full", "sampled", "both"):
         raise ValueError(f"protocol must be full, sampled or both, got {protocol!r}")
     out: dict[str, Any] = {"part": part, "n_users": int(len(split.eval_users(part))),
@@ -327,7 +333,8 @@ def evaluate(split: Split, score_fn: ev.ScoreFn, part: str = "test", ks: Sequenc
                            "tail": {"by": split.tail_by, "fraction": split.tail_fraction,
                                     "n_tail_items": int(split.tail_mask.sum())}}
     if protocol in ("full", "both"):
-        res = rank_full(split, score_fn, part, k_max=max(ks), batch_size=batch_size)
+        res = rank_full(split, score_fn, part, k_max=max(ks), batch_size=batch_size,
+                        budget=budget)
         out["full"] = ev.summarize(res, split, ks, "full", groups)
     if protocol in ("sampled", "both"):
         res = rank_sampled(split, score_fn, part, n_neg, seed, max(ks), batch_size)

@@ -34,6 +34,7 @@ import numpy as np
 
 from . import metrics as M
 from .data.split import Split
+from .exposure import ExposureBudget
 
 EVAL_ARRAYS_FILE = "per_user.npz"
 EVAL_ARRAYS_VERSION = 1
@@ -70,11 +71,12 @@ class EvalArrays:
 
 
 def compute_eval_arrays(split: Split, score_fn, ks: Sequence[int] = (5, 10, 20),
-                        batch_size: int = 1024) -> EvalArrays:
-    """Rank the test targets with ``score_fn`` (full protocol) and keep the lists."""
+                        batch_size: int = 1024, budget: ExposureBudget | None = None) -> EvalArrays:
+    """Rank the test targets with ``score_fn`` (full protocol, under the exposure
+    ``budget`` when given) and keep the lists."""
     from .distributed import rank_full  # sharded over the ranks under DDP
 
-    res = rank_full(split, score_fn, "test", k_max=max(ks), batch_size=batch_size)
+    res = rank_full(split, score_fn, "test", k_max=max(ks), batch_size=batch_size, budget=budget)
     return EvalArrays(users=res.users, targets=res.targets, recs=res.recs.astype(np.int32),
                       ranks=res.ranks, item_pop=np.asarray(split.item_pop, dtype=np.int64),
                       tail_mask=np.asarray(split.tail_mask, dtype=bool), ks=tuple(sorted(ks)))
@@ -115,6 +117,6 @@ def load_eval_arrays(run_dir: str | Path) -> EvalArrays | None:
 
 
 def write_for_run(run_dir: str | Path, split: Split, score_fn, ks: Sequence[int],
-                  batch_size: int = 1024) -> Path:
+                  batch_size: int = 1024, budget: ExposureBudget | None = None) -> Path:
     """Compute and save the arrays of one evaluated model (called by the pipeline)."""
-    return save_eval_arrays(run_dir, compute_eval_arrays(split, score_fn, ks, batch_size))
+    return save_eval_arrays(run_dir, compute_eval_arrays(split, score_fn, ks, batch_size, budget))

@@ -26,6 +26,7 @@ import torch
 from .config import Config
 from .data.split import Split
 from .eval_arrays import compute_eval_arrays
+from .exposure import budget_from_config
 from .significance import compare, metric_names
 
 NO_AGENTS = "this model has no MARL controller (marl.enabled was false): no per-agent breakdown"
@@ -157,7 +158,7 @@ def statistical_test(score_fn: Any, baseline_ckpt: str | Path, split: Split, cfg
         raise ValueError("--statistical-test needs the baseline checkpoint to compare with")
     ks = tuple(cfg.eval.ks)
     base_fn = _baseline_score_fn(baseline_ckpt, split, device)
-    a = compute_eval_arrays(split, score_fn, ks, cfg.eval.batch_size)
+    a = compute_eval_arrays(split, score_fn, ks, cfg.eval.batch_size, budget_from_config(cfg))
     b = compute_eval_arrays(split, base_fn, ks, cfg.eval.batch_size)
     res = compare([a], [b], metric_names(ks), n_boot=n_boot, seed=seed)
     return {"baseline": str(baseline_ckpt), "n_boot": n_boot, "bootstrap_seed": seed,

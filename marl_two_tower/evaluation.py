@@ -37,6 +37,7 @@ import torch
 from . import metrics as M
 from .data.errors import DataError
 from .data.split import Split, tail_items
+from .exposure import ExposureBudget, rerank_with_budget
 
 __all__ = [
     "RankResult",
@@ -133,6 +134,7 @@ def rank_full(
     k_max: int = 20,
     batch_size: int = 1024,
     users: np.ndarray | None = None,
+    budget: ExposureBudget | None = None,
 ) -> RankResult:
     """Full-catalogue ranking of each user's target (the headline protocol).
 
@@ -147,6 +149,13 @@ def rank_full(
     Exact score ties are resolved in the target's favour for ``rank_u`` and by
     ``torch.topk`` for the lists; they only matter for scorers with tied scores.
     Users are processed ``batch_size`` at a time with whole-batch tensor ops.
+
+    With an exposure ``budget`` (the GINI agent's inference-time arm,
+    :mod:`marl_two_tower.exposure`) the lists of all evaluated users are allocated
+    jointly from each user's ``budget.n_candidates`` best unmasked items, ranked
+    across users by log p(i | u) = s_u(i) - logsumexp over u's unmasked items. The
+    target's rank is then its slot in the allocated list, or max(rank_u, k_max + 1)
+    when the allocation left it out (MRR beyond the list is the unconstrained one).
     """
     users, targets = _eval_users(split, part, users)
     n, n_items = len(users), split.n_items
@@ -154,6 +163,10 @@ def rank_full(
     k = min(k_max, n_items)
     recs = np.full((n, k_max), -1, dtype=np.int64)
     ranks = np.empty(n, dtype=np.int64)
+    if budget is not None:
+        m = min(max(budget.n_candidates, k_max), n_items)
+        cand = np.full((n, m), -1, dtype=np.int64)
+        logp = np.full((n, m), -np.inf)
     for start in range(0, n, batch_size):
         ub, tb = users[start : start + batch_size], targets[start : start + batch_size]
         scores = _scores(score_fn, ub, n_items)
@@ -165,9 +178,21 @@ def rank_full(
         scores[torch.from_numpy(rows).to(dev), torch.from_numpy(excl.indices[pos]).to(dev)] = -math.inf
         scores[ar, t] = target_scores  # the target is never masked
         ranks[start : start + len(ub)] = (1 + (scores > target_scores[:, None]).sum(dim=1)).cpu().numpy()
+        if budget is not None:
+            vals, idx = torch.topk(scores, m, dim=1)
+            idx[torch.isneginf(vals)] = -1
+            cand[start : start + len(ub)] = idx.cpu().numpy()
+            lse = torch.logsumexp(scores, 1, keepdim=True)  # over u's unmasked items
+            logp[start : start + len(ub)] = (vals - lse).double().cpu().numpy()
+            continue
         vals, idx = torch.topk(scores, k, dim=1)
         idx[torch.isneginf(vals)] = -1
         recs[start : start + len(ub), :k] = idx.cpu().numpy()
+    if budget is not None:
+        recs = rerank_with_budget(cand, logp, k_max, budget, n_items)
+        slot = np.argmax(recs == targets[:, None], axis=1)
+        hit = recs[np.arange(n), slot] == targets
+        ranks = np.where(hit, slot + 1, np.maximum(ranks, k_max + 1))
     return RankResult(users=users, targets=targets, recs=recs, ranks=ranks)
 
 
@@ -374,6 +399,7 @@ def evaluate(
     groups: bool = True,
     n_neg: int = 99,
     seed: int = 12345,
+    budget: ExposureBudget | None = None,
 ) -> dict[str, Any]:
     """Evaluate a scorer on ``part`` ('val' or 'test'); JSON-serialisable result.
 
@@ -381,7 +407,9 @@ def evaluate(
     "n_tail_items"}, "full": {...}, "sampled": {...}, "sampled_protocol":
     {"n_negatives", "negatives"}}`` with the protocols asked for (``both`` = full
     and sampled). Metric definitions: :mod:`marl_two_tower.metrics`; undefined
-    values (e.g. TailHR with no tail targets) are None.
+    values (e.g. TailHR with no tail targets) are None. ``budget`` allocates the
+    full-protocol lists under an exposure cap (:func:`rank_full`); the sampled
+    protocol ranks 100 candidates per user and is never capped.
     """
     if protocol not in ("full", "sampled", "both"):
         raise ValueError(f"protocol must be full, sampled or both, got {protocol!r}")
@@ -393,7 +421,7 @@ def evaluate(
         "tail": _tail_info(split),
     }
     if protocol in ("full", "both"):
-        res = rank_full(split, score_fn, part, k_max=k_max, batch_size=batch_size)
+        res = rank_full(split, score_fn, part, k_max=k_max, batch_size=batch_size, budget=budget)
         out["full"] = summarize(res, split, ks, "full", groups)
     if protocol in ("sampled", "both"):
         res = rank_sampled(split, score_fn, part, n_neg, seed, k_max, batch_size)
@@ -415,6 +443,7 @@ def evaluate_per_user(
     batch_size: int = 1024,
     n_neg: int = 99,
     seed: int = 12345,
+    budget: ExposureBudget | None = None,
 ) -> tuple[RankResult, dict[str, np.ndarray]]:
     """Per-user values for paired significance tests and user bootstraps.
 
@@ -425,7 +454,7 @@ def evaluate_per_user(
     same users in the same order, so two models' arrays pair up.
     """
     if protocol == "full":
-        res = rank_full(split, score_fn, part, k_max=max(ks), batch_size=batch_size)
+        res = rank_full(split, score_fn, part, k_max=max(ks), batch_size=batch_size, budget=budget)
     elif protocol == "sampled":
         res = rank_sampled(split, score_fn, part, n_neg, seed, max(ks), batch_size)
     else:

@@ -15,18 +15,21 @@ from .config import Config, config_from_dict
 from .data import load_split
 from .data.split import Split
 from .eval_arrays import compute_eval_arrays, save_eval_arrays
+from .exposure import budget_from_config
 from .results import build_results, write_results
 from .trainer import Trainer, build_model, resolve_device
 
 
 def evaluate_model(split: Split, score_fn, cfg: Config, part: str = "test",
                    protocol: str = "both", groups: bool = True) -> dict[str, Any]:
-    """All DESIGN §5 metrics of ``score_fn`` on ``part`` with the configured Ks."""
+    """All DESIGN §5 metrics of ``score_fn`` on ``part`` with the configured Ks (full
+    protocol under the GINI agent's exposure budget when ``cfg`` sets one)."""
     from .distributed import evaluate  # sharded over the ranks under DDP
 
     return evaluate(split, score_fn, part=part, ks=tuple(cfg.eval.ks), protocol=protocol,
                     batch_size=cfg.eval.batch_size, groups=groups,
-                    n_neg=cfg.eval.sampled_negatives, seed=cfg.eval.sampled_seed)
+                    n_neg=cfg.eval.sampled_negatives, seed=cfg.eval.sampled_seed,
+                    budget=budget_from_config(cfg))
 
 
 def train_and_evaluate(cfg: Config, resume: bool = False, progress: bool = True,
@@ -47,7 +50,8 @@ def train_and_evaluate(cfg: Config, resume: bool = False, progress: bool = True,
     doc = build_results(cfg, split, metrics, state.history, extra)
     # per-user arrays and top-K lists for significance tests and plots (reports never
     # re-score); written before results.json, which marks a finished run
-    arrays = compute_eval_arrays(split, score_fn, cfg.eval.ks, cfg.eval.batch_size)
+    arrays = compute_eval_arrays(split, score_fn, cfg.eval.ks, cfg.eval.batch_size,
+                                 budget_from_config(cfg))
     if trainer.dist is None or trainer.dist.is_main:  # DDP: only rank 0 writes
         save_eval_arrays(Path(cfg.output_dir) / cfg.name, arrays)
         write_results(Path(cfg.output_dir) / cfg.name, doc)

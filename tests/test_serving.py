@@ -18,6 +18,7 @@ from marl_two_tower.cli import main as cli_main
 from marl_two_tower.config import ServingConfig, load_config
 from marl_two_tower.data import load_split
 from marl_two_tower.evaluation import rank_full
+from marl_two_tower.exposure import OnlineExposureBudget
 from marl_two_tower.serving.commands import build_recommender
 from marl_two_tower.serving.export import (
     BUNDLE_FILE,
@@ -140,6 +141,38 @@ def test_served_topk_equals_offline_rank_full(trained):
     np.testing.assert_array_equal(np.stack([lst.items for lst in lists]), res.recs[ok])
 
 
+def test_online_exposure_budget_ring_hand_case():
+    # 4 items, k=2, window 2 lists, factor 2: cap = ceil(2 * 2 * 2 / 4) = 2 slots each
+    b = OnlineExposureBudget(4, factor=2.0, k=2, window=2)
+    assert b.capacity == 2 and b.blocked().tolist() == []
+    b.record(np.array([0, 1]))
+    b.record(np.array([0, 2]))
+    assert b.counts.tolist() == [2, 1, 1, 0] and b.blocked().tolist() == [0]
+    b.record(np.array([3]))  # the first list leaves the window; short lists are fine
+    assert b.counts.tolist() == [1, 0, 1, 1] and b.blocked().tolist() == []
+    with pytest.raises(ValueError, match="factor"):
+        OnlineExposureBudget(4, factor=0.5)
+
+
+def test_served_lists_under_the_online_exposure_budget(trained):
+    model, cfg, split, _ = trained
+    b = bundle_from_model(model, cfg, split)
+    users = split.eval_users("val")
+    plain = [lst.items for lst in Recommender(b, ServingConfig(seen="train")).recommend(users, 10)]
+    # a cap no item can reach: the same lists
+    loose = Recommender(b, ServingConfig(seen="train", exposure_cap=1000.0, exposure_window=50))
+    assert all(np.array_equal(x, y.items) for x, y in zip(plain, loose.recommend(users, 10), strict=True))
+    # a binding cap: no window of `window` consecutive lists holds an item more than C times
+    tight = Recommender(b, ServingConfig(seen="train", exposure_cap=1.5, exposure_window=50))
+    served = [lst.items for lst in tight.recommend(users, 10)]
+    cap = tight.budget.capacity
+    for start in range(len(served) - 50):
+        window = np.concatenate(served[start : start + 50])
+        assert np.bincount(window).max() <= cap
+    assert len(np.unique(np.concatenate(served))) > len(np.unique(np.concatenate(plain)))
+    assert all(len(x) == 10 for x in served)
+
+
 def test_default_seen_all_never_serves_consumed_items(rec, trained):
     _, _, split, _ = trained
     users = split.eval_users("test")
@@ -189,7 +222,8 @@ def test_familiar_overrides_are_merged_and_explained(trained):
 
 
 COMPONENT_SETS = {
-    "context_gnn": ["context_gnn.enabled=true", "context_gnn.familiar=true", "context_gnn.familiar_size=10", "context_gnn.fanout=5"],
+    "context_gnn": ["context_gnn.enabled=true", "context_gnn.familiar=true",
+                    "context_gnn.familiar_size=10", "context_gnn.fanout=5"],
     "marl": ["marl.enabled=true", "marl.rl_batch_users=64"],
 }
 

@@ -46,6 +46,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..config import ServingConfig
+from ..exposure import OnlineExposureBudget
 from .export import Bundle
 from .index import IndexSettings, ItemIndex
 
@@ -163,6 +164,9 @@ class Recommender:
         self.user_ids = bundle.user_ids.tolist()
         self.cold = ColdStart(bundle, self.cfg)
         self.overrides_fn, self.n_familiar = self._adjuster()
+        self.budget = (OnlineExposureBudget(bundle.n_items, self.cfg.exposure_cap,
+                                            window=self.cfg.exposure_window)
+                       if self.cfg.exposure_cap > 0 else None)
 
     def _adjuster(self) -> tuple[OverridesFn | None, int]:
         """Familiar items and logits of the bundle (ContextGNN), and |F|max."""
@@ -194,16 +198,35 @@ class Recommender:
 
         ``vectors`` (z_u ``[B, D]``) and ``familiar`` ((F(u), s_F) ``[B, F]``) replace
         the bundle's precomputed user state, e.g. when the model computes it per request.
+        With an online exposure budget (``serving.exposure_cap``) the lists are made one
+        at a time, each leaving out the items at their cap and then counted.
         """
         users = np.asarray(users, dtype=np.int64)
+        exclude = list(exclude) if exclude is not None else [None] * len(users)
+        if familiar is None and self.overrides_fn is not None:
+            familiar = self.overrides_fn(users)
+        if self.budget is None:
+            return self._search(users, k, exclude, vectors, familiar)
+        out = []
+        for b in range(len(users)):
+            row = slice(b, b + 1)
+            blocked = self.budget.blocked()
+            extra = blocked if exclude[b] is None else np.concatenate([exclude[b], blocked])
+            lst = self._search(users[row], k, [extra], None if vectors is None else vectors[row],
+                               None if familiar is None else (familiar[0][row], familiar[1][row]))[0]
+            self.budget.record(lst.items)
+            out.append(lst)
+        return out
+
+    def _search(self, users: np.ndarray, k: int, exclude: list[np.ndarray | None],
+                vectors: np.ndarray | None,
+                familiar: tuple[np.ndarray, np.ndarray] | None) -> list[RecList]:
+        """One batched index search (+ familiar merge) with seen and ``exclude`` removed."""
         excl = []
-        for b, u in enumerate(users):
-            extra = exclude[b] if exclude is not None else None
+        for u, extra in zip(users, exclude, strict=True):
             s = self.seen(u)
             excl.append(s if extra is None or not len(extra) else np.concatenate([s, extra]))
         z = self.user_vectors[users] if vectors is None else vectors
-        if familiar is None and self.overrides_fn is not None:
-            familiar = self.overrides_fn(users)
         n_fam = familiar[0].shape[1] if familiar is not None else 0
         scores, ids = self.index.search_filtered(z, k + n_fam, excl)
         if familiar is not None:
