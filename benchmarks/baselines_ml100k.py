@@ -1,6 +1,14 @@
 """Baselines and the base two-tower on one protocol, one table (issue: foundation).
 
     .venv/bin/python benchmarks/baselines_ml100k.py [--data DIR] [--epochs 20] [--seed 42]
+    .venv/bin/python benchmarks/baselines_ml100k.py --source ml-1m-ncf \
+        --data ../shared/data/ml-1m-ncf --full-model         # the brief's second bar
+
+``--full-model`` adds the full model (every component, ``configs/ablation.yaml``
+settings, the GINI agent's exposure budget on test) as the last row; ``--models``
+picks rows. With ``--source ml-1m-ncf`` the test split is NCF's (one held-out item
+per user, its 99 given negatives for the sampled protocol); validation is each
+user's last train interaction.
 
 ML-100K, leave-one-out by time, full ranking (train + validation masked for test)
 and the sampled protocol (99 uniform negatives, fixed seed). Prints HR/NDCG/
@@ -24,6 +32,7 @@ from marl_two_tower.config import load_config
 from marl_two_tower.data import load_split
 from marl_two_tower.evaluation import evaluate
 from marl_two_tower.pipeline import train_and_evaluate
+from marl_two_tower.trainer import COMPONENTS, IMPLEMENTED
 
 KEYS = ["HR@10", "NDCG@10", "Coverage@10", "Gini@10", "TailHR@10"]
 DEFAULT_DATA = Path(os.environ.get("MARL_TWO_TOWER_DATA",
@@ -42,12 +51,21 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--source", default="ml-100k", choices=["ml-100k", "ml-1m", "ml-1m-ncf"])
+    ap.add_argument("--full-model", action="store_true", help="add the full model's row")
+    ap.add_argument("--models", nargs="*", default=None,
+                    help="rows to run (default all): MostPop ItemKNN BPR-MF EASE EASE-val base full")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = load_config("ml100k.yaml", [f"data.path={args.data}", f"train.epochs={args.epochs}",
-                                      f"seed={args.seed}", "output_dir=/tmp/mtt-bench",
+    if args.source != "ml-100k" and args.data == str(DEFAULT_DATA / "ml-100k"):
+        args.data = str(DEFAULT_DATA / args.source)
+    common = [f"data.source={args.source}", f"data.path={args.data}", f"seed={args.seed}",
+              "output_dir=/tmp/mtt-bench", f"train.num_threads={args.threads}"]
+    cfg = load_config("ml100k.yaml", [*common, f"train.epochs={args.epochs}",
                                       "checkpoint_dir=/tmp/mtt-bench/ck", "name=two_tower_base"])
     split = load_split(cfg.data)
+    wanted = set(args.models or ["MostPop", "ItemKNN", "BPR-MF", "EASE", "EASE-val", "base"]
+                 + (["full"] if args.full_model else []))
 
     def ev(score_fn):
         return evaluate(split, score_fn, "test", ks=(10,), protocol="both", groups=False)
@@ -55,21 +73,35 @@ def main() -> None:
     lines = ["| model | " + " | ".join(KEYS) + " | sampled HR@10 | wall (s) |",
              "|---" * (len(KEYS) + 3) + "|"]
     models = {"MostPop": MostPop(), "ItemKNN": ItemKNN(), "BPR-MF": BPR(seed=args.seed),
-              "EASE (lambda=500)": EASE()}
+              "EASE": EASE()}
     for name, model in models.items():
+        if name not in wanted:
+            continue
         t0 = time.perf_counter()
         res = ev(model.fit(split).score)
-        lines.append(row(name, res, time.perf_counter() - t0))
+        lines.append(row(name if name != "EASE" else "EASE (lambda=500)", res, time.perf_counter() - t0))
         print(lines[-1], flush=True)
-    t0 = time.perf_counter()
-    lam, _ = tune_ease(split, [50.0, 100.0, 200.0, 500.0, 1000.0])
-    res = ev(EASE(lam=lam).fit(split, include_val=True).score)
-    lines.append(row(f"EASE (lambda={lam:g} on val, refit train+val)", res,
-                     time.perf_counter() - t0))
-    print(lines[-1], flush=True)
-    t0 = time.perf_counter()
-    _, doc = train_and_evaluate(cfg, progress=False, split=split)
-    lines.append(row("two-tower (base)", doc["metrics"]["test"], time.perf_counter() - t0))
+    if "EASE-val" in wanted:
+        t0 = time.perf_counter()
+        lam, _ = tune_ease(split, [50.0, 100.0, 200.0, 500.0, 1000.0])
+        res = ev(EASE(lam=lam).fit(split, include_val=True).score)
+        lines.append(row(f"EASE (lambda={lam:g} on val, refit train+val)", res,
+                         time.perf_counter() - t0))
+        print(lines[-1], flush=True)
+    if "base" in wanted:
+        t0 = time.perf_counter()
+        _, doc = train_and_evaluate(cfg, progress=False, split=split)
+        lines.append(row("two-tower (base)", doc["metrics"]["test"], time.perf_counter() - t0))
+        print(lines[-1], flush=True)
+    if "full" in wanted:
+        on = [f"{c}.enabled=true" for c in COMPONENTS if c in IMPLEMENTED]
+        full_cfg = load_config("ablation.yaml", [*common, *on, "checkpoint_dir=/tmp/mtt-bench/ck-full",
+                                                 "name=two_tower_full"])
+        t0 = time.perf_counter()
+        _, doc = train_and_evaluate(full_cfg, progress=False, split=split)
+        lines.append(row("full model (exposure budget on)", doc["metrics"]["test"],
+                         time.perf_counter() - t0))
+        print(lines[-1], flush=True)
     print("\n".join(lines))
 
 
