@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from marl_two_tower.baselines import BPR, EASE, MostPop, tune_ease  # noqa: E402
 from marl_two_tower.config import load_config  # noqa: E402
+from marl_two_tower.data import load_split  # noqa: E402
 from marl_two_tower.data.movielens import load_ml100k  # noqa: E402
 from marl_two_tower.data.split import leave_one_out  # noqa: E402
 from marl_two_tower.evaluation import evaluate  # noqa: E402
@@ -64,9 +65,15 @@ def metrics_of(split, score_fn, part: str) -> dict[str, float]:
     return {k: float(res[k]) if res[k] is not None else float("nan") for k in METRICS}
 
 
+def data_overrides(args) -> list[str]:
+    """ML-100K from ``--data``, or the embedded synthetic data of ``make demo``."""
+    return ["data.source=synthetic"] if args.synthetic else ["data.source=ml-100k",
+                                                             f"data.path={args.data}"]
+
+
 def run_two_tower(split, name: str, overrides: list[str], args, seed: int) -> dict:
     with tempfile.TemporaryDirectory() as ck:
-        cfg = load_config(None, ["data.source=ml-100k", f"data.path={args.data}",
+        cfg = load_config(None, [*data_overrides(args),
                                  f"train.epochs={args.epochs}", f"seed={seed}",
                                  "train.num_threads=1", f"checkpoint_dir={ck}",
                                  *overrides, *args.set])
@@ -125,7 +132,7 @@ def sampler_gini_table(split, seed: int) -> None:
         print(f"| {beta} | " + " | ".join(cells) + " |")
 
 
-def print_table(rows: list[dict], part: str) -> None:
+def print_table(rows: list[dict], part: str, label: str = "ML-100K") -> None:
     """Mean (and std over seeds when there are several) per model, delta vs the base."""
     import numpy as np
 
@@ -137,7 +144,7 @@ def print_table(rows: list[dict], part: str) -> None:
         groups.setdefault(key(r), []).append(r)
     mean = {n: {k: float(np.mean([r[k] for r in g])) for k in METRICS} for n, g in groups.items()}
     base = mean.get(("Base two-tower", ""))
-    print(f"\nML-100K, LOO by time, full ranking, {part} split "
+    print(f"\n{label}, LOO by time, full ranking, {part} split "
           "(mean +- std over seeds; delta vs base two-tower)\n")
     print(f"| model | seeds | {' | '.join(METRICS)} | val NDCG@10 | best ep | settings |")
     print("|" + "---|" * (len(METRICS) + 5))
@@ -162,6 +169,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "ml-100k"))
     p.add_argument("--part", choices=["val", "test"], default="val")
+    p.add_argument("--synthetic", action="store_true",
+                   help="the embedded synthetic data (make demo's) instead of ML-100K")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--seeds", type=int, nargs="+", default=[42],
                    help="training seeds (two-tower and BPR); MostPop and EASE are deterministic")
@@ -179,9 +188,10 @@ def main() -> int:
     rows: list[dict] = []
     if args.collect:
         rows = [json.loads(line) for line in Path(args.out).read_text().splitlines() if line.strip()]
-        print_table(rows, args.part)
+        print_table(rows, args.part, "synthetic (make demo)" if args.synthetic else "ML-100K")
         return 0
-    split = leave_one_out(load_ml100k(args.data))
+    split = (load_split(load_config(None, data_overrides(args)).data) if args.synthetic
+             else leave_one_out(load_ml100k(args.data)))
     if args.sampler_gini:
         sampler_gini_table(split, args.seeds[0])
         return 0
@@ -203,7 +213,7 @@ def main() -> int:
             if args.out:
                 with open(args.out, "a") as f:
                     f.write(json.dumps(row) + "\n")
-    print_table(rows, args.part)
+    print_table(rows, args.part, "synthetic (make demo)" if args.synthetic else "ML-100K")
     return 0
 
 
