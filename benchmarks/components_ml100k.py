@@ -13,6 +13,10 @@ train only, like the two-tower models, and scored by the same harness.
 
     .venv/bin/python benchmarks/components_ml100k.py --sampler-gini         # sampled-item Gini
 
+Every row is scored on the plain top-10 lists: "+GINI agent" is its training-time
+arm; its inference-time exposure budget is measured by
+``benchmarks/exposure_budget_ml100k.py``.
+
 Each finished row is also written to ``--out`` (JSON lines), so variants can run in
 separate processes and ``--collect`` prints the table from the file.
 """
@@ -54,6 +58,11 @@ VARIANTS: dict[str, list[str]] = {
     "+BUHS +Fair Sampler": ["buhs.enabled=true", "fair_sampler.enabled=true"],
     "+BUHS +Fair Sampler +GINI agent": ["buhs.enabled=true", "fair_sampler.enabled=true",
                                         "gini.enabled=true"],
+}
+# the other two components, for single-component tables on other data (not run by default)
+OTHER_COMPONENTS: dict[str, list[str]] = {
+    "+ContextGNN": ["context_gnn.enabled=true"],
+    "+MARL": ["marl.enabled=true"],
 }
 # "EASE (train+val)" refits on train + validation after tuning lambda on validation (the
 # baselines module's usual last step); the two-tower models never train on validation.
@@ -196,15 +205,17 @@ def main() -> int:
         sampler_gini_table(split, args.seeds[0])
         return 0
     for name in args.variants:
-        if name not in VARIANTS and name not in BASELINES:
-            raise SystemExit(f"unknown variant {name!r}; known: {list(VARIANTS) + list(BASELINES)}")
+        if name not in VARIANTS and name not in OTHER_COMPONENTS and name not in BASELINES:
+            raise SystemExit(f"unknown variant {name!r}; known: "
+                             f"{list(VARIANTS) + list(OTHER_COMPONENTS) + list(BASELINES)}")
     for name in args.variants:
-        seeds = args.seeds if name in VARIANTS or name == "BPR-MF" else args.seeds[:1]
+        two_tower = VARIANTS.get(name, OTHER_COMPONENTS.get(name))
+        seeds = args.seeds if two_tower is not None or name == "BPR-MF" else args.seeds[:1]
         if name == "EASE (train+val)" and args.part == "val":
             continue
         for seed in seeds:
-            if name in VARIANTS:
-                row = run_two_tower(split, name, VARIANTS[name], args, seed)
+            if two_tower is not None:
+                row = run_two_tower(split, name, two_tower, args, seed)
             else:
                 row = run_baseline(split, name, args, seed)
             row["part"] = args.part

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from .eval_arrays import EvalArrays, load_eval_arrays
-from .results import git_commit, read_results, write_text_atomic
+from .results import git_commit, read_results, read_versioned_json, write_text_atomic
 from .significance import compare, metric_names, seed_summary
 
 REPORT_SCHEMA = "marl-two-tower/ablation-report"
@@ -519,13 +519,5 @@ def write_report(paths: Sequence[str | Path], output: str | Path, base: str | No
 
 def read_report(path: str | Path) -> dict[str, Any]:
     """Read an ``ablation.json`` (or the one in a folder), checking its schema."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "ablation.json"
-    doc = json.loads(p.read_text())
-    if doc.get("schema") != REPORT_SCHEMA:
-        raise ValueError(f"{p}: not a marl-two-tower ablation report")
-    if doc.get("schema_version", 0) > REPORT_SCHEMA_VERSION:
-        raise ValueError(f"{p}: report schema version {doc['schema_version']} is newer than "
-                         f"this package understands ({REPORT_SCHEMA_VERSION})")
-    return doc
+    return read_versioned_json(path, "ablation.json", REPORT_SCHEMA, REPORT_SCHEMA_VERSION,
+                               "ablation report")

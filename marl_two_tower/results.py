@@ -137,15 +137,23 @@ def write_results(run_dir: str | Path, doc: dict[str, Any]) -> Path:
     return run_dir / "results.json"
 
 
-def read_results(path: str | Path) -> dict[str, Any]:
-    """Read a results.json (or the one inside a run folder), checking its schema."""
+def read_versioned_json(path: str | Path, file_name: str, schema: str, version: int,
+                        what: str) -> dict[str, Any]:
+    """Read ``path`` (or ``path/file_name`` for a folder) and check its schema tag and
+    that its ``schema_version`` is not newer than ``version``."""
     p = Path(path)
     if p.is_dir():
-        p = p / "results.json"
+        p = p / file_name
     doc = json.loads(p.read_text())
-    if doc.get("schema") != RESULTS_SCHEMA:
-        raise ValueError(f"{p}: not a marl-two-tower results file")
-    if doc.get("schema_version", 0) > RESULTS_SCHEMA_VERSION:
-        raise ValueError(f"{p}: schema version {doc['schema_version']} is newer than "
-                         f"this package understands ({RESULTS_SCHEMA_VERSION})")
+    if doc.get("schema") != schema:
+        raise ValueError(f"{p}: not a marl-two-tower {what}")
+    if doc.get("schema_version", 0) > version:
+        raise ValueError(f"{p}: {what} schema version {doc['schema_version']} is newer than "
+                         f"this package understands ({version})")
     return doc
+
+
+def read_results(path: str | Path) -> dict[str, Any]:
+    """Read a results.json (or the one inside a run folder), checking its schema."""
+    return read_versioned_json(path, "results.json", RESULTS_SCHEMA, RESULTS_SCHEMA_VERSION,
+                               "results file")

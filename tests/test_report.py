@@ -132,3 +132,21 @@ def test_study_report_keeps_variants_a_worker_did_not_list(study, tmp_path):
     groups, _ = collect([s])
     assert [g.label for g in groups if g.kind == "variant"] == ["Base", "+Tail loss"]
     assert groups[1].components == ["tail_loss"]
+
+
+def test_readers_refuse_foreign_and_newer_files(tmp_path) -> None:
+    import json
+
+    from marl_two_tower.report import REPORT_SCHEMA, REPORT_SCHEMA_VERSION, read_report
+    from marl_two_tower.results import read_results
+
+    (tmp_path / "results.json").write_text(json.dumps({"schema": "something-else"}))
+    with pytest.raises(ValueError, match="not a marl-two-tower results file"):
+        read_results(tmp_path)
+    newer = {"schema": REPORT_SCHEMA, "schema_version": REPORT_SCHEMA_VERSION + 1}
+    (tmp_path / "ablation.json").write_text(json.dumps(newer))
+    with pytest.raises(ValueError, match="ablation report schema version .* is newer"):
+        read_report(tmp_path)
+    newer["schema_version"] = REPORT_SCHEMA_VERSION
+    (tmp_path / "ablation.json").write_text(json.dumps(newer))
+    assert read_report(tmp_path / "ablation.json") == newer
