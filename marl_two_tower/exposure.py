@@ -58,7 +58,7 @@ class ExposureBudget:
 
     factor: float
     k: int = 10
-    n_candidates: int = 200
+    n_candidates: int = 1000
     floor: int = 0
 
     def __post_init__(self) -> None:
