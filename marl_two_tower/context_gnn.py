@@ -119,7 +119,9 @@ class BipartiteGraph:
     ``user_indptr/user_items``: items of each user; ``item_indptr/item_users``: users
     of each item; ``keys``: sorted ``u * n_items + i`` of every edge (membership tests);
     ``hist_indptr/hist_items``: each user's train interactions in time order;
-    ``last_pos[e]``: index into ``hist_items`` of the last interaction of edge ``keys[e]``.
+    ``last_pos[e]``: index into ``hist_items`` of the last interaction of edge ``keys[e]``;
+    ``timed[u]``: every train interaction of u has a timestamp (otherwise its "time
+    order" is only file order, and temporal sampling falls back to a uniform sample).
     """
 
     n_users: int
@@ -132,6 +134,7 @@ class BipartiteGraph:
     hist_indptr: np.ndarray
     hist_items: np.ndarray
     last_pos: np.ndarray
+    timed: np.ndarray
 
     @classmethod
     def from_split(cls, split: Split) -> BipartiteGraph:
@@ -148,10 +151,13 @@ class BipartiteGraph:
         # last occurrence of each edge: the first one in the reversed history
         rev_keys, first = np.unique(hist_keys[::-1], return_index=True)
         assert np.array_equal(rev_keys, keys)
+        ds = split.dataset
+        timed = np.ones(split.n_users, dtype=bool)
+        timed[ds.users[np.isnan(ds.timestamps)]] = False
         return cls(split.n_users, n_items, ui.indptr.astype(np.int64), ui.indices.astype(np.int64),
                    iu.indptr.astype(np.int64), iu.indices.astype(np.int64), keys,
                    split.train_indptr.astype(np.int64), split.train_items.astype(np.int64),
-                   len(hist_keys) - 1 - first)
+                   len(hist_keys) - 1 - first, timed)
 
     def position(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Index into ``hist_items`` of the last (u, i) interaction; must be an edge."""
@@ -373,8 +379,9 @@ def sample_neighbourhood(graph: BipartiteGraph, users: np.ndarray, exclude: np.n
     eligible for F(u_b). ``recent > 0``: the root's hop-1 neighbours are its
     ``recent`` latest train items before the predicted interaction (temporal
     sampling; during training, the items before the positive), weighted
-    1 / sqrt(n_window deg i) as if they were the root's only edges; ``recent = 0``:
-    a uniform ``fanout`` sample of all its items. A walk matrix is kept dense when
+    1 / sqrt(n_window deg i) as if they were the root's only edges; ``recent = 0``,
+    and roots whose interactions lack timestamps (``graph.timed``): a uniform
+    ``fanout`` sample of all its items. A walk matrix is kept dense when
     B x (its distinct frontier nodes) <= ``dense_budget`` (small graphs, where the
     frontier saturates and dense products beat building sparse ones); the values
     are the same either way.
@@ -382,19 +389,26 @@ def sample_neighbourhood(graph: BipartiteGraph, users: np.ndarray, exclude: np.n
     users = np.asarray(users, dtype=np.int64)
     b = len(users)
     udeg, ideg = graph.user_deg.astype(np.float64), graph.item_deg.astype(np.float64)
-    # hop 1: root -> items, the training positive's edge removed
-    if recent > 0:
-        end = graph.hist_indptr[users + 1] if exclude is None else graph.position(users, exclude)
-        start = np.maximum(graph.hist_indptr[users], end - recent)
+    # hop 1: root -> items, the training positive's edge removed; roots without
+    # timestamps have no "latest" items, so they get the uniform sample
+    timed = graph.timed[users] if recent > 0 else np.zeros(b, dtype=bool)
+    parts = []
+    if timed.any():
+        rows = np.flatnonzero(timed)
+        ex = None if exclude is None else exclude[rows]
+        end = graph.hist_indptr[users[rows] + 1] if ex is None else graph.position(users[rows], ex)
+        start = np.maximum(graph.hist_indptr[users[rows]], end - recent)
         n = end - start
-        seg = np.repeat(np.arange(b), n)
+        seg = np.repeat(np.arange(len(rows)), n)
         items = graph.hist_items[np.repeat(start, n) + np.arange(int(n.sum()))
                                  - np.repeat(np.cumsum(n) - n, n)]
-        w = 1.0 / np.sqrt(n[seg] * ideg[items])
-    else:
-        seg, items, scale = sample_neighbours(graph.user_indptr, graph.user_items, users, fanout,
-                                              salt, 1)
-        w = scale / np.sqrt(udeg[users[seg]] * ideg[items])
+        parts.append((rows[seg], items, 1.0 / np.sqrt(n[seg] * ideg[items])))
+    if not parts or not timed.all():
+        rows = np.flatnonzero(~timed)
+        seg, items, scale = sample_neighbours(graph.user_indptr, graph.user_items, users[rows],
+                                              fanout, salt, 1)
+        parts.append((rows[seg], items, scale / np.sqrt(udeg[users[rows[seg]]] * ideg[items])))
+    seg, items, w = (np.concatenate(x) for x in zip(*parts, strict=True))
     if exclude is not None:
         keep = items != exclude[seg]
         seg, items, w = seg[keep], items[keep], w[keep]

@@ -415,3 +415,27 @@ def test_training_is_deterministic_with_a_seed(tiny_split, tmp_path):
     tr = Trainer(cfg, tiny_split, progress=False)
     tr.fit()
     assert not torch.equal(outs[0], tr.model.scorer()(np.arange(30)))
+
+
+def test_roots_without_timestamps_get_the_uniform_sample():
+    # users 0 and 1 have the same history; user 1's timestamps are unknown (NaN), so
+    # its "latest items" would only be file order: its hop 1 is the uniform sample
+    hist = [[0, 1, 2, 3, 4, 5, 6], [0, 1, 2, 3, 4, 5, 6], [2, 3, 4]]
+    ds = hand_dataset(hist, 8)
+    ds.timestamps[ds.users == 1] = np.nan
+    split = leave_one_out(ds)
+    g = BipartiteGraph.from_split(split)
+    assert g.timed.tolist() == [True, False, True]
+    users = np.array([0, 1, 2])
+    rec = sample_neighbourhood(g, users, None, fanout=100, familiar_size=0, salt=0,
+                               need_hop3=False, recent=2)
+    uni = sample_neighbourhood(g, users, None, fanout=100, familiar_size=0, salt=0,
+                               need_hop3=False, recent=0)
+    hop1 = lambda nb, b: set(nb.items1[nb.p1[b].indices].tolist())  # noqa: E731
+    # train = first 5 items (val 5, test 6): the timed user sees its 2 latest, the
+    # untimed one all 5 with the recent = 0 weights; user 2 (train [2]) its only item
+    assert hop1(rec, 0) == {3, 4} and hop1(rec, 2) == {2}
+    assert hop1(rec, 1) == {0, 1, 2, 3, 4} == hop1(uni, 1)
+    w_rec = dict(zip(rec.items1[rec.p1[1].indices].tolist(), rec.p1[1].data, strict=True))
+    w_uni = dict(zip(uni.items1[uni.p1[1].indices].tolist(), uni.p1[1].data, strict=True))
+    assert w_rec == pytest.approx(w_uni)
