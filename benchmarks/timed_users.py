@@ -32,6 +32,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--ease-lambda", type=float, default=200.0)
+    p.add_argument("--no-budget", action="store_true", help="score the model's plain top-10")
     args = p.parse_args()
     torch.set_num_threads(2)
     model, cfg, split = load_trained(args.checkpoint, device="cpu")
@@ -41,7 +42,7 @@ def main() -> int:
     print(f"{int(timed.sum())} users with timestamps, {int((~timed).sum())} without\n")
     print("| model | part | HR@10 timed users | HR@10 untimed users | HR@10 all |")
     print("|---|---|---|---|---|")
-    models = [("model", model.scorer(), budget_from_config(cfg)),
+    models = [("model", model.scorer(), None if args.no_budget else budget_from_config(cfg)),
               (f"EASE (lambda {args.ease_lambda:g})", EASE(lam=args.ease_lambda).fit(split).score, None)]
     for name, fn, budget in models:
         for part in ("val", "test"):
