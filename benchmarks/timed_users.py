@@ -16,7 +16,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,9 +35,7 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(2)
     model, cfg, split = load_trained(args.checkpoint, device="cpu")
-    ds = split.dataset
-    timed = np.ones(split.n_users, dtype=bool)
-    timed[ds.users[np.isnan(ds.timestamps)]] = False
+    timed = split.dataset.timed_users()
     print(f"{int(timed.sum())} users with timestamps, {int((~timed).sum())} without\n")
     print("| model | part | HR@10 timed users | HR@10 untimed users | HR@10 all |")
     print("|---|---|---|---|---|")

@@ -151,13 +151,10 @@ class BipartiteGraph:
         # last occurrence of each edge: the first one in the reversed history
         rev_keys, first = np.unique(hist_keys[::-1], return_index=True)
         assert np.array_equal(rev_keys, keys)
-        ds = split.dataset
-        timed = np.ones(split.n_users, dtype=bool)
-        timed[ds.users[np.isnan(ds.timestamps)]] = False
         return cls(split.n_users, n_items, ui.indptr.astype(np.int64), ui.indices.astype(np.int64),
                    iu.indptr.astype(np.int64), iu.indices.astype(np.int64), keys,
                    split.train_indptr.astype(np.int64), split.train_items.astype(np.int64),
-                   len(hist_keys) - 1 - first, timed)
+                   len(hist_keys) - 1 - first, split.dataset.timed_users())
 
     def position(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Index into ``hist_items`` of the last (u, i) interaction; must be an edge."""

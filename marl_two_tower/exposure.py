@@ -43,6 +43,12 @@ import numpy as np
 from .config import Config, ConfigError
 
 
+def fair_share_cap(factor: float, k: int, n_lists: int, n_items: int) -> int:
+    """ceil(factor * k * n_lists / n_items), at least 1: ``factor`` times the slots every
+    item would get if the ``n_lists`` top-``k`` lists spread exposure evenly."""
+    return max(1, math.ceil(factor * k * n_lists / n_items - 1e-9))
+
+
 @dataclass(frozen=True)
 class ExposureBudget:
     """Per-item cap on top-K exposure, in multiples of the uniform share.
@@ -71,7 +77,7 @@ class ExposureBudget:
 
     def capacity(self, n_users: int, n_items: int) -> int:
         """C = ceil(factor * k * n_users / n_items): the most lists one item may enter."""
-        return max(1, math.ceil(self.factor * self.k * n_users / n_items - 1e-9))
+        return fair_share_cap(self.factor, self.k, n_users, n_items)
 
 
 def allocate(cand: np.ndarray, priority: np.ndarray, k: int, capacity: int | np.ndarray,
@@ -215,7 +221,7 @@ class OnlineExposureBudget:
         if not factor >= 1.0 or window < 1:
             raise ValueError(f"factor must be >= 1 and window >= 1, got {factor}, {window}")
         self.n_items, self.k = n_items, k
-        self.capacity = max(1, math.ceil(factor * k * window / n_items - 1e-9))
+        self.capacity = fair_share_cap(factor, k, window, n_items)
         self.counts = np.zeros(n_items, dtype=np.int64)
         self.ring = np.full((window, k), -1, dtype=np.int64)
         self.next = 0

@@ -89,6 +89,13 @@ class Dataset:
         self.timestamps, self.ratings = self.timestamps[keep], self.ratings[keep]
         return self
 
+    def timed_users(self) -> np.ndarray:
+        """bool ``[n_users]``: True where every interaction of the user has a timestamp
+        (otherwise its time order is only file order)."""
+        timed = np.ones(self.n_users, dtype=bool)
+        timed[self.users[np.isnan(self.timestamps)]] = False
+        return timed
+
     def fingerprint(self) -> str:
         """SHA-256 over the interaction arrays and shapes: identifies the data exactly."""
         h = hashlib.sha256()
