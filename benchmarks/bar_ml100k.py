@@ -26,8 +26,8 @@ sys.path.insert(0, str(REPO))
 from marl_two_tower.baselines import BPR, EASE, tune_ease  # noqa: E402
 from marl_two_tower.data.movielens import load_ml100k  # noqa: E402
 from marl_two_tower.data.split import leave_one_out  # noqa: E402
-from marl_two_tower.eval_arrays import compute_eval_arrays, load_eval_arrays  # noqa: E402
-from marl_two_tower.significance import compare  # noqa: E402
+from marl_two_tower.eval.arrays import compute_eval_arrays, load_eval_arrays  # noqa: E402
+from marl_two_tower.eval.significance import compare  # noqa: E402
 
 METRICS = ["HR@10", "NDCG@10", "Coverage@10", "Gini@10", "TailHR@10"]
 # the brief's reference rows (ML-100K, LOO by time, full ranking, K = 10)

@@ -30,9 +30,9 @@ import torch
 from marl_two_tower.baselines import BPR, EASE, ItemKNN, MostPop, tune_ease
 from marl_two_tower.config import load_config
 from marl_two_tower.data import load_split
-from marl_two_tower.evaluation import evaluate
-from marl_two_tower.pipeline import train_and_evaluate
-from marl_two_tower.trainer import COMPONENTS, IMPLEMENTED
+from marl_two_tower.eval.protocols import evaluate
+from marl_two_tower.model.build import COMPONENTS
+from marl_two_tower.study.run import train_and_evaluate
 
 KEYS = ["HR@10", "NDCG@10", "Coverage@10", "Gini@10", "TailHR@10"]
 DEFAULT_DATA = Path(os.environ.get("MARL_TWO_TOWER_DATA",
@@ -94,7 +94,7 @@ def main() -> None:
         lines.append(row("two-tower (base)", doc["metrics"]["test"], time.perf_counter() - t0))
         print(lines[-1], flush=True)
     if "full" in wanted:
-        on = [f"{c}.enabled=true" for c in COMPONENTS if c in IMPLEMENTED]
+        on = [f"{c}.enabled=true" for c in COMPONENTS]
         full_cfg = load_config("ablation.yaml", [*common, *on, "checkpoint_dir=/tmp/mtt-bench/ck-full",
                                                  "name=two_tower_full"])
         t0 = time.perf_counter()

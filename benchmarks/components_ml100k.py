@@ -40,8 +40,8 @@ from marl_two_tower.config import load_config  # noqa: E402
 from marl_two_tower.data import load_split  # noqa: E402
 from marl_two_tower.data.movielens import load_ml100k  # noqa: E402
 from marl_two_tower.data.split import leave_one_out  # noqa: E402
-from marl_two_tower.evaluation import evaluate  # noqa: E402
-from marl_two_tower.trainer import Trainer  # noqa: E402
+from marl_two_tower.eval.protocols import evaluate  # noqa: E402
+from marl_two_tower.train.trainer import Trainer  # noqa: E402
 
 METRICS = ("HR@10", "NDCG@10", "Coverage@10", "Gini@10", "TailHR@10")
 
@@ -123,9 +123,9 @@ def sampler_gini_table(split, seed: int) -> None:
     """Gini of the items drawn in one epoch (batch 512) by beta and cap, vs uniform."""
     import numpy as np
 
-    from marl_two_tower.fair_sampler import FairSampler
-    from marl_two_tower.metrics import gini
-    from marl_two_tower.trainer import PositiveSampler
+    from marl_two_tower.data.samplers import PositiveSampler
+    from marl_two_tower.fairness.fair_sampler import FairSampler
+    from marl_two_tower.metrics.gini import gini
 
     idx = np.concatenate(list(PositiveSampler(split, 512, seed).batches(0)))
     print(f"uniform sampler: Gini {gini(np.bincount(split.train_items[idx], minlength=split.n_items)):.3f}")

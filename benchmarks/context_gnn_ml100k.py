@@ -40,9 +40,9 @@ sys.path.insert(0, str(REPO))
 from marl_two_tower.config import load_config  # noqa: E402
 from marl_two_tower.data.movielens import load_ml100k  # noqa: E402
 from marl_two_tower.data.split import leave_one_out  # noqa: E402
-from marl_two_tower.evaluation import evaluate, evaluate_per_user  # noqa: E402
-from marl_two_tower.significance import paired_tests  # noqa: E402
-from marl_two_tower.trainer import Trainer  # noqa: E402
+from marl_two_tower.eval.protocols import evaluate, evaluate_per_user  # noqa: E402
+from marl_two_tower.eval.significance import paired_tests  # noqa: E402
+from marl_two_tower.train.trainer import Trainer  # noqa: E402
 
 METRICS = ("HR@10", "NDCG@10", "Coverage@10", "Gini@10", "TailHR@10")
 

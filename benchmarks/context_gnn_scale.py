@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from marl_two_tower.config import ContextGNNConfig, load_config  # noqa: E402
-from marl_two_tower.context_gnn import BipartiteGraph, sample_neighbourhood, two_hop_items  # noqa: E402
 from marl_two_tower.data import load_split  # noqa: E402
+from marl_two_tower.model.context_gnn import BipartiteGraph, sample_neighbourhood, two_hop_items  # noqa: E402
 
 
 def nnz(m) -> int:

@@ -33,10 +33,10 @@ from marl_two_tower.baselines import EASE  # noqa: E402
 from marl_two_tower.baselines.ease import tune_ease  # noqa: E402
 from marl_two_tower.data.movielens import load_ml100k  # noqa: E402
 from marl_two_tower.data.split import leave_one_out  # noqa: E402
-from marl_two_tower.evaluation import evaluate_per_user  # noqa: E402
-from marl_two_tower.exposure import ExposureBudget  # noqa: E402
-from marl_two_tower.metrics import compute_metrics  # noqa: E402
-from marl_two_tower.significance import paired_tests  # noqa: E402
+from marl_two_tower.eval.protocols import evaluate_per_user  # noqa: E402
+from marl_two_tower.eval.significance import paired_tests  # noqa: E402
+from marl_two_tower.fairness.exposure import ExposureBudget  # noqa: E402
+from marl_two_tower.metrics.ranking import compute_metrics  # noqa: E402
 
 METRICS = ("HR@10", "NDCG@10", "Coverage@10", "Gini@10", "TailHR@10")
 
@@ -44,8 +44,8 @@ METRICS = ("HR@10", "NDCG@10", "Coverage@10", "Gini@10", "TailHR@10")
 def scorers(split, args) -> list[tuple[str, object]]:
     """(label, score_fn) of every model to sweep."""
     from marl_two_tower.config import load_config
-    from marl_two_tower.pipeline import load_trained
-    from marl_two_tower.trainer import Trainer
+    from marl_two_tower.model.build import load_trained
+    from marl_two_tower.train.trainer import Trainer
 
     out = []
     for path in args.checkpoint:

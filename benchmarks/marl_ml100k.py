@@ -31,10 +31,11 @@ import torch
 from marl_two_tower import checkpoint as ckpt_io
 from marl_two_tower.config import load_config
 from marl_two_tower.data import load_split
-from marl_two_tower.eval_arrays import compute_eval_arrays
-from marl_two_tower.metrics import per_user
-from marl_two_tower.significance import compare, paired_tests
-from marl_two_tower.trainer import Trainer, build_model
+from marl_two_tower.eval.arrays import compute_eval_arrays
+from marl_two_tower.eval.significance import compare, paired_tests
+from marl_two_tower.metrics.ranking import per_user
+from marl_two_tower.model.build import build_model
+from marl_two_tower.train.trainer import Trainer
 
 METRICS = ["HR@10", "NDCG@10", "Coverage@10", "Gini@10", "TailHR@10"]
 CKPT = "runs/marl_ml100k"  # checkpoints of the two runs (--out's stem when --out is given)

@@ -28,10 +28,11 @@ import torch
 from marl_two_tower import checkpoint as ckpt_io
 from marl_two_tower.config import load_config
 from marl_two_tower.data import load_split
-from marl_two_tower.evaluation import evaluate
-from marl_two_tower.genre_agents import MARLTrainer, build_genre_agents
-from marl_two_tower.marl_reward import reward_targets
-from marl_two_tower.trainer import Trainer, set_seed
+from marl_two_tower.eval.protocols import evaluate
+from marl_two_tower.model.marl.agents import MARLTrainer, build_genre_agents
+from marl_two_tower.model.marl.reward import reward_targets
+from marl_two_tower.train.trainer import Trainer
+from marl_two_tower.utils.runtime import set_seed
 
 # (name, overrides of cfg.marl); alpha = 1 throughout (HR@K is the unit of reward)
 SETTINGS: list[tuple[str, dict]] = [

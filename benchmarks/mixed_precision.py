@@ -37,8 +37,8 @@ sys.path.insert(0, str(REPO))
 from marl_two_tower.config import load_config  # noqa: E402
 from marl_two_tower.data.movielens import load_ml100k  # noqa: E402
 from marl_two_tower.data.split import leave_one_out  # noqa: E402
-from marl_two_tower.evaluation import evaluate, evaluate_per_user  # noqa: E402
-from marl_two_tower.trainer import Trainer  # noqa: E402
+from marl_two_tower.eval.protocols import evaluate, evaluate_per_user  # noqa: E402
+from marl_two_tower.train.trainer import Trainer  # noqa: E402
 
 
 def run(split, seed: int, mode: str, args) -> tuple[dict, np.ndarray]:
@@ -68,7 +68,7 @@ def cpu_s() -> float:
 
 def measure_speed(split, args) -> None:
     """CPU seconds per supervised step, fp32 vs bf16 autocast, alternating rounds."""
-    from marl_two_tower.trainer import epoch_rng
+    from marl_two_tower.utils.runtime import epoch_rng
 
     trainers = {}
     for mode in ("none", "bf16"):
@@ -141,7 +141,7 @@ def main() -> int:
     diff = np.array([by[(s, "bf16")]["HR@10"] - by[(s, "none")]["HR@10"] for s in seeds])
     print(f"\nHR@10 bf16 - fp32 per seed: {np.round(diff, 4).tolist()} (mean {diff.mean():+.4f}); "
           f"fp32/bf16 time per step: {ratio.mean():.2f}x (min {ratio.min():.2f}, max {ratio.max():.2f})")
-    from marl_two_tower.significance import paired_tests
+    from marl_two_tower.eval.significance import paired_tests
 
     s0 = seeds[0]
     res = paired_tests(hits[(s0, "bf16")], hits[(s0, "none")])

@@ -89,7 +89,7 @@ def run_stage(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
-    import marl_two_tower.trainer  # noqa: F401  (imports count in the baseline, not the stage)
+    import marl_two_tower.train.trainer  # noqa: F401  (imports count in the baseline, not the stage)
 
     torch.set_num_threads(1)
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # Adam's lazy torch._dynamo import
@@ -126,8 +126,8 @@ def run_stage(args: argparse.Namespace) -> dict:
     if args.stage == "load":
         return done(c_load)
 
-    from marl_two_tower.context_gnn import BipartiteGraph
     from marl_two_tower.data.split import leave_one_out
+    from marl_two_tower.model.context_gnn import BipartiteGraph
 
     out["rss_before_mib"] = _rss_mib()
     with _Clock() as c_split:
@@ -139,7 +139,8 @@ def run_stage(args: argparse.Namespace) -> dict:
                     graph_edges=int(len(graph.keys)))
 
     from marl_two_tower.config import Config
-    from marl_two_tower.trainer import Trainer, epoch_rng
+    from marl_two_tower.train.trainer import Trainer
+    from marl_two_tower.utils.runtime import epoch_rng
 
     cfg = Config()
     cfg.train.batch_size = args.batch
@@ -164,8 +165,9 @@ def run_stage(args: argparse.Namespace) -> dict:
                     loss_first=losses[0], loss_last=losses[-1])
 
     if args.stage == "eval":
-        from marl_two_tower.evaluation import rank_full, summarize
-        from marl_two_tower.trainer import build_model, set_seed
+        from marl_two_tower.eval.protocols import rank_full, summarize
+        from marl_two_tower.model.build import build_model
+        from marl_two_tower.utils.runtime import set_seed
 
         set_seed(cfg.seed)
         model = build_model(cfg, split)

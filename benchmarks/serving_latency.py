@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from marl_two_tower.config import ServingConfig
-from marl_two_tower.evaluation import rank_full
+from marl_two_tower.eval.protocols import rank_full
 from marl_two_tower.serving.commands import build_recommender
 from marl_two_tower.serving.index import IndexSettings, ItemIndex, recall_at_k, synthetic_catalogue
 

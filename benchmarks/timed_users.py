@@ -22,9 +22,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from marl_two_tower.baselines import EASE  # noqa: E402
-from marl_two_tower.evaluation import evaluate_per_user  # noqa: E402
-from marl_two_tower.exposure import budget_from_config  # noqa: E402
-from marl_two_tower.pipeline import load_trained  # noqa: E402
+from marl_two_tower.eval.protocols import evaluate_per_user  # noqa: E402
+from marl_two_tower.fairness.exposure import budget_from_config  # noqa: E402
+from marl_two_tower.model.build import load_trained  # noqa: E402
 
 
 def main() -> int:

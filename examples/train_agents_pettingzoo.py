@@ -6,8 +6,8 @@
 
 1. train the base two-tower (no controller) for ``--base-epochs`` epochs, holding out
    every user's reward target from the supervised positives, as MARL training does;
-2. wrap it in :class:`marl_two_tower.marl_env.GenreRecEnv` (agents = genres, one step
-   = one batch of users) and train :class:`marl_two_tower.genre_agents.GenreAgents`
+2. wrap it in :class:`marl_two_tower.model.marl.env.GenreRecEnv` (agents = genres, one step
+   = one batch of users) and train :class:`marl_two_tower.model.marl.agents.GenreAgents`
    only through the env API (reset / step / state), with the configured A2C or PPO
    update, treating every user of a batch as a one-step episode;
 3. attach the agents to the model and report validation metrics with and without them.
@@ -27,11 +27,12 @@ import torch
 
 from marl_two_tower.config import load_config
 from marl_two_tower.data import load_split
-from marl_two_tower.evaluation import evaluate
-from marl_two_tower.genre_agents import GenreAgents, Rollout, build_genre_agents
-from marl_two_tower.marl_env import GenreRecEnv, RecEnvCore, TwoTowerScorer
-from marl_two_tower.marl_reward import reward_targets
-from marl_two_tower.trainer import Trainer, build_model
+from marl_two_tower.eval.protocols import evaluate
+from marl_two_tower.model.build import build_model
+from marl_two_tower.model.marl.agents import GenreAgents, Rollout, build_genre_agents
+from marl_two_tower.model.marl.env import GenreRecEnv, RecEnvCore, TwoTowerScorer
+from marl_two_tower.model.marl.reward import reward_targets
+from marl_two_tower.train.trainer import Trainer
 
 
 def train_through_env(env: GenreRecEnv, agents: GenreAgents, episodes: int, lr: float,

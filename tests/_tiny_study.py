@@ -5,8 +5,8 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from marl_two_tower.ablation import Variant, run_study
 from marl_two_tower.config import Config, load_config
+from marl_two_tower.study.ablation import Variant, run_study
 
 TINY = ["data.synthetic.n_users=120", "data.synthetic.n_items=90", "data.synthetic.n_genres=5",
         "model.dim=8", "model.id_dim=8", "model.hidden=16", "model.history_len=10",

@@ -15,7 +15,7 @@ import torch
 from marl_two_tower.config import MARLConfig
 from marl_two_tower.data.dataset import Dataset
 from marl_two_tower.data.split import Split, leave_one_out
-from marl_two_tower.marl_env import BaseScores, RecEnvCore
+from marl_two_tower.model.marl.env import BaseScores, RecEnvCore
 
 PLANTED = 0
 

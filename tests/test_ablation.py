@@ -7,33 +7,22 @@ import json
 import pytest
 from _tiny_study import SEEDS, VARIANTS, tiny_config
 
-from marl_two_tower import trainer as trainer_mod
-from marl_two_tower.ablation import VARIANTS as STUDY_VARIANTS
-from marl_two_tower.ablation import plan_variants, run_study
 from marl_two_tower.data import load_split
-from marl_two_tower.results import read_results
+from marl_two_tower.study.ablation import plan_variants, run_study
+from marl_two_tower.study.results import read_results
+from marl_two_tower.study.variants import VARIANTS as STUDY_VARIANTS
+from marl_two_tower.train import trainer as trainer_mod
 
 
-def test_plan_marks_unimplemented_variants_and_missing_predecessors():
-    plan = {p.variant.key: p for p in plan_variants(STUDY_VARIANTS, implemented={"tail_loss"})}
+def test_plan_excludes_components_from_the_whole_study():
+    plan = {p.variant.key: p for p in plan_variants(STUDY_VARIANTS)}
     assert plan["base"].available and plan["base"].components == []
-    assert not plan["context_gnn"].available
-    assert "context_gnn" in plan["context_gnn"].reason
-    assert not plan["gini"].available  # its own component gini is missing
-    plan = {p.variant.key: p for p in plan_variants(STUDY_VARIANTS,
-                                                    implemented={"marl", "gini", "tail_loss"})}
-    assert plan["marl"].available and plan["marl"].missing == ["context_gnn"]
-    assert plan["gini"].components == ["marl", "gini", "tail_loss"]
-    assert plan["gini"].missing == ["context_gnn", "fair_sampler", "buhs"]
-    full = set(trainer_mod.COMPONENTS)
-    plan = {p.variant.key: p for p in plan_variants(STUDY_VARIANTS, implemented=full,
-                                                    exclude=["buhs"])}
+    assert plan["gini"].components == ["context_gnn", "marl", "fair_sampler", "buhs", "gini", "tail_loss"]
+    plan = {p.variant.key: p for p in plan_variants(STUDY_VARIANTS, exclude=["buhs"])}
     assert not plan["buhs"].available and "--no-buhs" in plan["buhs"].reason
     assert plan["gini"].components == ["context_gnn", "marl", "fair_sampler", "gini", "tail_loss"]
-    assert [p.components for p in plan_variants(STUDY_VARIANTS, implemented=full)][-1] == \
-        ["context_gnn", "marl", "fair_sampler", "buhs", "gini", "tail_loss"]
     # a subset keeps the cumulative stack of the whole study
-    (buhs,) = plan_variants(STUDY_VARIANTS, implemented=full, only=["buhs"])
+    (buhs,) = plan_variants(STUDY_VARIANTS, only=["buhs"])
     assert buhs.components == ["context_gnn", "marl", "fair_sampler", "buhs"]
 
 
@@ -120,7 +109,7 @@ def test_a_run_claimed_by_a_live_worker_is_skipped(tmp_path, monkeypatch):
     import os
     import subprocess
 
-    from marl_two_tower.ablation import claim, release
+    from marl_two_tower.study.ablation import claim, release
 
     cfg = tiny_config("train.epochs=1")
     out = tmp_path / "s"

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from marl_two_tower.buhs import BUHS, BiasedHistorySampler, Synthesis
 from marl_two_tower.config import BUHSConfig, ModelConfig
 from marl_two_tower.data.dataset import Dataset
 from marl_two_tower.data.split import leave_one_out
-from marl_two_tower.two_tower import TwoTower
+from marl_two_tower.model.buhs import BUHS, BiasedHistorySampler, Synthesis
+from marl_two_tower.model.two_tower import TwoTower
 
 # user 0's history: items 1..6; other users give them train degrees 1, 2, 3, 5, 8, 13
 DEGREES = {1: 1, 2: 2, 3: 3, 4: 5, 5: 8, 6: 13}

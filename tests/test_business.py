@@ -5,13 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from marl_two_tower.business import (
-    MetricDeltas,
-    format_text,
-    load_business_config,
-    simulate,
-)
 from marl_two_tower.config import ConfigError
+from marl_two_tower.study.business import MetricDeltas, format_text, load_business_config, simulate
 
 NO_UNCERTAINTY = ["arpu_sd=0", "engagement_revenue_share_sd=0", "baseline_churn_sd=0",
                   "elasticity_hr_sd=0", "elasticity_coverage_sd=0", "elasticity_tail_hr_sd=0",

@@ -9,15 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from marl_two_tower import buhs as buhs_mod
-from marl_two_tower import fair_sampler as fair_mod
-from marl_two_tower import gini as gini_mod
-from marl_two_tower.cli import _component_overrides, build_parser
+from marl_two_tower.cli.main import _component_overrides, build_parser
 from marl_two_tower.config import load_config
 from marl_two_tower.data import load_split
-from marl_two_tower.losses import rec_loss
-from marl_two_tower.trainer import PositiveSampler, StopTraining, Trainer, build_model
-from marl_two_tower.two_tower import TwoTower
+from marl_two_tower.data.samplers import PositiveSampler
+from marl_two_tower.fairness import fair_sampler as fair_mod
+from marl_two_tower.fairness import gini_agent as gini_mod
+from marl_two_tower.model import buhs as buhs_mod
+from marl_two_tower.model.build import build_model
+from marl_two_tower.model.losses import rec_loss
+from marl_two_tower.model.two_tower import TwoTower
+from marl_two_tower.train.trainer import StopTraining, Trainer
 
 TINY = ["data.synthetic.n_users=150", "data.synthetic.n_items=100", "model.dim=16",
         "model.id_dim=16", "model.hidden=32", "train.batch_size=128", "train.epochs=2",

@@ -9,19 +9,20 @@ import pytest
 import torch
 
 from marl_two_tower.config import load_config
-from marl_two_tower.context_gnn import (
+from marl_two_tower.data import load_split
+from marl_two_tower.data.dataset import Dataset
+from marl_two_tower.data.movielens import load_ml100k
+from marl_two_tower.data.split import leave_one_out
+from marl_two_tower.eval.protocols import rank_full
+from marl_two_tower.model.build import build_model
+from marl_two_tower.model.context_gnn import (
     BipartiteGraph,
     ContextGNN,
     sample_neighbourhood,
     sample_neighbours,
     two_hop_items,
 )
-from marl_two_tower.data import load_split
-from marl_two_tower.data.dataset import Dataset
-from marl_two_tower.data.movielens import load_ml100k
-from marl_two_tower.data.split import leave_one_out
-from marl_two_tower.evaluation import rank_full
-from marl_two_tower.trainer import Trainer, build_model
+from marl_two_tower.train.trainer import Trainer
 
 TINY = ["data.synthetic.n_users=200", "data.synthetic.n_items=150", "model.dim=16",
         "model.id_dim=16", "model.hidden=32", "train.batch_size=128", "train.epochs=1",

@@ -28,11 +28,12 @@ import numpy as np
 import pytest
 import torch
 
-from marl_two_tower import distributed
 from marl_two_tower.config import Config, SyntheticConfig
 from marl_two_tower.data import load_split
-from marl_two_tower.evaluation import evaluate
-from marl_two_tower.trainer import Trainer, build_model
+from marl_two_tower.eval.protocols import evaluate
+from marl_two_tower.model.build import build_model
+from marl_two_tower.train.trainer import Trainer
+from marl_two_tower.utils import distributed
 
 STEPS = 8
 ATOL = 1e-5
@@ -63,8 +64,8 @@ def run(kind: str, root: str) -> dict:
     split = load_split(cfg.data)
     trainer = Trainer(cfg, split, progress=False)
     record = trainer.fit().history[0]
-    metrics = distributed.evaluate(split, trainer.model.scorer(), "test", ks=(5, 10), protocol="both",
-                                   batch_size=64)
+    metrics = evaluate(split, trainer.model.scorer(), "test", ks=(5, 10), protocol="both",
+                       batch_size=64)
     rank = trainer.dist.rank if trainer.dist is not None else -1
     probe = Path(root) / f"{kind}-probe-rank{rank}.pt"
     trainer.save_checkpoint(probe)
@@ -167,7 +168,7 @@ def test_shard_splits_a_batch_in_order():
 
 
 def test_train_nproc_spawns_ranks_that_run_the_train_command(monkeypatch, tmp_path):
-    from marl_two_tower import cli
+    from marl_two_tower.cli import main as cli
 
     calls = []
     monkeypatch.delenv("WORLD_SIZE", raising=False)

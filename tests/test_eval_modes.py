@@ -9,11 +9,11 @@ import pytest
 import torch
 from _tiny_study import tiny_config, tiny_study
 
-from marl_two_tower.cli import main
+from marl_two_tower.cli.main import main
 from marl_two_tower.data import load_split
-from marl_two_tower.eval_modes import NO_AGENTS, agent_breakdown
-from marl_two_tower.report import read_report
-from marl_two_tower.trainer import build_model
+from marl_two_tower.eval.modes import NO_AGENTS, agent_breakdown
+from marl_two_tower.model.build import build_model
+from marl_two_tower.study.report import read_report
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_agents_mode_without_marl_says_so(study, tmp_path, capsys):
 
 
 def test_agent_breakdown_matches_the_environment():
-    from marl_two_tower.marl_env import RecEnvCore, TwoTowerScorer
+    from marl_two_tower.model.marl.env import RecEnvCore, TwoTowerScorer
 
     cfg = tiny_config("marl.enabled=true")
     split = load_split(cfg.data)

@@ -14,12 +14,10 @@ import torch
 from marl_two_tower.data.dataset import Dataset, PredefinedSplit
 from marl_two_tower.data.errors import DataError
 from marl_two_tower.data.split import Split, leave_one_out
-from marl_two_tower.evaluation import (
-    add_metrics_subparser,
+from marl_two_tower.eval.external import add_metrics_subparser, main_metrics, metrics_from_files
+from marl_two_tower.eval.protocols import (
     evaluate,
     evaluate_per_user,
-    main_metrics,
-    metrics_from_files,
     rank_full,
     rank_sampled,
     sample_negatives,

@@ -9,8 +9,8 @@ from test_evaluation import make_dataset, matrix_scorer
 
 from marl_two_tower.config import ConfigError, load_config
 from marl_two_tower.data.split import leave_one_out
-from marl_two_tower.evaluation import evaluate, rank_full
-from marl_two_tower.exposure import ExposureBudget, allocate, budget_from_config, cover_unexposed
+from marl_two_tower.eval.protocols import evaluate, rank_full
+from marl_two_tower.fairness.exposure import ExposureBudget, allocate, budget_from_config, cover_unexposed
 
 
 def random_candidates(seed: int, n_users: int = 60, n_items: int = 40, m: int = 25):

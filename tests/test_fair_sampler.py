@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from marl_two_tower.data.dataset import Dataset
+from marl_two_tower.data.samplers import PositiveSampler
 from marl_two_tower.data.split import leave_one_out
-from marl_two_tower.fair_sampler import FairSampler, capped_marginal
-from marl_two_tower.metrics import gini
-from marl_two_tower.trainer import PositiveSampler
+from marl_two_tower.fairness.fair_sampler import FairSampler, capped_marginal
+from marl_two_tower.metrics.gini import gini
 
 
 def toy_split(users, items, n_users=None, n_items=None):

@@ -11,18 +11,19 @@ import pytest
 import torch
 from marl_toy import PLANTED, hr_only_config, toy_core, toy_split
 
-from marl_two_tower import metrics as M
 from marl_two_tower.config import Config, MARLConfig, SyntheticConfig
 from marl_two_tower.data import load_split
-from marl_two_tower.genre_agents import GenreAgents, MARLTrainer, collect
-from marl_two_tower.marl_reward import (
+from marl_two_tower.metrics import ranking as M
+from marl_two_tower.metrics.gini import gini
+from marl_two_tower.model.build import build_model
+from marl_two_tower.model.marl.agents import GenreAgents, MARLTrainer, collect
+from marl_two_tower.model.marl.reward import (
     RewardWeights,
-    gini_of_support,
     list_rewards,
     pairwise_jaccard,
     reward_targets,
 )
-from marl_two_tower.trainer import Trainer, build_model
+from marl_two_tower.train.trainer import Trainer
 
 # ---------------------------------------------------------------------------
 # Reward: every term against a hand-computed example
@@ -80,10 +81,10 @@ def test_difference_credit_matches_brute_force_leave_one_out():
     assert float(r["gini"]) == pytest.approx(M.gini(M.exposure(recs, k, n)))
 
 
-def test_gini_of_support_equals_dense_gini():
+def test_gini_of_the_support_equals_dense_gini():
     x = np.array([0, 3, 0, 1, 5, 0, 2], dtype=float)
     support = torch.tensor(x[x > 0])
-    assert float(gini_of_support(support, len(x))) == pytest.approx(M.gini(x))
+    assert float(gini(support, len(x))) == pytest.approx(M.gini(x))
 
 
 def test_pairwise_jaccard_hand_computed():
@@ -355,7 +356,7 @@ def test_checkpoint_round_trip_restores_agents(tmp_path):
     split = load_split(cfg.data)
     tr = Trainer(cfg, split, progress=False)
     tr.fit()
-    from marl_two_tower.pipeline import load_trained
+    from marl_two_tower.model.build import load_trained
 
     model, _, _ = load_trained(tmp_path / "model_best.pt", split=split)
     users = np.arange(30)

@@ -9,8 +9,9 @@ import torch
 
 from marl_two_tower.config import GiniConfig, load_config
 from marl_two_tower.data import load_split
-from marl_two_tower.gini import GiniAgent, gini, seen_mask, soft_exposure
-from marl_two_tower.trainer import Trainer
+from marl_two_tower.fairness.gini_agent import GiniAgent, seen_mask, soft_exposure
+from marl_two_tower.metrics.gini import gini
+from marl_two_tower.train.trainer import Trainer
 
 
 def gini_mean_abs_diff(x: np.ndarray) -> float:

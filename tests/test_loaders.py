@@ -16,13 +16,7 @@ from marl_two_tower.config import DataConfig
 from marl_two_tower.data import load_dataset
 from marl_two_tower.data.errors import DataError
 from marl_two_tower.data.generic import load_table
-from marl_two_tower.data.movielens import (
-    ML1M_GENRES,
-    ML100K_GENRES,
-    load_ml1m,
-    load_ml100k,
-    load_ncf,
-)
+from marl_two_tower.data.movielens import ML1M_GENRES, ML100K_GENRES, load_ml1m, load_ml100k, load_ncf
 from marl_two_tower.data.parsing import AGE_LABELS
 from marl_two_tower.data.split import leave_one_out
 

@@ -11,8 +11,8 @@ import torch
 from marl_toy import PLANTED, hr_only_config, toy_core, toy_split
 from pettingzoo.test import parallel_api_test, parallel_seed_test
 
-from marl_two_tower.genre_agents import GenreAgents
-from marl_two_tower.marl_env import GenreRecEnv, agent_names
+from marl_two_tower.model.marl.agents import GenreAgents
+from marl_two_tower.model.marl.env import GenreRecEnv, agent_names
 
 
 def _example():

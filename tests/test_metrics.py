@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from marl_two_tower import metrics as M
+from marl_two_tower.metrics import ranking as M
 
 # Fixture: 4 users, catalogue of 6 items, lists of length 3 (-1 = empty slot).
 #   u0: [0, 2, 1]   target 2 -> position 2

@@ -11,7 +11,7 @@ import pytest
 from _tiny_study import SEEDS, tiny_study
 from nbclient import NotebookClient
 
-from marl_two_tower.results import read_results
+from marl_two_tower.study.results import read_results
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "results_analysis.ipynb"
 

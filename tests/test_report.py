@@ -11,11 +11,11 @@ import pytest
 from _tiny_study import SEEDS, tiny_study
 from scipy import stats
 
-from marl_two_tower import metrics as M
-from marl_two_tower.cli import main
-from marl_two_tower.eval_arrays import load_eval_arrays
-from marl_two_tower.report import PLOTS, build_report, collect, lorenz_curve, read_report
-from marl_two_tower.results import read_results
+from marl_two_tower.cli.main import main
+from marl_two_tower.eval.arrays import load_eval_arrays
+from marl_two_tower.metrics import ranking as M
+from marl_two_tower.study.report import PLOTS, build_report, collect, lorenz_curve, read_report
+from marl_two_tower.study.results import read_results
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -137,8 +137,8 @@ def test_study_report_keeps_variants_a_worker_did_not_list(study, tmp_path):
 def test_readers_refuse_foreign_and_newer_files(tmp_path) -> None:
     import json
 
-    from marl_two_tower.report import REPORT_SCHEMA, REPORT_SCHEMA_VERSION, read_report
-    from marl_two_tower.results import read_results
+    from marl_two_tower.study.report import REPORT_SCHEMA, REPORT_SCHEMA_VERSION, read_report
+    from marl_two_tower.study.results import read_results
 
     (tmp_path / "results.json").write_text(json.dumps({"schema": "something-else"}))
     with pytest.raises(ValueError, match="not a marl-two-tower results file"):

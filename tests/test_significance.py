@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from marl_two_tower import metrics as M
-from marl_two_tower.eval_arrays import EvalArrays, load_eval_arrays, save_eval_arrays
-from marl_two_tower.significance import (
+from marl_two_tower.eval.arrays import EvalArrays, load_eval_arrays, save_eval_arrays
+from marl_two_tower.eval.significance import (
     bootstrap_p_value,
     bootstrap_weights,
     compare,
@@ -18,9 +17,10 @@ from marl_two_tower.significance import (
     paired_tests,
     point_values,
     rank_biserial,
-    row_gini,
     seed_summary,
 )
+from marl_two_tower.metrics import ranking as M
+from marl_two_tower.metrics.gini import gini
 
 
 def make_arrays(recs, targets, n_items=8, tail=(5, 6, 7)) -> EvalArrays:
@@ -140,11 +140,11 @@ def test_bootstrap_weights_and_p_value():
     assert bootstrap_p_value(d) == pytest.approx(0.22)
 
 
-def test_row_gini_matches_metrics_gini():
+def test_gini_of_each_row_matches_the_1d_gini():
     rng = np.random.default_rng(5)
     x = rng.integers(0, 5, size=(6, 11)).astype(float)
     x[0] = 0
-    assert np.allclose(row_gini(x), [M.gini(r) for r in x])
+    assert np.allclose(gini(x), [M.gini(r) for r in x])
 
 
 def test_bootstrap_ci_of_a_known_mean():

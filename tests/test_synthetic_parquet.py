@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from marl_two_tower.cli import main
+from marl_two_tower.cli.main import main
 from marl_two_tower.config import DataConfig, SyntheticConfig
 from marl_two_tower.data import load_dataset
 from marl_two_tower.data import synthetic as S

@@ -10,9 +10,9 @@ from marl_two_tower.baselines import MostPop
 from marl_two_tower.checkpoint import CheckpointMismatch
 from marl_two_tower.config import load_config
 from marl_two_tower.data import load_split
-from marl_two_tower.evaluation import evaluate
-from marl_two_tower.pipeline import load_trained
-from marl_two_tower.trainer import StopTraining, Trainer
+from marl_two_tower.eval.protocols import evaluate
+from marl_two_tower.model.build import load_trained
+from marl_two_tower.train.trainer import StopTraining, Trainer
 
 TINY = ["data.synthetic.n_users=200", "data.synthetic.n_items=150", "model.dim=16",
         "model.id_dim=16", "model.hidden=32", "train.batch_size=256", "train.epochs=3",

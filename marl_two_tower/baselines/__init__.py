@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 
-from .base import Recommender, loo_ndcg, read_checkpoint, topk_lowest_index_ties
-from .bpr import BPR, UnseenItemSampler
-from .ease import EASE, ease_weights, tune_ease
-from .itemknn import ItemKNN, cosine_topk
-from .mostpop import MostPop
+from marl_two_tower.baselines.base import Recommender, loo_ndcg, read_checkpoint, topk_lowest_index_ties
+from marl_two_tower.baselines.bpr import BPR, UnseenItemSampler
+from marl_two_tower.baselines.ease import EASE, ease_weights, tune_ease
+from marl_two_tower.baselines.itemknn import ItemKNN, cosine_topk
+from marl_two_tower.baselines.mostpop import MostPop
 
 BASELINES: dict[str, type[Recommender]] = {
     "mostpop": MostPop,

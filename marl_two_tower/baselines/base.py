@@ -20,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ..data.split import Split
+from marl_two_tower.data.split import Split
 
 CHECKPOINT_FORMAT = 1
 

@@ -23,8 +23,8 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from ..data.split import Split
-from .base import Recommender
+from marl_two_tower.baselines.base import Recommender
+from marl_two_tower.data.split import Split
 
 
 class UnseenItemSampler:

@@ -27,8 +27,8 @@ import scipy.linalg
 import scipy.sparse as sp
 import torch
 
-from ..data.split import Split
-from .base import Recommender, loo_ndcg
+from marl_two_tower.baselines.base import Recommender, loo_ndcg
+from marl_two_tower.data.split import Split
 
 
 def ease_weights(x: sp.spmatrix, lam: float) -> np.ndarray:

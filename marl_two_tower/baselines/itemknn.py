@@ -21,8 +21,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ..data.split import Split
-from .base import Recommender
+from marl_two_tower.baselines.base import Recommender
+from marl_two_tower.data.split import Split
 
 # Upper bound on the entries of one block of X^T X rows held before pruning: keeps
 # memory bounded on large catalogues (the full co-occurrence matrix never exists).

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..data.split import Split
-from .base import Recommender
+from marl_two_tower.baselines.base import Recommender
+from marl_two_tower.data.split import Split
 
 
 class MostPop(Recommender):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import DataConfig
-from .dataset import Dataset, PredefinedSplit
-from .errors import DataError
-from .split import Split, leave_one_out, tail_items
+from marl_two_tower.config import DataConfig
+from marl_two_tower.data.dataset import Dataset, PredefinedSplit
+from marl_two_tower.data.errors import DataError
+from marl_two_tower.data.split import Split, leave_one_out, tail_items
 
 DEFAULT_DATA_ROOT = Path("data")
 
@@ -27,11 +27,11 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     """Load the dataset named by ``cfg.source`` (see :class:`DataConfig`)."""
     src = cfg.source
     if src == "synthetic":
-        from .synthetic import generate
+        from marl_two_tower.data.synthetic import generate
 
         ds = generate(cfg.synthetic)
     elif src in ("ml-100k", "ml-1m", "ml-1m-ncf"):
-        from . import movielens
+        from marl_two_tower.data import movielens
 
         path = Path(cfg.path) if cfg.path else DEFAULT_DATA_ROOT / src
         loader = {
@@ -41,7 +41,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         }[src]
         ds = loader(path)
     elif src in ("csv", "parquet"):
-        from .generic import load_table
+        from marl_two_tower.data.generic import load_table
 
         ds = load_table(cfg.path, cfg.items_path or None, cfg.users_path or None)
     else:

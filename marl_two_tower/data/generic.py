@@ -22,9 +22,9 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from .dataset import Dataset
-from .errors import DataError
-from .parsing import (
+from marl_two_tower.data.dataset import Dataset
+from marl_two_tower.data.errors import DataError
+from marl_two_tower.data.parsing import (
     Col,
     ItemInfo,
     Table,
@@ -159,7 +159,7 @@ def load_table(
             line (naming file and line).
     """
     if Path(path).suffix.lower() in (".parquet", ".pq"):
-        from .synthetic_parquet import native_header, read_native, side_paths
+        from marl_two_tower.data.synthetic_parquet import native_header, read_native, side_paths
 
         # Our own generator's layout: vectorised fast path (identical Dataset to generate())
         if native_header(path) is not None and all(

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import Dataset, PredefinedSplit
-from .errors import DataError
-from .parsing import (
+from marl_two_tower.data.dataset import Dataset, PredefinedSplit
+from marl_two_tower.data.errors import DataError
+from marl_two_tower.data.parsing import (
     AGE_LABELS,
     GENDER_LABELS,
     Col,

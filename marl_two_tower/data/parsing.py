@@ -29,8 +29,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from .dataset import Dataset
-from .errors import DataError
+from marl_two_tower.data.dataset import Dataset
+from marl_two_tower.data.errors import DataError
 
 Kind = Literal["int", "float", "id", "str", "time"]
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from .dataset import Dataset
+from marl_two_tower.data.dataset import Dataset
 
 
 @dataclass

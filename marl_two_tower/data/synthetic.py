@@ -37,8 +37,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ..config import SyntheticConfig
-from .dataset import Dataset
+from marl_two_tower.config import SyntheticConfig
+from marl_two_tower.data.dataset import Dataset
 
 AGE_BUCKETS = [1, 18, 25, 35, 45, 50, 56]
 N_OCCUPATIONS = 21

@@ -40,10 +40,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..config import SyntheticConfig
-from .dataset import Dataset
-from .errors import DataError
-from .synthetic import AGE_BUCKETS, N_OCCUPATIONS, generate_name, iter_chunks
+from marl_two_tower.config import SyntheticConfig
+from marl_two_tower.data.dataset import Dataset
+from marl_two_tower.data.errors import DataError
+from marl_two_tower.data.synthetic import AGE_BUCKETS, N_OCCUPATIONS, generate_name, iter_chunks
 
 META_KEY = b"marl_two_tower"
 LAYOUT = "marl-two-tower/synthetic-interactions"

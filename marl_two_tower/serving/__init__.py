@@ -9,9 +9,9 @@
 
 from __future__ import annotations
 
-from .export import Bundle, export_bundle, export_checkpoint, load_bundle
-from .index import IndexSettings, ItemIndex, measure_recall, recall_at_k
-from .recommender import Recommender
+from marl_two_tower.serving.export import Bundle, export_bundle, export_checkpoint, load_bundle
+from marl_two_tower.serving.index import IndexSettings, ItemIndex, measure_recall, recall_at_k
+from marl_two_tower.serving.recommender import Recommender
 
 __all__ = [
     "Bundle",

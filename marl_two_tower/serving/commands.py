@@ -7,7 +7,7 @@ import logging
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the CLI imports this module to build its parser: keep that light
-    from .recommender import Recommender
+    from marl_two_tower.serving.recommender import Recommender
 
 log = logging.getLogger(__name__)
 
@@ -17,8 +17,8 @@ def build_recommender(bundle: str | None = None, checkpoint: str | None = None,
     """A :class:`Recommender` from a bundle folder or straight from a training
     checkpoint; ``overrides`` (``key=value``) apply to the stored config, e.g.
     ``serving.ivf_nprobe=32`` or, for a checkpoint, ``data.path=...``."""
-    from .export import bundle_from_model, config_with_overrides, load_bundle
-    from .recommender import Recommender
+    from marl_two_tower.serving.export import bundle_from_model, config_with_overrides, load_bundle
+    from marl_two_tower.serving.recommender import Recommender
 
     if (bundle is None) == (checkpoint is None):
         raise ValueError("give exactly one of --bundle and --checkpoint")
@@ -26,7 +26,7 @@ def build_recommender(bundle: str | None = None, checkpoint: str | None = None,
         b = load_bundle(bundle)
         b.cfg = config_with_overrides(b.cfg, overrides)
     else:
-        from .export import load_checkpoint_for_serving
+        from marl_two_tower.serving.export import load_checkpoint_for_serving
 
         model, cfg, split = load_checkpoint_for_serving(checkpoint, overrides)
         b = bundle_from_model(model, cfg, split, source=str(checkpoint))
@@ -34,7 +34,7 @@ def build_recommender(bundle: str | None = None, checkpoint: str | None = None,
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_checkpoint
+    from marl_two_tower.serving.export import export_checkpoint
 
     out = export_checkpoint(args.checkpoint, args.out, args.overrides, include_model=not args.no_model)
     print(f"bundle: {out}")
@@ -45,7 +45,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import faiss
     import torch
 
-    from .service import create_app, run
+    from marl_two_tower.serving.service import create_app, run
 
     # one request is a few small matrix products: extra threads only add contention
     torch.set_num_threads(args.threads)

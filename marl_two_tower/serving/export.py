@@ -39,10 +39,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .. import checkpoint as ckpt_io
-from ..config import Config, _deep_merge, config_from_dict, parse_override
-from ..data.dataset import Dataset
-from ..data.split import Split
+from marl_two_tower import checkpoint as ckpt_io
+from marl_two_tower.config import Config, _deep_merge, config_from_dict, parse_override
+from marl_two_tower.data.dataset import Dataset
+from marl_two_tower.data.split import Split
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ def load_checkpoint_for_serving(path: str | Path, overrides: list[str] | None = 
                                 device: str = "cpu"):
     """(model, cfg, split) from a training checkpoint; ``overrides`` apply to the stored
     config (e.g. ``data.path=...`` where the data live now, ``serving.port=...``)."""
-    from ..pipeline import load_trained
+    from marl_two_tower.model.build import load_trained
 
     stored = config_from_dict(json.loads(ckpt_io.load(path)["config"]))
     cfg = config_with_overrides(stored, overrides)
@@ -356,7 +356,7 @@ class Bundle:
             if self.model_state is None:
                 raise ValueError("this bundle was exported without the model state "
                                  "(export without --no-model)")
-            from ..trainer import build_model
+            from marl_two_tower.model.build import build_model
 
             model = build_model(self.cfg, self.split())
             model.load_state_dict(self.model_state)

@@ -34,7 +34,7 @@ from typing import Literal
 import faiss
 import numpy as np
 
-from ..config import ServingConfig
+from marl_two_tower.config import ServingConfig
 
 IndexKind = Literal["flat", "ivf", "hnsw"]
 

@@ -45,10 +45,10 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from ..config import ServingConfig
-from ..exposure import OnlineExposureBudget
-from .export import Bundle
-from .index import IndexSettings, ItemIndex
+from marl_two_tower.config import ServingConfig
+from marl_two_tower.fairness.exposure import OnlineExposureBudget
+from marl_two_tower.serving.export import Bundle
+from marl_two_tower.serving.index import IndexSettings, ItemIndex
 
 OverridesFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 """users ``[B]`` -> (familiar items ``[B, F]`` with -1 padding, their logits ``[B, F]``)."""

@@ -32,8 +32,8 @@ from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictInt, StrictStr
 
-from ..config import ServingConfig
-from .recommender import RecList, Recommender, UnknownFeature
+from marl_two_tower.config import ServingConfig
+from marl_two_tower.serving.recommender import RecList, Recommender, UnknownFeature
 
 log = logging.getLogger(__name__)
 

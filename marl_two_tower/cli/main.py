@@ -1,0 +1,263 @@
+"""Command-line interface: ``marl-two-tower <command> --help``.
+
+Commands mirror the workflow: ``download`` -> ``train`` -> ``evaluate`` -> ``report``;
+``metrics`` scores recommendation lists produced elsewhere; ``demo`` runs the whole
+job offline on the embedded synthetic dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from marl_two_tower.cli.common import NO_FLAGS, add_config_args, config_from_args
+from marl_two_tower.config import ConfigError
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from marl_two_tower.study.run import train_and_evaluate
+    from marl_two_tower.utils import distributed
+
+    extra = []
+    for flag, key in (("epochs", "train.epochs"), ("batch_size", "train.batch_size"),
+                      ("lr", "train.lr"), ("device", "train.device"),
+                      ("mixed_precision", "train.mixed_precision"), ("name", "name"),
+                      ("seed", "seed")):
+        val = getattr(args, flag)
+        if val is not None:
+            extra.append(f"{key}={val}")
+    extra += _component_overrides(args)
+    cfg = config_from_args(args, extra)
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # spawn the ranks; each re-enters here
+        distributed.launch(_train_rank, args.nproc, args)
+        return 0
+    ctx = distributed.init_from_env(cfg.train.device)  # None unless torchrun / --nproc set WORLD_SIZE
+    try:
+        _, doc = train_and_evaluate(cfg, resume=args.resume, progress=not args.quiet)
+    finally:
+        distributed.shutdown()
+    if ctx is None or ctx.is_main:
+        _print_summary(doc)
+        print(f"results: {Path(cfg.output_dir) / cfg.name}/results.json; "
+              f"checkpoint: {Path(cfg.checkpoint_dir) / 'model_best.pt'}")
+    return 0
+
+
+def _train_rank(args: argparse.Namespace) -> None:
+    """One spawned process of ``train --nproc N`` (distributed.launch sets its rank)."""
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    cmd_train(args)
+
+
+# --no-X flags of scripts/run_training.sh -> config sections.
+
+
+def _component_overrides(args: argparse.Namespace) -> list[str]:
+    """``--mode full`` switches every component on, ``baseline`` all off; ``--no-X``
+    then switches X off."""
+    from marl_two_tower.model.build import COMPONENTS
+
+    out = []
+    if args.mode == "full":
+        out += [f"{name}.enabled=true" for name in COMPONENTS]
+    elif args.mode == "baseline":
+        out += [f"{name}.enabled=false" for name in COMPONENTS]
+    for flag, name in NO_FLAGS.items():
+        if getattr(args, flag):
+            out.append(f"{name}.enabled=false")
+    return out
+
+
+# evaluate -m MODE -> (protocol, per-group fairness)
+_EVAL_MODES = {"comprehensive": ("both", True), "quick": ("full", False),
+               "fairness": ("full", True)}
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from marl_two_tower.eval import modes as eval_modes
+    from marl_two_tower.model.build import load_trained
+    from marl_two_tower.study.results import build_results, write_results
+    from marl_two_tower.study.run import evaluate_model
+
+    cfg = config_from_args(args) if args.config else None
+    model, stored, split = load_trained(args.checkpoint, cfg, device=args.device)
+    cfg = cfg or stored
+    device = next(model.parameters()).device
+    score_fn = model.scorer(device)
+    metrics: dict = {}
+    if args.mode in _EVAL_MODES:
+        protocol, groups = _EVAL_MODES[args.mode]
+        metrics["test"] = evaluate_model(split, score_fn, cfg, "test", protocol=protocol,
+                                         groups=groups)
+    if args.mode in ("agents", "comprehensive"):
+        metrics["agents"] = eval_modes.agent_breakdown(model, cfg, split, device)
+    if args.mode in ("inference", "comprehensive"):
+        metrics["latency"] = eval_modes.inference_latency(model, split,
+                                                          batch_size=cfg.eval.batch_size)
+    if args.statistical_test is not None:
+        metrics["significance"] = eval_modes.statistical_test(score_fn, args.statistical_test,
+                                                              split, cfg, args.device)
+    doc = build_results(cfg, split, metrics, extra={"checkpoint": str(args.checkpoint),
+                                                    "mode": args.mode})
+    out = Path(args.output) if args.output else Path(cfg.output_dir) / f"{cfg.name}-eval"
+    write_results(out, doc)
+    if args.format == "json":
+        (out / "results.csv").unlink()
+    elif args.format == "csv":
+        (out / "results.json").unlink()
+    _print_summary(doc)
+    print(eval_modes.format_sections(metrics))
+    print(f"results: {out}/")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from marl_two_tower.data.download import download
+
+    path = download(args.name, root=args.root, force=args.force)
+    print(path)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from marl_two_tower.config import SyntheticConfig
+    from marl_two_tower.data.synthetic_parquet import write_synthetic_parquet
+
+    cfg = SyntheticConfig(n_users=args.users, n_items=args.items,
+                          interactions_per_user=args.interactions_per_user, n_genres=args.genres,
+                          seed=args.seed, exact_lengths=args.exact_lengths)
+    info = write_synthetic_parquet(cfg, args.output,
+                                   log=None if args.quiet else lambda m: print(m, file=sys.stderr))
+    print(f"{info['path']}: {info['n_users']} users, {info['n_items']} items, "
+          f"{info['n_interactions']} interactions, {info['row_groups']} row groups, "
+          f"{info['bytes'] / 2**20:.0f} MiB in {info['seconds']:.0f}s "
+          f"(load with --set data.source=parquet --set data.path={info['path']})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from marl_two_tower.study.demo import run_demo
+
+    run_demo(Path(args.output_dir), quick=args.quick)
+    return 0
+
+
+def _print_summary(doc: dict) -> None:
+    test = doc["metrics"].get("test", {})
+    full = test.get("full", {})
+    keys = ["HR@10", "NDCG@10", "MRR", "Coverage@10", "Gini@10", "TailHR@10", "Redundancy@10"]
+    print(" | ".join(f"{k} {full[k]:.4f}" for k in keys if isinstance(full.get(k), float)))
+    if "sampled" in test:
+        print(f"sampled HR@10 {test['sampled'].get('HR@10', float('nan')):.4f}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree of every subcommand."""
+    parser = argparse.ArgumentParser(prog="marl-two-tower", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model, then evaluate it once on test")
+    add_config_args(p)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--mixed-precision", choices=["none", "bf16", "fp16"])
+    p.add_argument("--name", help="run name (results in <output_dir>/<name>/)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes on this machine (DDP: gloo on CPU, nccl on CUDA); "
+                        "train.batch_size is the global batch; torchrun launches work too")
+    p.add_argument("--resume", action="store_true", help="continue from <checkpoint_dir>/last.pt")
+    p.add_argument("--mode", choices=["config", "full", "baseline"], default="config",
+                   help="full = every component on, baseline = plain two-tower, "
+                        "config = as the config says (default)")
+    for flag in NO_FLAGS:
+        p.add_argument("--" + flag.replace("_", "-"), action="store_true",
+                       help=f"switch {NO_FLAGS[flag]} off")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint on the test split")
+    add_config_args(p)
+    p.add_argument("-p", "--checkpoint", required=True)
+    p.add_argument("-m", "--mode", default="comprehensive",
+                   choices=["comprehensive", "quick", "fairness", "agents", "inference"],
+                   help="comprehensive = both protocols + group fairness + per-agent "
+                        "breakdown + latency; quick = full ranking only; fairness = full "
+                        "ranking + per-group HR; agents = genre agents' mean action and "
+                        "reward; inference = latency p50/p95/p99 and throughput")
+    p.add_argument("-f", "--format", choices=["json", "csv", "both"], default="both")
+    p.add_argument("--statistical-test", metavar="BASELINE_CKPT",
+                   help="paired Wilcoxon/t-tests, bootstrap CIs and effect sizes against "
+                        "a baseline checkpoint (two-tower or saved baseline)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("-o", "--output", help="output folder for results.json/csv")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("download", help="fetch a MovieLens archive (checksum-verified)")
+    p.add_argument("name", choices=["ml-100k", "ml-1m"])
+    p.add_argument("--root", default="data")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("generate", help="write the synthetic dataset to Parquet (streamed, any size)")
+    p.add_argument("--users", type=int, default=1_000_000)
+    p.add_argument("--items", type=int, default=100_000)
+    p.add_argument("--interactions-per-user", type=float, default=55.0, help="mean history length")
+    p.add_argument("--genres", type=int, default=12)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--exact-lengths", action=argparse.BooleanOptionalAction, default=True,
+                   help="redraw repeated (user, item) draws so histories have their drawn "
+                        "length (default); --no-exact-lengths keeps first occurrences only")
+    p.add_argument("--output", required=True, help="interactions file (.parquet); side tables "
+                                                   "<stem>.items.parquet / <stem>.users.parquet")
+    p.add_argument("-q", "--quiet", action="store_true", help="no per-chunk progress")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("demo", help="train + evaluate + report on the embedded synthetic data")
+    p.add_argument("--output-dir", default="runs/demo")
+    p.add_argument("--quick", action="store_true", help="tiny sizes (seconds; for tests)")
+    p.set_defaults(func=cmd_demo)
+
+    try:
+        from marl_two_tower.eval.external import add_metrics_subparser
+    except ImportError:  # pragma: no cover - evaluation is part of the package
+        pass
+    else:
+        add_metrics_subparser(sub)
+
+    from marl_two_tower.cli.study import add_subparsers as add_study_subparsers  # ablate, report, simulate
+
+    add_study_subparsers(sub)
+
+    from marl_two_tower.serving.commands import add_subparsers as add_serving_subparsers
+
+    add_serving_subparsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``marl-two-tower`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, FileNotFoundError, ValueError, NotImplementedError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; resume with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""The extra sections of ``marl-two-tower evaluate`` (DESIGN §5, §11).
+
+* :func:`agent_breakdown` (``-m agents``, part of ``comprehensive``): for a model with
+  genre agents, each agent's deterministic action a_{u,g} = (b, t) (mean and std over
+  users) and its reward r_{u,g} (the MARL reward of :mod:`marl_two_tower.marl_env`
+  with that agent's own Jaccard overlap), over every user that has a reward target.
+* :func:`inference_latency` (``-m inference``, part of ``comprehensive``): single-user
+  end-to-end latency (user tower + scores against the cached item vectors + top-K)
+  p50/p95/p99 in milliseconds, and batch throughput in users per second, on CPU and
+  on CUDA when present.
+* :func:`statistical_test` (``--statistical-test BASELINE_CKPT``): paired tests and
+  user-bootstrap CIs of the model against a baseline checkpoint (a two-tower
+  checkpoint or a saved baseline recommender), see :mod:`marl_two_tower.significance`.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from marl_two_tower.config import Config
+from marl_two_tower.data.split import Split
+from marl_two_tower.eval.arrays import compute_eval_arrays
+from marl_two_tower.eval.significance import compare, metric_names
+from marl_two_tower.fairness.exposure import budget_from_config
+
+NO_AGENTS = "this model has no MARL controller (marl.enabled was false): no per-agent breakdown"
+
+
+@torch.no_grad()
+def agent_breakdown(model: Any, cfg: Config, split: Split, device: str | torch.device = "cpu",
+                    batch_users: int | None = None) -> dict[str, Any]:
+    """Per-genre-agent mean/std action and mean reward over all eligible users.
+
+    The reward has batch-level terms (Coverage(B), Gini(B)), so users are scored in
+    consecutive batches of ``batch_users`` (default ``marl.rl_batch_users``, the
+    batch size the agents were trained with), in user order. Returns
+    ``{"available": False, "message": ...}`` for a model without genre agents.
+    """
+    from marl_two_tower.model.marl.agents import GenreAgents
+    from marl_two_tower.model.marl.env import RecEnvCore, TwoTowerScorer
+
+    agents = getattr(model, "controller", None)
+    if not isinstance(agents, GenreAgents):
+        return {"available": False, "message": NO_AGENTS}
+    model.eval()
+    core = RecEnvCore(split, cfg.marl, TwoTowerScorer(model), device)
+    g_n = agents.n_agents
+    batch_users = batch_users or cfg.marl.rl_batch_users
+    sums = {k: np.zeros(g_n) for k in ("reward", "b_mean", "t_mean", "b_sq", "t_sq")}
+    team = {"reward": 0.0, "hr": 0.0, "tail_hr": 0.0, "jaccard": 0.0}
+    n = 0
+    for s in range(0, len(core.eligible), batch_users):
+        users = core.eligible[s : s + batch_users]
+        batch = core.observe(users)
+        act = agents.act(batch.obs)  # [B, G, 2], deterministic
+        res = core.step(batch, act)
+        a = act.double().cpu().numpy()
+        sums["reward"] += res.agent_reward.double().sum(0).cpu().numpy()
+        sums["b_mean"] += a[..., 0].sum(0)
+        sums["t_mean"] += a[..., 1].sum(0)
+        sums["b_sq"] += (a[..., 0] ** 2).sum(0)
+        sums["t_sq"] += (a[..., 1] ** 2).sum(0)
+        team["reward"] += float(res.reward.double().sum())
+        team["hr"] += float(res.terms["hr"].double().sum())
+        team["tail_hr"] += float(res.terms["tail_hr"].double().sum())
+        team["jaccard"] += float(res.terms["jaccard"].double().sum())
+        n += len(users)
+    per_agent = {}
+    for g, name in enumerate(agents.agent_names):
+        b, t = sums["b_mean"][g] / n, sums["t_mean"][g] / n
+        per_agent[name] = {
+            "mean_reward": sums["reward"][g] / n, "mean_boost": b, "mean_tail_boost": t,
+            "std_boost": float(np.sqrt(max(sums["b_sq"][g] / n - b * b, 0.0))),
+            "std_tail_boost": float(np.sqrt(max(sums["t_sq"][g] / n - t * t, 0.0))),
+        }
+    return {"available": True, "n_users": n, "k": cfg.marl.k, "batch_users": batch_users,
+            "team": {k: v / n for k, v in team.items()}, "agents": per_agent}
+
+
+@torch.no_grad()
+def _latency_on(model: Any, split: Split, device: torch.device, k: int, n_single: int,
+                batch_size: int, seed: int) -> dict[str, Any]:
+    m = copy.deepcopy(model).to(device).eval()
+    items = m.item_vectors()  # the catalogue index a server keeps in memory
+    k = min(k, split.n_items)
+    rng = np.random.default_rng(seed)
+    users = torch.as_tensor(rng.integers(0, split.n_users, n_single + 10), device=device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    times = []
+    for i, u in enumerate(users):
+        sync()
+        t0 = time.perf_counter()
+        torch.topk(m.user_vectors(u[None]) @ items.T, k, dim=1)
+        sync()
+        if i >= 10:  # warm-up calls are not timed
+            times.append((time.perf_counter() - t0) * 1e3)
+    all_users = torch.arange(split.n_users, device=device)
+    n_batches = max(1, min(20, split.n_users // batch_size))
+    torch.topk(m.user_vectors(all_users[:batch_size]) @ items.T, k, dim=1)  # warm-up
+    sync()
+    t0 = time.perf_counter()
+    done = 0
+    for b in range(n_batches):
+        ub = all_users[(b * batch_size) % split.n_users :][:batch_size]
+        torch.topk(m.user_vectors(ub) @ items.T, k, dim=1)
+        done += len(ub)
+    sync()
+    elapsed = time.perf_counter() - t0
+    t = np.asarray(times)
+    return {"single_user_ms": {"p50": float(np.percentile(t, 50)), "p95": float(np.percentile(t, 95)),
+                               "p99": float(np.percentile(t, 99)), "mean": float(t.mean()),
+                               "n_calls": int(t.size)},
+            "batch": {"batch_size": batch_size, "users_per_s": done / elapsed, "n_users": done},
+            "threads": torch.get_num_threads() if device.type == "cpu" else None}
+
+
+def inference_latency(model: Any, split: Split, k: int = 10, n_single: int = 200,
+                      batch_size: int = 1024, seed: int = 0) -> dict[str, Any]:
+    """Latency p50/p95/p99 and throughput on CPU, and on CUDA when available."""
+    out = {"k": k, "n_items": split.n_items,
+           "what": "user tower + scores against cached item vectors + top-K (no HTTP)",
+           "cpu": _latency_on(model, split, torch.device("cpu"), k, n_single, batch_size, seed)}
+    if torch.cuda.is_available():
+        out["cuda"] = _latency_on(model, split, torch.device("cuda"), k, n_single, batch_size, seed)
+        out["cuda"]["device_name"] = torch.cuda.get_device_name(0)
+    return out
+
+
+def _baseline_score_fn(path: str | Path, split: Split, device: str):
+    """Score function of a baseline checkpoint: two-tower or saved baseline recommender."""
+    from marl_two_tower import checkpoint as ckpt_io
+
+    ck = ckpt_io.load(path)
+    if isinstance(ck.get("model"), str):  # a saved baseline recommender (MostPop, EASE, ...)
+        from marl_two_tower.baselines import load_recommender
+
+        return load_recommender(path).score
+    from marl_two_tower.model.build import load_trained
+
+    model, _, _ = load_trained(path, split=split, device=device)
+    return model.scorer(next(model.parameters()).device)
+
+
+def statistical_test(score_fn: Any, baseline_ckpt: str | Path, split: Split, cfg: Config,
+                     device: str = "auto", n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Every metric of the model vs the baseline checkpoint on the test users."""
+    if not baseline_ckpt:
+        raise ValueError("--statistical-test needs the baseline checkpoint to compare with")
+    ks = tuple(cfg.eval.ks)
+    base_fn = _baseline_score_fn(baseline_ckpt, split, device)
+    a = compute_eval_arrays(split, score_fn, ks, cfg.eval.batch_size, budget_from_config(cfg))
+    b = compute_eval_arrays(split, base_fn, ks, cfg.eval.batch_size)
+    res = compare([a], [b], metric_names(ks), n_boot=n_boot, seed=seed)
+    return {"baseline": str(baseline_ckpt), "n_boot": n_boot, "bootstrap_seed": seed,
+            "protocol": "test split, full ranking", "metrics": res}
+
+
+def format_sections(metrics: dict[str, Any]) -> str:
+    """Short text of the agents / latency / significance sections for the console."""
+    lines = []
+    ag = metrics.get("agents")
+    if ag is not None:
+        if not ag["available"]:
+            lines.append(f"agents: {ag['message']}")
+        else:
+            lines.append(f"agents (n_users={ag['n_users']}, team reward {ag['team']['reward']:.4f}):")
+            lines.append(f"  {'agent':24s} {'reward':>8s} {'boost':>8s} {'tail':>8s}")
+            for name, a in ag["agents"].items():
+                lines.append(f"  {name:24s} {a['mean_reward']:8.4f} {a['mean_boost']:+8.4f} "
+                             f"{a['mean_tail_boost']:+8.4f}")
+    lat = metrics.get("latency")
+    if lat is not None:
+        for dev in ("cpu", "cuda"):
+            if dev in lat:
+                s, b = lat[dev]["single_user_ms"], lat[dev]["batch"]
+                lines.append(f"latency {dev}: single user p50 {s['p50']:.3f} ms, p95 {s['p95']:.3f} ms, "
+                             f"p99 {s['p99']:.3f} ms; batch {b['batch_size']}: "
+                             f"{b['users_per_s']:,.0f} users/s")
+    sig = metrics.get("significance")
+    if sig is not None:
+        lines.append(f"vs {sig['baseline']}: delta [95% CI], p")
+        for name, e in sig["metrics"].items():
+            ci = e.get("delta_ci95") or [float("nan")] * 2
+            lines.append(f"  {name:14s} {e['delta']:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}] "
+                         f"p={e['p_value']:.4g} ({e['test']})")
+    return "\n".join(lines)

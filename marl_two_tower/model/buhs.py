@@ -1,0 +1,237 @@
+"""BUHS: Biased User History Synthesis (Balasubramanian et al., RecSys 2024).
+
+**Biased history sampler.** For user u with train history H_u (time order) and item
+train degree deg(i) (= train popularity), ``fanout`` items are drawn from H_u with
+
+    p(i) = exp((1/deg(i) - max_{j in H_u} 1/deg(j)) / T) / Z_u,   i in H_u,
+
+so a small temperature T favours the user's rarest items. The draw is without
+replacement (sequential, i.e. Plackett-Luce: each next item from p renormalised
+over what is left), unless the history is shorter than ``fanout``, in which case the
+``fanout`` items are drawn i.i.d. from p (with replacement), as in the official
+implementation. Vectorised over a batch with Gumbel noise on a padded history
+tensor: the top-``fanout`` of log p(i) + Gumbel is exactly a sequential draw without
+replacement; the arg-max of ``fanout`` independent perturbations is a draw with
+replacement. The sampled items are returned in history (time) order.
+
+During training the target item is excluded from the candidates before drawing:
+a sampled target is thereby *replaced* by the next draw from the rest of the
+history (the official code instead overwrites it with a copy of another sampled
+item; excluding first keeps the distribution exactly p restricted to H_u \\ {target},
+the same distribution the model sees at inference, where the target is not in the
+train history). At inference the sample is drawn once per user with a fixed seed
+(``inference_seed``) and cached, so recommendations are reproducible and do not
+depend on how users are batched.
+
+**Synthesis model.** The sampled items' embeddings (item tower output) are turned
+into a tail-aware vector h_u:
+
+* ``attention`` (default): query W_q x_u from the user features x_u (id and
+  demographic embeddings), keys W_k e_i, values e_i of the sampled items; one-head
+  scaled dot-product attention, then MLP([x_u; W_o sum_i a_i e_i]).
+* ``mean``: MLP([x_u; mean_i e_i]).
+* ``gru``: MLP([x_u; last hidden state of a GRU over the time-ordered sample]).
+
+h_u is fused into the user tower by the model's gated fusion
+(:meth:`TwoTower.add_user_context`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from marl_two_tower.config import BUHSConfig
+from marl_two_tower.data.split import Split
+from marl_two_tower.model.two_tower import TwoTower, _mlp
+
+# Users per chunk when the inference sample is drawn for every user (fixed, so the
+# cached sample does not depend on anything but the seed and the data).
+_INFERENCE_CHUNK = 1024
+
+
+def _gumbel(shape: tuple[int, ...], device: torch.device,
+            generator: torch.Generator | None) -> torch.Tensor:
+    u = torch.rand(shape, device=device, generator=generator)
+    return -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))
+
+
+class BiasedHistorySampler(nn.Module):
+    """Draws ``fanout`` items per user from the train history with p(i) ∝ exp(1/deg(i) / T).
+
+    Holds the train CSR as non-persistent buffers (derived from the data, not learned,
+    so not in checkpoints).
+    """
+
+    def __init__(self, split: Split, fanout: int, temperature: float) -> None:
+        super().__init__()
+        if fanout < 1:
+            raise ValueError(f"buhs.fanout must be >= 1, got {fanout}")
+        if temperature <= 0:
+            raise ValueError(f"buhs.temperature must be > 0, got {temperature}")
+        self.fanout, self.temperature = int(fanout), float(temperature)
+        deg = np.maximum(split.item_pop.astype(np.float64), 1.0)
+        self.register_buffer("indptr", torch.from_numpy(split.train_indptr.astype(np.int64)),
+                             persistent=False)
+        self.register_buffer("items", torch.from_numpy(split.train_items.astype(np.int64)),
+                             persistent=False)
+        self.register_buffer("inv_deg", torch.from_numpy(1.0 / deg), persistent=False)
+
+    def probabilities(self, history: np.ndarray) -> np.ndarray:
+        """p(i) for the items of one history (reference formula, float64)."""
+        a = self.inv_deg.cpu().numpy()[history]
+        w = np.exp((a - a.max()) / self.temperature)
+        return w / w.sum()
+
+    def forward(self, users: torch.Tensor, exclude: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sampled items ``[B, fanout]`` (time order) and their validity mask.
+
+        ``exclude[b]`` (the training target) is never drawn for row b. Rows without
+        any candidate (empty history, or only the target) are all invalid.
+        """
+        return draw_biased(self.indptr, self.items, self.inv_deg, self.fanout, self.temperature,
+                           users, exclude, generator)
+
+    @torch.no_grad()
+    def sample_all(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inference sample of every user, drawn on CPU with ``seed`` in fixed chunks."""
+        indptr, items, inv_deg = self.indptr.cpu(), self.items.cpu(), self.inv_deg.cpu()
+        n_users = len(indptr) - 1
+        gen = torch.Generator().manual_seed(int(seed))
+        parts = [draw_biased(indptr, items, inv_deg, self.fanout, self.temperature,
+                             torch.arange(s, min(s + _INFERENCE_CHUNK, n_users)), None, gen)
+                 for s in range(0, n_users, _INFERENCE_CHUNK)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def draw_biased(indptr: torch.Tensor, train_items: torch.Tensor, inv_deg: torch.Tensor, fanout: int,
+                temperature: float, users: torch.Tensor, exclude: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The BUHS draw on a CSR history (see module doc); returns (items, valid) ``[B, fanout]``."""
+    f, dev = fanout, train_items.device
+    users = users.to(dev)
+    start = indptr[users]
+    length = indptr[users + 1] - start
+    width = max(int(length.max()), 1) if len(users) else 1
+    slot = torch.arange(width, device=dev)
+    in_hist = slot[None, :] < length[:, None]
+    pos = (start[:, None] + slot[None, :]).clamp(max=max(len(train_items) - 1, 0))
+    items = train_items[pos] if len(train_items) else torch.zeros_like(pos)
+    avail = in_hist if exclude is None else in_hist & (items != exclude.to(dev)[:, None])
+    n_avail = avail.sum(1)
+    logit = inv_deg[items] / temperature
+    # subtract the per-user max over the candidates: p is unchanged, exp stays finite
+    top = logit.masked_fill(~avail, -math.inf).amax(1, keepdim=True).clamp(min=-1e30)
+    logit = (logit - top).masked_fill(~avail, -math.inf)
+
+    out_pos = torch.zeros(len(users), f, dtype=torch.long, device=dev)
+    valid = torch.zeros(len(users), f, dtype=torch.bool, device=dev)
+    # enough candidates: Gumbel-top-f = sequential draw without replacement
+    long_rows = torch.nonzero(n_avail >= f).squeeze(1)
+    if len(long_rows):
+        keys = logit[long_rows] + _gumbel((len(long_rows), width), dev, generator)
+        out_pos[long_rows] = keys.topk(f, dim=1).indices.sort(dim=1).values
+        valid[long_rows] = True
+    # short history: f independent Gumbel-max draws = i.i.d. draws with replacement
+    short_rows = torch.nonzero((n_avail > 0) & (n_avail < f)).squeeze(1)
+    if len(short_rows):
+        w = max(int(length[short_rows].max()), 1)
+        keys = logit[short_rows, None, :w] + _gumbel((len(short_rows), f, w), dev, generator)
+        out_pos[short_rows] = keys.argmax(2).sort(dim=1).values
+        valid[short_rows] = True
+    return items.gather(1, out_pos).masked_fill(~valid, 0), valid
+
+
+class Synthesis(nn.Module):
+    """Turns a sampled history into a d-dim vector: attention | mean | gru (see module doc)."""
+
+    def __init__(self, kind: str, user_dim: int, item_dim: int, dim: int, hidden: int,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        if kind not in ("attention", "mean", "gru"):
+            raise ValueError(f"buhs.synthesis must be attention, mean or gru, got {kind!r}")
+        self.kind = kind
+        agg_dim = item_dim
+        if kind == "attention":
+            self.proj_dim = item_dim
+            self.w_q = nn.Linear(user_dim, self.proj_dim, bias=False)
+            self.w_k = nn.Linear(item_dim, self.proj_dim, bias=False)
+            self.w_o = nn.Linear(item_dim, item_dim)
+        elif kind == "gru":
+            self.gru = nn.GRU(item_dim, hidden, batch_first=True)
+            agg_dim = hidden
+        self.mlp = _mlp(user_dim + agg_dim, hidden, dim, dropout)
+
+    def forward(self, user_feats: torch.Tensor, item_embs: torch.Tensor,
+                valid: torch.Tensor) -> torch.Tensor:
+        """``user_feats [B, du]``, ``item_embs [B, F, di]``, ``valid [B, F]`` -> ``[B, dim]``."""
+        w = valid.to(item_embs.dtype)
+        nonempty = valid.any(1, keepdim=True)
+        if self.kind == "attention":
+            q = self.w_q(user_feats)
+            k = self.w_k(item_embs)
+            att = torch.einsum("bp,bfp->bf", q, k) / math.sqrt(self.proj_dim)
+            att = att.masked_fill(~valid, -math.inf).masked_fill(~nonempty, 0.0)
+            a = torch.softmax(att, dim=1) * w
+            agg = self.w_o(torch.einsum("bf,bfd->bd", a, item_embs))
+        elif self.kind == "mean":
+            agg = torch.einsum("bf,bfd->bd", w, item_embs) / w.sum(1, keepdim=True).clamp(min=1.0)
+        else:
+            _, h = self.gru(item_embs * w[..., None])
+            agg = h[-1]
+        agg = agg * nonempty.to(agg.dtype)
+        return self.mlp(torch.cat([user_feats, agg], dim=-1))
+
+
+def user_features(model: TwoTower, users: torch.Tensor) -> torch.Tensor:
+    """x_u = [id_emb(u); demographic embeddings] from the model's user tower."""
+    ut = model.user_tower
+    parts = [ut.id_emb(users)]
+    parts += [ut.demo_emb[n](getattr(ut, f"demo_{n}")[users]) for n in ut.feature_names]
+    return torch.cat(parts, dim=-1)
+
+
+class BUHS(nn.Module):
+    """The BUHS user context: ``module(users, model, exclude) -> [B, d]`` (see module doc)."""
+
+    def __init__(self, split: Split, cfg: BUHSConfig, model: TwoTower) -> None:
+        super().__init__()
+        mcfg = model.cfg
+        self.sampler = BiasedHistorySampler(split, cfg.fanout, cfg.temperature)
+        user_dim = (1 + len(model.user_tower.feature_names)) * mcfg.id_dim
+        self.synthesis = Synthesis(cfg.synthesis, user_dim, mcfg.dim, mcfg.dim, mcfg.hidden,
+                                   mcfg.dropout)
+        self.inference_seed = int(cfg.inference_seed)
+        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def sample(self, users: torch.Tensor, exclude: torch.Tensor | None = None) -> tuple[torch.Tensor,
+                                                                                         torch.Tensor]:
+        """Training (or ``exclude`` given): a fresh draw from torch's RNG.
+        Inference (eval mode, no exclusion): the fixed-seed per-user sample."""
+        if self.training or exclude is not None:
+            return self.sampler(users, exclude)
+        if self._cache is None:
+            self._cache = self.sampler.sample_all(self.inference_seed)
+        items, valid = self._cache
+        dev = users.device
+        idx = users.cpu()
+        return items[idx].to(dev), valid[idx].to(dev)
+
+    def forward(self, users: torch.Tensor, model: TwoTower,
+                exclude: torch.Tensor | None = None) -> torch.Tensor:
+        items, valid = self.sample(users, exclude)
+        uniq, inv = torch.unique(items, return_inverse=True)
+        embs = model.item_tower(uniq)[inv]
+        return self.synthesis(user_features(model, users), embs, valid)
+
+
+def build_buhs(split: Split, cfg: BUHSConfig, model: TwoTower) -> BUHS:
+    """The BUHS context module for ``model`` (register with ``model.add_user_context``)."""
+    return BUHS(split, cfg, model)
+
+
+__all__ = ["BUHS", "BiasedHistorySampler", "Synthesis", "build_buhs", "draw_biased", "user_features"]

@@ -1,0 +1,1 @@
+"""The genre agents (multi-agent actor-critic controller): reward, environment, agents."""

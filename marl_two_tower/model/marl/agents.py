@@ -1,0 +1,391 @@
+"""MARL controller: genre agents (actor-critic) inside the user tower (DESIGN §3, §4).
+
+One agent per genre g. For user u, agent g observes
+o_{u,g} = [stop_grad(e_u) ; mean e_i of u's items in g ; share of u's history in g ;
+tail share of u's items in g] (:mod:`marl_two_tower.marl_env`) and acts with a
+squashed Gaussian policy
+
+    x ~ N(mu_g(o_{u,g}), diag(exp(log_std_g))^2),   a_{u,g} = (b_{u,g}, t_{u,g}) = s_a tanh(x)
+
+(learned mean, learned state-independent log-std, bound s_a = ``action_scale``).
+The controller acts inside the user tower: z_u = [scale_T e_u ; b_u ; t_u] and
+y_i = [e_i ; m_i ; m_i * tail(i)], so s(u, i) = <z_u, y_i> is still one dot product
+(ANN retrieval keeps working). At inference the action is the deterministic
+s_a tanh(mu); during RL rollouts actions are sampled.
+
+Critic (CTDE): V(s_u) over the concatenation of all agents' observations, with
+optional per-agent heads V_g(s_u) that predict each agent's own reward r_{u,g}
+(the team reward with that agent's own Jaccard overlap, see
+:class:`marl_two_tower.marl_env.StepResult`). Each user is a one-step episode, so
+the return is the reward and the advantage is A_{u,g} = r_{u,g} - V_g(s_u) (per-agent
+heads) or R_u - V(s_u), normalised over the batch.
+
+Update (L_MARL, weighted by l_RL in the composite objective):
+    A2C (default): L = -mean(A log pi(x|o)) + c_v MSE(V, R) - c_H mean H[pi]
+    PPO (Schulman et al., 2017): the policy term becomes
+        -mean(min(rho A, clip(rho, 1 - eps, 1 + eps) A)),  rho = pi(x|o) / pi_old(x|o),
+    for ``ppo_epochs`` passes over the collected batch.
+log pi is the Gaussian log-density of the pre-squash sample x: the tanh Jacobian
+depends on x only, not on the parameters, so it cancels from every gradient and
+ratio. H is the entropy of the pre-squash Gaussian (the squashed one has no closed
+form). Gradients are clipped to ``grad_clip``; a non-finite loss skips the update.
+
+Per-agent parameters (``shared_actor=False``) are grouped linear layers
+``[G, in, out]`` applied with one einsum (no Python loop over agents); shared
+parameters append a one-hot agent id to the observation instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from marl_two_tower.config import Config, MARLConfig
+from marl_two_tower.data.split import Split
+from marl_two_tower.model.marl.env import (
+    GenreHistory,
+    RecEnvCore,
+    RLBatch,
+    TwoTowerScorer,
+    build_observations,
+    tail_feature,
+)
+from marl_two_tower.model.two_tower import Controller
+
+log = logging.getLogger(__name__)
+
+
+class GroupedLinear(nn.Module):
+    """y[b, g] = x[b, g] @ W[g] + c[g] with ``groups`` weight sets (1 = shared)."""
+
+    def __init__(self, groups: int, inp: int, out: int, std: float | None = None) -> None:
+        super().__init__()
+        bound = 1.0 / math.sqrt(inp)
+        self.weight = nn.Parameter(torch.empty(groups, inp, out).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.zeros(groups, out))
+        if std is not None:
+            nn.init.normal_(self.weight, std=std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = x.shape[1]
+        w = self.weight.expand(g, -1, -1)
+        return torch.einsum("bgi,gio->bgo", x, w) + self.bias.expand(g, -1)
+
+
+@dataclass
+class Rollout:
+    """One collected RL batch: what the update needs."""
+
+    obs: torch.Tensor  # [B, G, obs_dim]
+    state: torch.Tensor  # [B, state_dim]
+    raw: torch.Tensor  # [B, G, 2] pre-squash sampled actions x
+    logp: torch.Tensor  # [B, G] log pi_old(x | o)
+    reward: torch.Tensor  # [B] team reward R_u
+    agent_reward: torch.Tensor  # [B, G] per-agent reward r_{u,g}
+
+
+class GenreAgents(Controller):
+    """The genre agents: actors, centralised critic, and the two-tower controller API."""
+
+    def __init__(self, split: Split, cfg: MARLConfig, dim: int,
+                 item_encoder: Callable[[], torch.Tensor]) -> None:
+        super().__init__()
+        ds = split.dataset
+        if ds.n_genres == 0:
+            raise ValueError("the genre agents need item genres; this dataset has none")
+        self.cfg, self.dim = cfg, dim
+        self.n_agents = g_n = ds.n_genres
+        self.agent_names = list(ds.genre_names)
+        # e_i source for the genre-mean observation; a bound method of the model, so
+        # it is not registered as a submodule (no parameter is owned twice).
+        self.item_encoder = item_encoder
+        self._item_cache: tuple[Any, torch.Tensor] | None = None
+        self.history = GenreHistory(split.train_matrix, ds.item_genres, split.tail_mask)
+        self.register_buffer("item_genres", torch.as_tensor(ds.item_genres, dtype=torch.float32))
+        self.register_buffer("tail_feat", torch.from_numpy(tail_feature(split, cfg.tail_feature)))
+        self.obs_dim = 2 * dim + 2
+        groups = 1 if cfg.shared_actor else g_n
+        inp = self.obs_dim + (g_n if cfg.shared_actor else 0)
+        h = cfg.hidden
+        self.actor = nn.Sequential(GroupedLinear(groups, inp, h), nn.Tanh(),
+                                   GroupedLinear(groups, h, h), nn.Tanh(),
+                                   GroupedLinear(groups, h, 2, std=0.01))
+        self.log_std = nn.Parameter(torch.full((groups, 2), float(cfg.init_log_std)))
+        self.state_dim = dim + g_n * (dim + 2)
+        self.critic = nn.Sequential(nn.Linear(self.state_dim, h), nn.Tanh(), nn.Linear(h, h),
+                                    nn.Tanh(), nn.Linear(h, 1 + (g_n if cfg.per_agent_critic else 0)))
+
+    # --- policy -------------------------------------------------------------
+    def _actor_input(self, obs: torch.Tensor) -> torch.Tensor:
+        if not self.cfg.shared_actor:
+            return obs
+        b, g_n, _ = obs.shape
+        eye = torch.eye(g_n, device=obs.device, dtype=obs.dtype)
+        return torch.cat([obs, eye[None].expand(b, -1, -1)], dim=-1)
+
+    def policy(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu ``[B, G, 2]``, log_std ``[G, 2]``) of the pre-squash Gaussian."""
+        mu = self.actor(self._actor_input(obs))
+        return mu, self.log_std.expand(obs.shape[1], -1)
+
+    def squash(self, raw: torch.Tensor) -> torch.Tensor:
+        """a = action_scale * tanh(x)."""
+        return self.cfg.action_scale * torch.tanh(raw)
+
+    def sample(self, obs: torch.Tensor, generator: torch.Generator | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x, log pi(x|o), s_a tanh(mu)): pre-squash sample x ~ N(mu, sigma^2) ``[B, G, 2]``
+        (noise from ``generator``, on the CPU), its log-density ``[B, G]`` and the
+        deterministic action ``[B, G, 2]``, from one actor pass."""
+        mu, log_std = self.policy(obs)
+        noise = torch.randn(mu.shape, generator=generator).to(mu.device, mu.dtype)
+        raw = mu + log_std.exp() * noise
+        return raw, self._log_prob(mu, log_std, raw), self.squash(mu)
+
+    @staticmethod
+    def _log_prob(mu: torch.Tensor, log_std: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+        var = (2 * log_std).exp()
+        logp = -((raw - mu) ** 2) / (2 * var) - log_std - 0.5 * math.log(2 * math.pi)
+        return logp.sum(-1)
+
+    def log_prob_entropy(self, obs: torch.Tensor, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log N(x; mu, sigma^2) and the Gaussian entropy, summed over (b, t): ``[B, G]`` each."""
+        mu, log_std = self.policy(obs)
+        ent = (0.5 + 0.5 * math.log(2 * math.pi) + log_std).expand_as(mu)
+        return self._log_prob(mu, log_std, raw), ent.sum(-1)
+
+    def values(self, state: torch.Tensor) -> torch.Tensor:
+        """``[B, 1 (+ G)]``: V(s_u) and, with per-agent heads, V_g(s_u)."""
+        return self.critic(state)
+
+    # --- controller API ------------------------------------------------------
+    def item_embeddings(self) -> torch.Tensor:
+        """e_i of all items (no gradient), cached until the item tower's weights change."""
+        owner = getattr(self.item_encoder, "__self__", None)
+        key = None
+        if isinstance(owner, nn.Module):
+            key = (owner.training, tuple((p._version, p.data_ptr()) for p in owner.parameters()))
+        if key is None or self._item_cache is None or self._item_cache[0] != key:
+            with torch.no_grad():
+                emb = self.item_encoder().detach().float()
+            self._item_cache = (key, emb)
+        return self._item_cache[1]
+
+    def observe(self, users: torch.Tensor, e_u: torch.Tensor) -> torch.Tensor:
+        """Observations ``[B, G, obs_dim]`` from u's full train history (inference)."""
+        stats = self.history.features(users.cpu().numpy(), self.item_embeddings())
+        return build_observations(e_u.detach().float(), stats)
+
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """Deterministic action s_a tanh(mu): ``[B, G, 2]``."""
+        return self.squash(self.policy(obs)[0])
+
+    def user_features(self, users: torch.Tensor, e_u: torch.Tensor) -> torch.Tensor:
+        """[b_u ; t_u] ``[B, 2G]`` appended to z_u (deterministic actions).
+
+        In training mode with ``steer_supervised=False`` the features are zero: the
+        supervised loss then fits the base score, so the towers never learn to cancel
+        the agents' boosts (the agents learn from the RL reward only).
+        """
+        if self.training and not self.cfg.steer_supervised:
+            return e_u.new_zeros(len(users), 2 * self.n_agents)
+        with torch.no_grad():
+            a = self.act(self.observe(users, e_u))
+        return torch.cat([a[..., 0], a[..., 1]], dim=-1).to(e_u.dtype)
+
+    def item_features(self) -> torch.Tensor:
+        """[m_i ; m_i * tail(i)] ``[n_items, 2G]``."""
+        return torch.cat([self.item_genres, self.item_genres * self.tail_feat[:, None]], dim=-1)
+
+    # --- learning -----------------------------------------------------------
+    def loss(self, ro: Rollout, adv: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """L_MARL = policy loss + c_v value loss - c_H entropy on one rollout."""
+        cfg = self.cfg
+        logp, ent = self.log_prob_entropy(ro.obs, ro.raw)
+        if cfg.algorithm == "ppo":
+            ratio = (logp - ro.logp).exp()
+            clipped = ratio.clamp(1 - cfg.ppo_clip, 1 + cfg.ppo_clip)
+            pg = -torch.min(ratio * adv, clipped * adv).mean()
+        else:
+            pg = -(adv * logp).mean()
+        v = self.values(ro.state)
+        v_loss = F.mse_loss(v[:, 0], ro.reward)
+        if cfg.per_agent_critic:
+            v_loss = v_loss + F.mse_loss(v[:, 1:], ro.agent_reward)
+        entropy = ent.mean()
+        total = pg + cfg.value_coef * v_loss - cfg.entropy_coef * entropy
+        return total, {"policy_loss": pg, "value_loss": v_loss, "entropy": entropy}
+
+    def update(self, ro: Rollout, optimizer: torch.optim.Optimizer,
+               weight: float = 1.0) -> dict[str, float]:
+        """A2C (one step) or PPO (``ppo_epochs`` steps) on a rollout; returns stats."""
+        cfg = self.cfg
+        with torch.no_grad():
+            v = self.values(ro.state)
+            if cfg.per_agent_critic:
+                adv = ro.agent_reward - v[:, 1:]
+            else:
+                adv = (ro.reward - v[:, 0])[:, None].expand(-1, self.n_agents)
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        stats: dict[str, float] = {}
+        for _ in range(cfg.ppo_epochs if cfg.algorithm == "ppo" else 1):
+            total, terms = self.loss(ro, adv)
+            total = weight * total
+            if not torch.isfinite(total):
+                log.warning("non-finite MARL loss (%s); RL update skipped",
+                            {k: float(t) for k, t in terms.items()})
+                optimizer.zero_grad(set_to_none=True)
+                return {"skipped": 1.0}
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(self.parameters(), cfg.grad_clip)
+            optimizer.step()
+            stats = {k: float(t.detach()) for k, t in terms.items()}
+        return stats
+
+
+# ---------------------------------------------------------------------------
+# Training-time RL loop (interleaved with the supervised steps by the Trainer)
+# ---------------------------------------------------------------------------
+
+
+def collect(agents: GenreAgents, core: RecEnvCore, users: np.ndarray,
+            generator: torch.Generator | None = None) -> tuple[Rollout, RLBatch, dict[str, Any]]:
+    """Observe a batch, sample actions, score them: one rollout of the genre agents."""
+    batch = core.observe(users)
+    with torch.no_grad():
+        raw, logp, greedy = agents.sample(batch.obs, generator)
+        res = core.step(batch, agents.squash(raw))
+    ro = Rollout(obs=batch.obs, state=batch.state, raw=raw, logp=logp,
+                 reward=res.reward.float(), agent_reward=res.agent_reward.float())
+    return ro, batch, {"result": res, "greedy": greedy}
+
+
+class MARLTrainer:
+    """The RL half of training: rollouts on RL batches and actor-critic updates.
+
+    Owns the actor/critic optimiser and the reward targets; the :class:`Trainer`
+    calls :meth:`step` every ``rl_every`` supervised steps and
+    :meth:`filter_positives` on every supervised batch (reward targets are never
+    supervised positives), and merges :meth:`epoch_summary` into the epoch record.
+    """
+
+    def __init__(self, cfg: Config, split: Split, model: Any, device: torch.device) -> None:
+        if not isinstance(model.controller, GenreAgents):
+            raise TypeError("MARL training needs model.controller to be GenreAgents")
+        self.cfg, self.agents = cfg, model.controller
+        self.core = RecEnvCore(split, cfg.marl, TwoTowerScorer(model), device)
+        self.optimizer = torch.optim.Adam(self.agents.parameters(), lr=cfg.marl.lr)
+        # bool over train interactions: True = a reward target, never a supervised positive
+        self.holdout = np.zeros(len(split.train_items), dtype=bool)
+        self.holdout[self.core.target_index[self.core.eligible]] = True
+        self.curve: list[float] = []  # mean sampled reward of every RL step (learning curve)
+        self.curve_det: list[float] = []  # the same batches' reward with deterministic actions
+        self.curve_zero: list[float] = []  # the same batches' reward with all actions zero
+        self._reset_acc()
+
+    def _reset_acc(self) -> None:
+        self._n = 0
+        self._skipped = 0
+        self._seconds = 0.0  # wall time of the RL steps (the controller's training overhead)
+        self._scalars: dict[str, float] = {}
+        g_n = self.agents.n_agents
+        self._agent = {k: np.zeros(g_n) for k in ("reward", "b_mean", "b_std", "t_mean", "t_std")}
+
+    def filter_positives(self, idx: np.ndarray) -> np.ndarray:
+        """Drop reward-target interactions from a batch of supervised positives."""
+        return idx[~self.holdout[idx]]
+
+    def step(self, rng: np.random.Generator) -> dict[str, float]:
+        """One RL step on ``rl_batch_users`` users drawn with ``rng``."""
+        t0 = time.perf_counter()
+        try:
+            return self._step(rng)
+        finally:
+            self._seconds += time.perf_counter() - t0
+
+    def _step(self, rng: np.random.Generator) -> dict[str, float]:
+        eligible = self.core.eligible
+        users = np.sort(rng.choice(eligible, size=min(self.cfg.marl.rl_batch_users, len(eligible)),
+                                   replace=False))
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        self.agents.train()
+        ro, batch, info = collect(self.agents, self.core, users, gen)
+        if not (torch.isfinite(ro.reward).all() and torch.isfinite(ro.agent_reward).all()):
+            log.warning("non-finite MARL reward; RL step skipped")
+            self._skipped += 1
+            return {"skipped": 1.0}
+        stats = self.agents.update(ro, self.optimizer, self.cfg.loss.l_rl)
+        if "skipped" in stats:
+            self._skipped += 1
+            return stats
+        res, greedy = info["result"], info["greedy"]
+        terms = res.terms
+        # the same batch with the deterministic (inference) actions and without the agents:
+        # the learning curve of the policy and its baseline
+        det = self.core.step(batch, greedy).reward
+        zero = self.core.step(batch, torch.zeros_like(greedy)).reward
+        out = {"reward": float(ro.reward.mean()), "reward_deterministic": float(det.mean()),
+               "reward_zero_action": float(zero.mean()),
+               "hr": float(terms["hr"].mean()), "tail_hr": float(terms["tail_hr"].mean()),
+               "coverage": float(terms["coverage"]), "gini": float(terms["gini"]),
+               "redundancy": float(terms["redundancy"].mean()),
+               "policy_std": float(self.agents.log_std.detach().exp().mean()),
+               "action_b_spread": float(greedy[..., 0].std()),
+               "action_t_spread": float(greedy[..., 1].std()), **stats}
+        if self.core.weights.jaccard > 0:
+            out["jaccard"] = float(terms["jaccard"].mean())
+        self.curve.append(out["reward"])
+        self.curve_det.append(out["reward_deterministic"])
+        self.curve_zero.append(out["reward_zero_action"])
+        for k, v in out.items():
+            self._scalars[k] = self._scalars.get(k, 0.0) + v
+        acc = self._agent
+        acc["reward"] += ro.agent_reward.mean(0).cpu().numpy()
+        g = greedy.cpu().numpy()
+        acc["b_mean"] += g[..., 0].mean(0)
+        acc["b_std"] += g[..., 0].std(0)
+        acc["t_mean"] += g[..., 1].mean(0)
+        acc["t_std"] += g[..., 1].std(0)
+        self._n += 1
+        return out
+
+    def epoch_summary(self, writer: Any = None, epoch: int = 0) -> dict[str, Any]:
+        """Mean RL statistics since the last call (``marl/*`` keys; per-agent ones nested
+        under ``marl/agents``: reward, mean/std over users of the deterministic b and t)."""
+        n = max(self._n, 1)
+        out: dict[str, Any] = {f"marl/{k}": v / n for k, v in self._scalars.items()}
+        out["marl/steps"] = float(self._n)
+        out["marl/skipped"] = float(self._skipped)
+        out["marl/time_s"] = self._seconds
+        out["marl/agents"] = {name: {k: float(v[g] / n) for k, v in self._agent.items()}
+                              for g, name in enumerate(self.agents.agent_names)}
+        if writer is not None:
+            for k, v in out.items():
+                if isinstance(v, float):
+                    writer.add_scalar(k, v, epoch)
+            for name, d in out["marl/agents"].items():
+                for k, v in d.items():
+                    writer.add_scalar(f"marl_agents/{name}/{k}", v, epoch)
+        self._reset_acc()
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def build_genre_agents(cfg: Config, split: Split, model: Any) -> GenreAgents:
+    """The controller for ``model`` (``model.set_controller`` is the caller's)."""
+    return GenreAgents(split, cfg.marl, cfg.model.dim, item_encoder=model.encode_items)

@@ -1,0 +1,363 @@
+"""The two-tower retrieval model (DESIGN §3 "Item tower" and "Base user tower").
+
+Item tower:  e_i = MLP([id_emb(i); mean genre embedding of m_i; year-bucket emb])
+User tower:  e_u = MLP([id_emb(u); demographic embs; mean of u's N most recent train
+             items' id embeddings]) + sum_k gate_k * c_k(u)   (context fusions)
+Score:       s(u, i) = <z_u, y_i>, z_u = [e_u / temperature ; extra user dims],
+             y_i = [e_i ; extra item dims]
+
+Everything that steers the user tower (ContextGNN context, BUHS synthesis, the MARL
+genre controller) plugs in through two documented extension points, so a disabled
+component adds no parameters and no compute:
+
+* :meth:`TwoTower.add_user_context` registers a module mapping users to a d-dim
+  context vector that is fused by a learned gate (ContextGNN c_u, BUHS vector).
+* :meth:`TwoTower.set_controller` registers a controller returning extra user
+  dimensions whose item counterparts come from :meth:`Controller.item_features`
+  (the genre agents' [b_u; t_u] and [m_i; m_i * tail(i)]), so the score stays one
+  dot product and ANN retrieval keeps working.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from marl_two_tower.config import ModelConfig
+from marl_two_tower.data.split import Split
+
+
+class UserContext(Protocol):
+    """A module giving a d-dim context vector for a batch of users."""
+
+    def __call__(self, users: torch.Tensor, model: TwoTower,
+                 exclude: torch.Tensor | None = None) -> torch.Tensor: ...
+
+
+class Controller(nn.Module):
+    """Base of modules that extend z_u and y_i with extra dot-product dimensions."""
+
+    def user_features(self, users: torch.Tensor, e_u: torch.Tensor) -> torch.Tensor:
+        """Extra user dimensions ``[B, k]`` appended to z_u."""
+        raise NotImplementedError
+
+    def item_features(self) -> torch.Tensor:
+        """Extra item dimensions ``[n_items, k]`` appended to y_i."""
+        raise NotImplementedError
+
+
+class ScoreAdjuster(nn.Module):
+    """Base of modules that replace s(u, i) on a bounded per-user item set F(u).
+
+    The fused score is s(u, i) for i not in F(u) and the adjuster's logit for i in
+    F(u) (ContextGNN's familiar items); |F(u)| <= ``max_items`` keeps retrieval
+    ANN-compatible (see :meth:`TwoTower.retrieve`).
+    """
+
+    max_items: int = 0
+
+    def overrides(self, users: torch.Tensor, model: TwoTower, exclude: torch.Tensor | None = None,
+                  z: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(items ``[B, max_items]`` int64, -1 = empty slot; their logits ``[B, max_items]``);
+        ``z`` = the batch's user vectors when already computed."""
+        raise NotImplementedError
+
+    def training_logits(self, model: TwoTower, users: torch.Tensor, pos: torch.Tensor,
+                        cand_items: torch.Tensor, logits: torch.Tensor,
+                        z: torch.Tensor | None = None,
+                        log_q: torch.Tensor | None = None) -> torch.Tensor:
+        """Sampled-softmax logits ``[B, C]`` (column b = row b's positive, corrected by
+        ``log_q [C]``) with the adjusted items' logits put in; may append columns."""
+        raise NotImplementedError
+
+
+def lookup_overrides(items: torch.Tensor, values: torch.Tensor,
+                     cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Is candidate ``cand`` (``[C]`` shared or ``[B, C]`` per row) in row b's
+    ``items`` (-1 = empty), and its value there: two ``[B, C]`` tensors (values
+    meaningless where not found). Sort + ``searchsorted``: O(B C log F)."""
+    q = (cand[None, :].expand(len(items), -1) if cand.dim() == 1 else cand).contiguous()
+    n = 1 + max(int(items.max()) if items.numel() else 0, int(q.max()) if q.numel() else 0)
+    if len(items) * n <= 1 << 22:  # small catalogue: a dense [B, n] scratch row is cheaper
+        rows, slots = torch.nonzero(items >= 0, as_tuple=True)
+        found = torch.zeros(len(items), n, dtype=torch.bool, device=items.device)
+        table = torch.zeros(len(items), n, dtype=values.dtype, device=items.device)
+        found[rows, items[rows, slots]] = True
+        table[rows, items[rows, slots]] = values[rows, slots]
+        return torch.gather(found, 1, q), torch.gather(table, 1, q)
+    big = torch.full_like(items, torch.iinfo(torch.int64).max)
+    sk, order = torch.sort(torch.where(items >= 0, items, big), dim=1)
+    sv = torch.gather(values, 1, order)
+    if sk.shape[1] == 0:
+        return torch.zeros(q.shape, dtype=torch.bool, device=q.device), q.new_zeros(q.shape).to(sv.dtype)
+    pos = torch.searchsorted(sk, q).clamp(max=sk.shape[1] - 1)
+    return torch.gather(sk, 1, pos) == q, torch.gather(sv, 1, pos)
+
+
+def apply_overrides(scores: torch.Tensor, items: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``scores [B, n_items]`` with ``scores[b, items[b, f]] = values[b, f]`` (items >= 0)."""
+    rows, slots = torch.nonzero(items >= 0, as_tuple=True)
+    out = scores.clone()
+    out[rows, items[rows, slots]] = values[rows, slots].to(out.dtype)
+    return out
+
+
+def _mlp(inp: int, hidden: int, out: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(inp, hidden), nn.GELU(), nn.Dropout(dropout),
+                         nn.Linear(hidden, out))
+
+
+def recent_history(split: Split, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``n`` most recent train items per user, right-aligned: ``[n_users, n]``.
+
+    Returns (items, valid) where padding slots hold 0 with ``valid`` False.
+    Vectorised over the CSR history (no per-user loop).
+    """
+    indptr = split.train_indptr
+    lengths = np.diff(indptr)
+    take = np.minimum(lengths, n)
+    out = np.zeros((split.n_users, n), dtype=np.int64)
+    valid = np.zeros((split.n_users, n), dtype=bool)
+    rows = np.repeat(np.arange(split.n_users), take)
+    # position within the last-`take` window, and its source index in train_items
+    within = np.arange(take.sum()) - np.repeat(np.cumsum(take) - take, take)
+    src = np.repeat(indptr[1:] - take, take) + within
+    cols = within + np.repeat(n - take, take)
+    out[rows, cols] = split.train_items[src]
+    valid[rows, cols] = True
+    return torch.from_numpy(out), torch.from_numpy(valid)
+
+
+class ItemTower(nn.Module):
+    """e_i = MLP([id_emb(i); mean genre embedding; year-bucket embedding])."""
+
+    def __init__(self, split: Split, cfg: ModelConfig) -> None:
+        super().__init__()
+        ds = split.dataset
+        self.id_emb = nn.Embedding(split.n_items, cfg.id_dim)
+        self.genre_emb = nn.Embedding(max(ds.n_genres, 1), cfg.id_dim)
+        genres = torch.from_numpy(ds.item_genres.astype(np.float32))
+        if genres.shape[1] == 0:
+            genres = torch.zeros(split.n_items, 1)
+        self.register_buffer("genre_weights", genres / genres.sum(1, keepdim=True).clamp(min=1))
+        years = ds.item_year.astype(np.int64)
+        known = years > 0
+        bucket = np.zeros(split.n_items, dtype=np.int64)  # bucket 0 = unknown year
+        if known.any():
+            edges = np.quantile(years[known], np.linspace(0, 1, cfg.year_buckets + 1)[1:-1])
+            bucket[known] = 1 + np.searchsorted(edges, years[known], side="right")
+        self.register_buffer("year_bucket", torch.from_numpy(bucket))
+        self.year_emb = nn.Embedding(cfg.year_buckets + 1, cfg.id_dim)
+        self.mlp = _mlp(3 * cfg.id_dim, cfg.hidden, cfg.dim, cfg.dropout)
+        nn.init.normal_(self.id_emb.weight, std=0.05)
+
+    def forward(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """Item embeddings for ``items`` (all items when None)."""
+        if items is None:
+            ids = self.id_emb.weight
+            gw, yb = self.genre_weights, self.year_bucket
+        else:
+            ids, gw, yb = self.id_emb(items), self.genre_weights[items], self.year_bucket[items]
+        x = torch.cat([ids, gw @ self.genre_emb.weight, self.year_emb(yb)], dim=-1)
+        return self.mlp(x)
+
+
+class UserTower(nn.Module):
+    """e_u = MLP([id_emb(u); demographic embs; pooled recent history])."""
+
+    def __init__(self, split: Split, cfg: ModelConfig) -> None:
+        super().__init__()
+        ds = split.dataset
+        self.id_emb = nn.Embedding(split.n_users, cfg.id_dim)
+        nn.init.normal_(self.id_emb.weight, std=0.05)
+        self.feature_names = sorted(ds.user_features)
+        self.demo_emb = nn.ModuleDict()
+        for name in self.feature_names:
+            codes = torch.as_tensor(np.asarray(ds.user_features[name]), dtype=torch.long)
+            # code -1 (unknown) maps to row 0
+            self.register_buffer(f"demo_{name}", codes + 1)
+            self.demo_emb[name] = nn.Embedding(int(codes.max().item()) + 2, cfg.id_dim)
+        hist, valid = recent_history(split, cfg.history_len)
+        self.register_buffer("hist_items", hist)
+        self.register_buffer("hist_valid", valid)
+        inp = (2 + len(self.feature_names)) * cfg.id_dim
+        self.mlp = _mlp(inp, cfg.hidden, cfg.dim, cfg.dropout)
+
+    def pooled_history(self, users: torch.Tensor, item_emb: nn.Embedding,
+                       exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean id embedding of u's recent train items; ``exclude[b]`` is left out.
+
+        During training the positive being predicted is excluded, otherwise the
+        tower could simply copy it from its own input.
+        """
+        items, valid = self.hist_items[users], self.hist_valid[users]
+        if exclude is not None:
+            valid = valid & (items != exclude[:, None])
+        w = valid.float()
+        summed = torch.einsum("bn,bnd->bd", w, item_emb(items))
+        return summed / w.sum(1, keepdim=True).clamp(min=1.0)
+
+    def forward(self, users: torch.Tensor, item_emb: nn.Embedding,
+                exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (e_u, input features) for a batch of users."""
+        parts = [self.id_emb(users)]
+        parts += [self.demo_emb[n](getattr(self, f"demo_{n}")[users]) for n in self.feature_names]
+        parts.append(self.pooled_history(users, item_emb, exclude))
+        x = torch.cat(parts, dim=-1)
+        return self.mlp(x), x
+
+
+class GatedFusion(nn.Module):
+    """e <- e + sigmoid(W [e; c] + b) * c : a learned per-dimension gate on context c."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.gate = nn.Linear(2 * dim, dim)
+        nn.init.constant_(self.gate.bias, -1.0)  # start mostly closed: base model first
+
+    def forward(self, e: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return e + torch.sigmoid(self.gate(torch.cat([e, c], dim=-1))) * c
+
+
+class TwoTower(nn.Module):
+    """Two-tower retrieval model with pluggable user contexts and a controller."""
+
+    def __init__(self, split: Split, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.n_users, self.n_items = split.n_users, split.n_items
+        self.item_tower = ItemTower(split, cfg)
+        self.user_tower = UserTower(split, cfg)
+        self.contexts = nn.ModuleDict()
+        self.fusions = nn.ModuleDict()
+        self.controller: Controller | None = None
+        self.score_adjuster: ScoreAdjuster | None = None
+        if cfg.normalize:
+            self.log_inv_temp = nn.Parameter(torch.tensor(float(np.log(1.0 / cfg.init_temperature))))
+
+    # --- extension points -------------------------------------------------
+    def add_user_context(self, name: str, module: nn.Module) -> None:
+        """Fuse ``module(users, model, exclude) -> [B, d]`` into e_u through a gate."""
+        self.contexts[name] = module
+        self.fusions[name] = GatedFusion(self.cfg.dim)
+
+    def set_controller(self, controller: Controller) -> None:
+        """Append ``controller``'s user/item features to z_u / y_i."""
+        self.controller = controller
+
+    def set_score_adjuster(self, adjuster: ScoreAdjuster) -> None:
+        """Replace s(u, i) by ``adjuster``'s logits on its per-user item sets."""
+        self.score_adjuster = adjuster
+
+    # --- towers -------------------------------------------------------------
+    @property
+    def scale(self) -> torch.Tensor | float:
+        """Inverse temperature folded into z_u (1 when not normalising)."""
+        if self.cfg.normalize:
+            return self.log_inv_temp.clamp(max=float(np.log(100.0))).exp()
+        return 1.0
+
+    def encode_items(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """e_i (L2-normalised when configured)."""
+        e = self.item_tower(items)
+        return F.normalize(e, dim=-1) if self.cfg.normalize else e
+
+    def encode_users(self, users: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """e_u with every registered context fused in (L2-normalised when configured)."""
+        e, _ = self.user_tower(users, self.item_tower.id_emb, exclude)
+        for name, ctx in self.contexts.items():
+            e = self.fusions[name](e, ctx(users, self, exclude))
+        return F.normalize(e, dim=-1) if self.cfg.normalize else e
+
+    def user_vectors(self, users: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """z_u = [scale * e_u ; controller user features]."""
+        e = self.encode_users(users, exclude)
+        z = e * self.scale
+        if self.controller is not None:
+            z = torch.cat([z, self.controller.user_features(users, e.detach())], dim=-1)
+        return z
+
+    def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """y_i = [e_i ; controller item features] for ``items`` (all when None)."""
+        y = self.encode_items(items)
+        if self.controller is not None:
+            extra = self.controller.item_features()
+            y = torch.cat([y, extra if items is None else extra[items]], dim=-1)
+        return y
+
+    def score(self, users: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """s(u, i) = <z_u, y_i> for all items (``[B, n_items]``) or given items ``[M]``,
+        with the score adjuster's items replaced (fused score)."""
+        z = self.user_vectors(users)
+        s = z @ self.item_vectors(items).T
+        if self.score_adjuster is None:
+            return s
+        ov_items, ov_vals = self.score_adjuster.overrides(users, self, z=z)
+        if items is None:
+            return apply_overrides(s, ov_items, ov_vals)
+        hit, val = lookup_overrides(ov_items, ov_vals, items)
+        return torch.where(hit, val.to(s.dtype), s)
+
+    @torch.no_grad()
+    def retrieve(self, users: torch.Tensor, k: int,
+                 exclude: sp.csr_matrix | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-``k`` items of the fused score in two ANN-compatible stages.
+
+        1. Top-K' by the dot product <z_u, y_i> only, K' = k + max_items + the most
+           items any user in the batch has in ``exclude`` (an ANN index such as FAISS
+           can serve this stage; here it is exact).
+        2. The adjuster's items F(u) re-scored, merged with stage 1, excluded items
+           (``exclude[u]``, e.g. train items) dropped, top-``k`` taken.
+
+        Exact: a non-F item in the fused top-k has at most k - 1 + |F(u)| + |exclude_u|
+        items above it in dot-product order. Returns (items, scores) ``[B, k]``; slots
+        without a rankable item hold -1 / -inf.
+        """
+        self.eval()
+        z = self.user_vectors(users)
+        s = z @ self.item_vectors().T
+        n_ex, ex_keys = 0, None
+        if exclude is not None:
+            sub = exclude[users.cpu().numpy()].tocsr()
+            n_ex = int(np.diff(sub.indptr).max(initial=0))
+            rows = np.repeat(np.arange(sub.shape[0]), np.diff(sub.indptr))
+            ex_keys = torch.from_numpy(np.sort(rows * self.n_items + sub.indices)).to(s.device)
+        adj = self.score_adjuster
+        kk = min(s.shape[1], k + (adj.max_items if adj is not None else 0) + n_ex)
+        cand_s, cand_i = torch.topk(s, kk, dim=1)  # stage 1: dot-product top-K'
+        if adj is not None:
+            ov_items, ov_vals = adj.overrides(users, self, z=z)
+            hit, val = lookup_overrides(ov_items, ov_vals, cand_i)
+            cand_s = torch.where(hit, val.to(cand_s.dtype), cand_s)
+            new = (ov_items >= 0) & ~(ov_items[:, :, None] == cand_i[:, None, :]).any(-1)
+            cand_i = torch.cat([cand_i, torch.where(new, ov_items, 0)], 1)
+            cand_s = torch.cat([cand_s, ov_vals.to(cand_s.dtype).masked_fill(~new, -np.inf)], 1)
+        if ex_keys is not None and len(ex_keys):
+            key = torch.arange(len(users), device=s.device)[:, None] * self.n_items + cand_i
+            pos = torch.searchsorted(ex_keys, key).clamp(max=len(ex_keys) - 1)
+            cand_s = cand_s.masked_fill(ex_keys[pos] == key, -np.inf)
+        top_s, pos = torch.topk(cand_s, min(k, cand_s.shape[1]), dim=1)
+        top_i = torch.gather(cand_i, 1, pos).masked_fill(torch.isneginf(top_s), -1)
+        return top_i, top_s
+
+    @torch.no_grad()
+    def scorer(self, device: torch.device | str = "cpu", batch_size: int = 4096):
+        """A ``ScoreFn`` for the evaluator: item vectors are computed once."""
+        self.eval()
+        items = self.item_vectors()
+
+        def score_fn(users: np.ndarray) -> torch.Tensor:
+            with torch.no_grad():
+                u = torch.as_tensor(users, dtype=torch.long, device=device)
+                z = self.user_vectors(u)
+                s = z @ items.T
+                if self.score_adjuster is not None:
+                    s = apply_overrides(s, *self.score_adjuster.overrides(u, self, z=z))
+                return s.float().cpu()
+
+        return score_fn

@@ -1,0 +1,1 @@
+"""The training loop (composite objective, early stopping, resumable checkpoints)."""
