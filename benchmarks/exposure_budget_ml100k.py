@@ -1,6 +1,6 @@
 """The GINI agent's exposure budget on ML-100K: a sweep on validation, then test.
 
-The budget (``marl_two_tower/exposure.py``) re-allocates the top-K lists of a trained
+The budget (``marl_two_tower/fairness/exposure.py``) re-allocates the top-K lists of a trained
 scorer so that no item enters more than ceil(factor * K * U / N) lists, then (``floor``
 > 0) gives items that no list holds a slot with the users who want them most. It acts
 after training, so one trained model is swept over (factor, floor, candidates).
