@@ -46,11 +46,17 @@ class SyntheticConfig:
 class DataConfig:
     """Which data to load, and how to split and group it (DESIGN §2)."""
 
-    source: str = "synthetic"  # synthetic | ml-100k | ml-1m | ml-1m-ncf | csv | parquet
+    # synthetic | ml-100k | ml-1m | ml-1m-ncf | ml-1m-ordered | csv | parquet
+    # (ml-1m-ordered: complete ML-1M in SASRec's time order, split by its seq column)
+    source: str = "synthetic"
     path: str = ""  # folder (MovieLens) or file (csv/parquet); "" = default location
     items_path: str = ""  # generic tables: optional item table (item, genres "a|b", year)
     users_path: str = ""  # generic tables: optional user table (user, categorical cols)
     min_rating: float = 0.0  # keep ratings >= this; 0 keeps every rating (implicit)
+    # drop items with fewer interactions than this (counted over all users, after
+    # min_rating) and re-index; 5 = SASRec's ML-1M preprocessing (Kang & McAuley 2018:
+    # ml-1m + min_item_count=5 gives the split of ml-1m-ordered); 0 = off
+    min_item_count: int = 0
     tail_fraction: float = 0.2  # tail = least-popular items holding this share
     tail_by: Literal["interactions", "items"] = "interactions"  # what the share counts
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)

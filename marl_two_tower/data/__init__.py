@@ -26,11 +26,13 @@ __all__ = [
 def load_dataset(cfg: DataConfig) -> Dataset:
     """Load the dataset named by ``cfg.source`` (see :class:`DataConfig`)."""
     src = cfg.source
+    if cfg.min_item_count < 0:
+        raise DataError("data.min_item_count", f"expected an int >= 0, got {cfg.min_item_count}")
     if src == "synthetic":
         from marl_two_tower.data.synthetic import generate
 
         ds = generate(cfg.synthetic)
-    elif src in ("ml-100k", "ml-1m", "ml-1m-ncf"):
+    elif src in ("ml-100k", "ml-1m", "ml-1m-ncf", "ml-1m-ordered"):
         from marl_two_tower.data import movielens
 
         path = Path(cfg.path) if cfg.path else DEFAULT_DATA_ROOT / src
@@ -38,6 +40,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
             "ml-100k": movielens.load_ml100k,
             "ml-1m": movielens.load_ml1m,
             "ml-1m-ncf": movielens.load_ncf,
+            "ml-1m-ordered": movielens.load_ml1m_ordered,
         }[src]
         ds = loader(path)
     elif src in ("csv", "parquet"):
@@ -46,7 +49,11 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         ds = load_table(cfg.path, cfg.items_path or None, cfg.users_path or None)
     else:
         raise DataError("data.source", f"unknown source {src!r}")
-    return ds.filter_min_rating(cfg.min_rating)
+    ds = ds.filter_min_rating(cfg.min_rating)
+    if cfg.min_item_count > 1 and ds.predefined is not None:
+        raise DataError("data.min_item_count",
+                        f"not supported with {src} (its test pairs are given; use 0)")
+    return ds.filter_min_item_count(cfg.min_item_count)
 
 
 def load_split(cfg: DataConfig) -> Split:

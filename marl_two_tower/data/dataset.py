@@ -44,6 +44,9 @@ class Dataset:
         user_features: categorical demographics, name -> int codes ``[n_users]``
             (-1 = unknown); ``user_feature_labels`` gives each code's label.
         predefined: optional split shipped with the data.
+        order_known: file order within each user is time order even where
+            timestamps are missing (``ml-1m-ordered``: its ``seq`` column), so every
+            user counts as timed in :meth:`timed_users`.
     """
 
     name: str
@@ -62,6 +65,7 @@ class Dataset:
     user_feature_labels: dict[str, list[str]] = field(default_factory=dict)
     item_titles: list[str] | None = None
     predefined: PredefinedSplit | None = None
+    order_known: bool = False
 
     def __post_init__(self) -> None:
         self.users = np.asarray(self.users, dtype=np.int64)
@@ -89,10 +93,45 @@ class Dataset:
         self.timestamps, self.ratings = self.timestamps[keep], self.ratings[keep]
         return self
 
+    def filter_min_item_count(self, min_count: int) -> Dataset:
+        """Drop items with fewer than ``min_count`` interactions (SASRec's ML-1M
+        preprocessing, Kang & McAuley 2018: ``min_count = 5``), then re-index.
+
+        Counts are over every interaction loaded (all users), after ``min_rating``.
+        Dropped items leave the catalogue (the ranking is over the kept items only);
+        users left without interactions leave too. Indices stay in sorted-id order,
+        side information follows. No-op for ``min_count <= 1``.
+        """
+        if min_count <= 1:
+            return self
+        if self.predefined is not None:
+            raise ValueError("data.min_item_count: not supported with a predefined split "
+                             f"({self.name} ships its own test pairs)")
+        counts = np.bincount(self.items, minlength=self.n_items)
+        keep = counts[self.items] >= min_count
+        item_keep = counts >= min_count
+        user_keep = np.bincount(self.users[keep], minlength=self.n_users) > 0
+        item_new = np.cumsum(item_keep) - 1
+        user_new = np.cumsum(user_keep) - 1
+        self.users, self.items = user_new[self.users[keep]], item_new[self.items[keep]]
+        self.timestamps = self.timestamps[keep]
+        if self.ratings is not None:
+            self.ratings = self.ratings[keep]
+        self.n_users, self.n_items = int(user_keep.sum()), int(item_keep.sum())
+        self.user_ids, self.item_ids = self.user_ids[user_keep], self.item_ids[item_keep]
+        self.item_genres, self.item_year = self.item_genres[item_keep], self.item_year[item_keep]
+        if self.item_titles is not None:
+            self.item_titles = [t for t, k in zip(self.item_titles, item_keep, strict=True) if k]
+        self.user_features = {k: v[user_keep] for k, v in self.user_features.items()}
+        return self
+
     def timed_users(self) -> np.ndarray:
-        """bool ``[n_users]``: True where every interaction of the user has a timestamp
-        (otherwise its time order is only file order)."""
+        """bool ``[n_users]``: True where the user's time order is known: every
+        interaction has a timestamp, or the file order is time order
+        (``order_known``); otherwise file order stands in for time."""
         timed = np.ones(self.n_users, dtype=bool)
+        if self.order_known:
+            return timed
         timed[self.users[np.isnan(self.timestamps)]] = False
         return timed
 

@@ -226,6 +226,83 @@ def load_ml1m(path: str | Path) -> Dataset:
 
 
 # ---------------------------------------------------------------------------
+# ML-1M in SASRec's within-user time order
+# ---------------------------------------------------------------------------
+
+_ORDERED_COLS = [
+    Col("user", "int"),
+    Col("item", "int"),
+    Col("rating", "float"),
+    Col("timestamp", "float", nullable=True),  # empty for users >= 3000
+    Col("seq", "int"),
+]
+
+
+def load_ml1m_ordered(path: str | Path) -> Dataset:
+    """Load complete MovieLens-1M in SASRec's time order (folder ``ml-1m-ordered``).
+
+    Folder: ``ratings.tsv`` (header ``user item rating timestamp seq``; ``seq`` =
+    0-based position in the user's time order, i.e. timestamp order with same-second
+    ties in canonical ``ratings.dat`` order; ``timestamp`` may be empty),
+    ``movies.dat``, ``users.dat`` (canonical ML-1M files, original ids).
+
+    Interactions are returned sorted by (user, seq), so the leave-one-out split
+    (timestamp, then file position) follows ``seq`` exactly; the dataset is marked
+    ``order_known`` because ``seq`` gives the order of the users without timestamps
+    too. For SASRec's file: 6,040 users, 3,416 items (movies with >= 5 ratings),
+    999,611 interactions.
+
+    Raises:
+        DataError: a user's ``seq`` values are not exactly 0..n-1, or a timestamp
+            decreases along ``seq`` (then the split and ``seq`` would disagree).
+    """
+    folder = _folder(path)
+    t = read_table(require_file(folder, "ratings.tsv"), _ORDERED_COLS, sep="\t", header=True)
+    f = t.frame
+    user = f["user"].to_numpy(np.int64)
+    seq = f["seq"].to_numpy(np.int64)
+    order = np.lexsort((seq, user))
+    if (np.diff(order) != 1).any():  # not already (user, seq)-sorted: sort (stable)
+        f = f.iloc[order].reset_index(drop=True)
+        t = Table(t.path, f, t.row_lines[order])
+        user, seq = user[order], seq[order]
+    first = np.r_[True, user[1:] != user[:-1]]
+    start = np.maximum.accumulate(np.where(first, np.arange(len(user)), 0))
+    bad = np.flatnonzero(seq != np.arange(len(user)) - start)
+    if len(bad):
+        r = int(bad[0])
+        raise t.error(r, f"seq {seq[r]} of user {user[r]}: expected each user's seq to run "
+                         "0..n-1 without gaps or repeats")
+    ts = f["timestamp"].to_numpy(np.float64)
+    missing = np.isnan(ts)
+    n_missing = np.bincount(user - user.min(), weights=missing)[user - user.min()]
+    n_rows = np.bincount(user - user.min())[user - user.min()]
+    mixed = np.flatnonzero(missing & (n_missing < n_rows))
+    if len(mixed):
+        r = int(mixed[0])
+        raise t.error(r, f"user {user[r]} has some timestamps and some empty ones "
+                         "(expected all or none)")
+    same = ~first[1:]
+    back = np.flatnonzero(same & (ts[1:] < ts[:-1]))  # NaN compares False: no check
+    if len(back):
+        r = int(back[0]) + 1
+        raise t.error(r, f"timestamp of user {user[r]} decreases along seq "
+                         f"({ts[r - 1]:.0f} at seq {seq[r] - 1}, {ts[r]:.0f} at seq {seq[r]})")
+    users, items, ts, ratings = _interactions(t)
+    ds = assemble(
+        "ml-1m-ordered",
+        users,
+        items,
+        ts,
+        ratings,
+        _ml1m_items(require_file(folder, "movies.dat")),
+        _ml1m_users(require_file(folder, "users.dat")),
+    )
+    ds.order_known = True
+    return ds
+
+
+# ---------------------------------------------------------------------------
 # ML-1M, NCF predefined split
 # ---------------------------------------------------------------------------
 
