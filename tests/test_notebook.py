@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from nbclient import NotebookClient
 
 from marl_two_tower.study.results import read_results
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "results_analysis.ipynb"
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOK = REPO / "notebooks" / "results_analysis.ipynb"
 
 
 def _kernel() -> str:
@@ -26,17 +28,20 @@ def _kernel() -> str:
     return "python3"
 
 
-def test_notebook_executes_and_reads_the_runs(tmp_path_factory, tmp_path, monkeypatch):
+@pytest.mark.parametrize("start", ["repo root", "notebooks/"])
+def test_notebook_executes_and_reads_the_runs(tmp_path_factory, tmp_path, monkeypatch, start):
+    """Headless from the repository root and from notebooks/ (where nbconvert starts the
+    kernel), with MTT_RUN_DIRS relative to the repository root as documented."""
     study = tiny_study(str(tmp_path_factory.getbasetemp()))
     figs = tmp_path / "figs"
-    monkeypatch.setenv("MTT_RUN_DIRS", str(study))
+    monkeypatch.setenv("MTT_RUN_DIRS", os.path.relpath(study, REPO))
     monkeypatch.setenv("MTT_FIGURE_DIR", str(figs))
     monkeypatch.setenv("MTT_N_BOOT", "50")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     # no stored outputs: whatever it shows comes from this execution
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
     NotebookClient(nb, timeout=300, kernel_name=_kernel(), resources={"metadata": {
-        "path": str(tmp_path)}}).execute()
+        "path": str(REPO if start == "repo root" else NOTEBOOK.parent)}}).execute()
     for name in ("frontier", "ablation_bars", "lorenz", "group_hr", "learning_curves"):
         assert (figs / f"{name}.png").stat().st_size > 5000, name
         cell = next(c for c in nb.cells if f"plot-{name}" in c.metadata.get("tags", []))
@@ -50,3 +55,4 @@ def test_notebook_executes_and_reads_the_runs(tmp_path_factory, tmp_path, monkey
             assert shown[label][name] == pytest.approx(np.mean([r[name] for r in runs]), abs=1e-12)
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "SIMULATED" in text
+    assert "reference: Base;" in text  # the base two-tower, never a baseline

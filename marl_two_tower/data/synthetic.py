@@ -39,6 +39,8 @@ import numpy as np
 
 from marl_two_tower.config import SyntheticConfig
 from marl_two_tower.data.dataset import Dataset
+from marl_two_tower.data.movielens import ML1M_OCCUPATIONS
+from marl_two_tower.data.parsing import AGE_LABELS
 
 AGE_BUCKETS = [1, 18, 25, 35, 45, 50, 56]
 N_OCCUPATIONS = 21
@@ -245,6 +247,7 @@ def generate(cfg: SyntheticConfig) -> Dataset:
         item_year=world.year,
         user_features={"gender": cat["gender"], "age": cat["age"],
                        "occupation": cat["occupation"]},
-        user_feature_labels={"gender": ["M", "F"], "age": [str(a) for a in AGE_BUCKETS],
-                             "occupation": [str(o) for o in range(N_OCCUPATIONS)]},
+        # the ML-1M code books: readable group labels in reports (same codes as ML-1M)
+        user_feature_labels={"gender": ["M", "F"], "age": list(AGE_LABELS),
+                             "occupation": list(ML1M_OCCUPATIONS)},
     )

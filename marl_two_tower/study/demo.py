@@ -72,7 +72,7 @@ def run_demo(output_dir: Path, quick: bool = False) -> list[dict[str, Any]]:
         metrics = {"test": evaluate_model(split, model.score, base_cfg, "test")}
         cfg = demo_config(output_dir, quick, name)
         write_results(output_dir / name, build_results(cfg, split, metrics,
-                                                       extra={"model": name}))
+                                                       extra={"model": name, "kind": "baseline"}))
         rows.append({"model": name, **metrics["test"]["full"],
                      "time_s": time.perf_counter() - t0})
         print(f"  {name:10s} HR@10 {metrics['test']['full']['HR@10']:.4f}")

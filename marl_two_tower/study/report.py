@@ -37,6 +37,7 @@ import numpy as np
 
 from marl_two_tower.eval.arrays import EvalArrays, load_eval_arrays
 from marl_two_tower.eval.significance import compare, metric_names, seed_summary
+from marl_two_tower.model.build import COMPONENTS
 from marl_two_tower.study.results import git_commit, read_results, read_versioned_json
 from marl_two_tower.utils.io import write_text_atomic
 
@@ -80,7 +81,6 @@ def _groups_from_study(path: Path) -> tuple[list[Group], list[dict[str, Any]]]:
     """Variants in ablation order (finished runs on disk; components from their config),
     then the baselines. ``study.json`` supplies the unavailable (excluded) variants;
     parallel workers may each have written a part."""
-    from marl_two_tower.model.build import COMPONENTS
     from marl_two_tower.study.variants import VARIANTS
 
     study = json.loads((path / "study.json").read_text())
@@ -253,7 +253,11 @@ def _pick_base(groups: Sequence[Group], base: str | None) -> Group:
     for g in groups:
         if g.key == "base" and g.kind == "variant":
             return g
-    return next((g for g in groups if g.kind != "baseline"), groups[0])
+    models = [g for g in groups if g.kind != "baseline"]
+    # outside a study: the two-tower run with no component switched on (the demo's base)
+    plain = [g for g in models if not any(g.docs[0]["config"].get(c, {}).get("enabled")
+                                          for c in COMPONENTS)]
+    return (plain or models or list(groups))[0]
 
 
 def _arrays_or_none(g: Group) -> list[EvalArrays] | None:
@@ -454,7 +458,9 @@ def plot_group_hr(doc: dict[str, Any]):
     fig = _figure(figsize=(10, 3 * len(feats)))
     axes = fig.subplots(len(feats), 1, squeeze=False)
     for ax, feat in zip(axes[:, 0], feats, strict=True):
-        labels = sorted({lab for r in rows for lab in r["groups"].get(feat, {})})
+        # the data's own group order (age buckets ascending, occupations by code), not
+        # alphabetical: each row's dict follows the label order of the dataset
+        labels = list(dict.fromkeys(lab for r in rows for lab in r["groups"].get(feat, {})))
         width = 0.8 / max(len(rows), 1)
         x = np.arange(len(labels))
         for j, r in enumerate(rows):
