@@ -177,7 +177,7 @@ def test_rank_full_does_not_modify_the_callers_scores(hand_split: Split) -> None
 NCF_SCORES = np.array(
     [
         [0, 0, 0, 0.5, 0.9, 0.1, 0.7, 0],  # target 0.5 < 0.9, 0.7 -> rank 3
-        [0.9, 0, 0, 0.2, 0.2, 0, 0, 0.2],  # target 0.2 < 0.9; ties 0.2 -> rank 2
+        [0.9, 0, 0, 0.2, 0.2, 0, 0, 0.2],  # target 0.2 < 0.9, ties 3 and 4 -> rank 2..4
     ]
 )
 
@@ -194,15 +194,20 @@ def ncf_split() -> Split:
 
 def test_rank_sampled_with_given_negatives(ncf_split: Split) -> None:
     res = rank_sampled(ncf_split, matrix_scorer(NCF_SCORES), "test", k_max=5)
-    assert res.ranks.tolist() == [3, 2]
-    # sorted candidates; ties keep the target first (same rule as the rank)
-    assert res.recs.tolist() == [[4, 6, 3, 5, -1], [0, 7, 3, 4, -1]]
+    # u1's target (0.2) ties with negatives 3 and 4: best rank 2, two ties
+    assert res.ranks.tolist() == [3, 2] and res.ties.tolist() == [0, 2]
+    # sorted candidates; the target goes after the items it ties with
+    assert res.recs.tolist() == [[4, 6, 3, 5, -1], [0, 3, 4, 7, -1]]
     out = evaluate(ncf_split, matrix_scorer(NCF_SCORES), ks=(1, 2, 3), protocol="sampled")
     s = out["sampled"]
-    assert (s["HR@1"], s["HR@2"], s["HR@3"]) == (0.0, 0.5, 1.0)
-    # NDCG@3 = (1/log2(4) + 1/log2(3)) / 2; MRR = (1/3 + 1/2) / 2
-    assert s["NDCG@3"] == pytest.approx((0.5 + 1 / math.log2(3)) / 2)
-    assert s["MRR"] == pytest.approx(5 / 12)
+    # u1's rank is uniform on {2, 3, 4}: P(<= 2) = 1/3, P(<= 3) = 2/3; u0 is rank 3
+    assert s["HR@1"] == 0.0
+    assert s["HR@2"] == pytest.approx((0 + 1 / 3) / 2)
+    assert s["HR@3"] == pytest.approx((1 + 2 / 3) / 2)
+    # NDCG@3: u0 1/log2(4); u1 (1/log2(3) + 1/log2(4) + 0) / 3
+    assert s["NDCG@3"] == pytest.approx((0.5 + (1 / math.log2(3) + 0.5) / 3) / 2)
+    # MRR: u0 1/3; u1 (1/2 + 1/3 + 1/4) / 3 = 13/36
+    assert s["MRR"] == pytest.approx((1 / 3 + 13 / 36) / 2)
     assert out["sampled_protocol"] == {"n_negatives": 3, "negatives": "given"}
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -57,14 +57,25 @@ class RankResult:
         targets: int64 ``[n]`` held-out target item of each user.
         recs: int64 ``[n, k_max]`` top-``k_max`` items, best first, -1 = empty slot
             (fewer than ``k_max`` rankable items).
-        ranks: int64 ``[n]`` 1-based rank of the target among the ranked items
-            (whole unmasked catalogue for ``full``, the candidates for ``sampled``).
+        ranks: int64 ``[n]`` r_u = 1 + a_u, a_u the number of ranked items (whole
+            unmasked catalogue for ``full``, the candidates for ``sampled``) scoring
+            strictly above the target: its best possible rank.
+        ties: int64 ``[n]`` b_u, the number of other ranked items scoring exactly as
+            the target. Ties are broken uniformly at random, so the target's rank is
+            uniform on {r_u, ..., r_u + b_u}; every hit-based metric is the
+            expectation over that draw (:func:`marl_two_tower.metrics.per_user`).
+            None at construction means no ties (zeros).
     """
 
     users: np.ndarray
     targets: np.ndarray
     recs: np.ndarray
     ranks: np.ndarray
+    ties: np.ndarray = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.ties is None:
+            self.ties = np.zeros(len(self.ranks), dtype=np.int64)
 
 
 # ---------------------------------------------------------------------------
@@ -130,20 +141,24 @@ def _rank_full_local(
     the validation item when ``part='test'``), minus the target t_u itself (a
     re-consumed item stays rankable). Masked scores are set to -inf; then
     recs_u = top-``k_max`` items by score (``torch.topk``; slots whose score is
-    -inf are left empty, -1) and
+    -inf are left empty, -1) and, with s'_u the masked scores,
 
-        rank_u = 1 + |{ i not in E_u : s_u(i) > s_u(t_u) }|.
+        rank_u = 1 + |{ i != t_u : s'_u(i) > s'_u(t_u) }|,
+        ties_u = |{ i != t_u : s'_u(i) = s'_u(t_u) }|.
 
-    Exact score ties are resolved in the target's favour for ``rank_u`` and by
-    ``torch.topk`` for the lists; they only matter for scorers with tied scores.
+    Ties cost the target: the metrics take its rank as uniform on
+    {rank_u, ..., rank_u + ties_u} (random tie-breaking, docs/metrics.md), and in
+    the lists the target is placed after every item it ties with (its score is
+    lowered to the next float below for ``torch.topk``), so it never wins a tie.
     Users are processed ``batch_size`` at a time with whole-batch tensor ops.
 
     With an exposure ``budget`` (the GINI agent's inference-time arm,
     :mod:`marl_two_tower.exposure`) the lists of all evaluated users are allocated
     jointly from each user's ``budget.n_candidates`` best unmasked items, ranked
     across users by log p(i | u) = s_u(i) - logsumexp over u's unmasked items. The
-    target's rank is then its slot in the allocated list, or max(rank_u, k_max + 1)
-    when the allocation left it out (MRR beyond the list is the unconstrained one).
+    target's rank is then its slot in the allocated list (ties 0), or the part of
+    {rank_u, ..., rank_u + ties_u} beyond k_max (at least k_max + 1) when the
+    allocation left it out (MRR beyond the list is the unconstrained one).
     """
     users, targets = _eval_users(split, part, users)
     n, n_items = len(users), split.n_items
@@ -151,6 +166,7 @@ def _rank_full_local(
     k = min(k_max, n_items)
     recs = np.full((n, k_max), -1, dtype=np.int64)
     ranks = np.empty(n, dtype=np.int64)
+    ties = np.empty(n, dtype=np.int64)
     if budget is not None:
         m = min(max(budget.n_candidates, k_max), n_items)
         cand = np.full((n, m), -1, dtype=np.int64)
@@ -165,7 +181,12 @@ def _rank_full_local(
         target_scores = scores[ar, t].clone()
         scores[torch.from_numpy(rows).to(dev), torch.from_numpy(excl.indices[pos]).to(dev)] = -math.inf
         scores[ar, t] = target_scores  # the target is never masked
-        ranks[start : start + len(ub)] = (1 + (scores > target_scores[:, None]).sum(dim=1)).cpu().numpy()
+        sl = slice(start, start + len(ub))
+        ts = scores[ar, t]
+        ranks[sl] = (1 + (scores > ts[:, None]).sum(dim=1)).cpu().numpy()
+        ties[sl] = ((scores == ts[:, None]).sum(dim=1) - 1).cpu().numpy()  # not the target itself
+        # Lists: the target goes after the items it ties with (next float below).
+        scores[ar, t] = torch.nextafter(ts, torch.full_like(ts, -math.inf))
         if budget is not None:
             vals, idx = torch.topk(scores, m, dim=1)
             idx[torch.isneginf(vals)] = -1
@@ -180,8 +201,10 @@ def _rank_full_local(
         recs = rerank_with_budget(cand, logp, k_max, budget, n_items)
         slot = np.argmax(recs == targets[:, None], axis=1)
         hit = recs[np.arange(n), slot] == targets
-        ranks = np.where(hit, slot + 1, np.maximum(ranks, k_max + 1))
-    return RankResult(users=users, targets=targets, recs=recs, ranks=ranks)
+        beyond = np.maximum(ranks, k_max + 1)  # the tie range cut to ranks > k_max
+        ties = np.where(hit, 0, np.maximum(ranks + ties - beyond, 0))
+        ranks = np.where(hit, slot + 1, beyond)
+    return RankResult(users=users, targets=targets, recs=recs, ranks=ranks, ties=ties)
 
 
 def _interaction_keys(split: Split) -> np.ndarray:
@@ -292,10 +315,11 @@ def _rank_sampled_local(
     ``seed``). Nothing is masked: negatives are by construction not interacted.
 
         rank_u = 1 + |{ j in Neg_u : s_u(j) > s_u(t_u) }|   (in 1..|C_u|)
+        ties_u = |{ j in Neg_u : s_u(j) = s_u(t_u) }|
 
-    Ties are resolved in the target's favour, as in :func:`rank_full`; ``recs``
-    (top-``k_max`` candidates) use the same rule (stable sort with the target
-    first), so HR@K from the lists equals 1[rank_u <= K].
+    Ties cost the target as in :func:`rank_full`: the metrics take its rank as
+    uniform on {rank_u, ..., rank_u + ties_u}, and ``recs`` (top-``k_max``
+    candidates, stable sort with the target last) place it after its ties.
     """
     users, targets = _eval_users(split, part, None)
     if part == "test" and split.test_negatives is not None:
@@ -309,15 +333,19 @@ def _rank_sampled_local(
     k = min(k_max, c)
     recs = np.full((n, k_max), -1, dtype=np.int64)
     ranks = np.empty(n, dtype=np.int64)
+    ties = np.empty(n, dtype=np.int64)
     for start in range(0, n, batch_size):
         sl = slice(start, start + batch_size)
         scores = _scores(score_fn, users[sl], split.n_items)
         cb = torch.from_numpy(cands[sl]).to(scores.device)
         cs = torch.gather(scores, 1, cb)
         ranks[sl] = (1 + (cs[:, 1:] > cs[:, :1]).sum(dim=1)).cpu().numpy()
+        ties[sl] = (cs[:, 1:] == cs[:, :1]).sum(dim=1).cpu().numpy()
+        # The target last, so that the stable sort puts it after its ties.
+        cb, cs = cb.roll(-1, dims=1), cs.roll(-1, dims=1)
         order = torch.sort(cs, dim=1, descending=True, stable=True).indices[:, :k]
         recs[sl, :k] = torch.gather(cb, 1, order).cpu().numpy()
-    return RankResult(users=users, targets=targets, recs=recs, ranks=ranks)
+    return RankResult(users=users, targets=targets, recs=recs, ranks=ranks, ties=ties)
 
 
 # Shard-aware entry points: one process scores everything; under DDP each rank
@@ -325,9 +353,10 @@ def _rank_sampled_local(
 
 def _concat(parts: list[RankResult]) -> RankResult:
     return RankResult(users=np.concatenate([p.users for p in parts]),
-                         targets=np.concatenate([p.targets for p in parts]),
-                         recs=np.concatenate([p.recs for p in parts]),
-                         ranks=np.concatenate([p.ranks for p in parts]))
+                      targets=np.concatenate([p.targets for p in parts]),
+                      recs=np.concatenate([p.recs for p in parts]),
+                      ranks=np.concatenate([p.ranks for p in parts]),
+                      ties=np.concatenate([p.ties for p in parts]))
 
 
 def rank_full(split: Split, score_fn: ScoreFn, part: str = "test", k_max: int = 20,
@@ -378,7 +407,8 @@ def rank_sampled(split: Split, score_fn: ScoreFn, part: str = "test", n_neg: int
     owned = range(lo // batch_size, -(-hi // batch_size))  # batch indices of [lo, hi)
     res = _rank_sampled_local(split, _OwnedBatches(score_fn, split.n_items, owned), part, n_neg, seed,
                           k_max, batch_size)
-    mine = RankResult(res.users[lo:hi], res.targets[lo:hi], res.recs[lo:hi], res.ranks[lo:hi])
+    mine = RankResult(res.users[lo:hi], res.targets[lo:hi], res.recs[lo:hi], res.ranks[lo:hi],
+                      res.ties[lo:hi])
     return _concat(ctx.all_gather_object(mine))
 
 
@@ -406,18 +436,18 @@ def summarize(
 
     ``full``: every list metric @K, MRR over the full ranking, and (``groups``) HR@K
     per demographic group of ``split.dataset.user_features``. ``sampled``: only
-    HR@K = mean 1[rank_u <= K], NDCG@K = mean 1[rank_u <= K] / log2(rank_u + 1) and
-    MRR over the candidates; list-level metrics over 100 candidates would be
-    meaningless.
+    HR@K, NDCG@K and MRR over the candidates; list-level metrics over 100
+    candidates would be meaningless. Both protocols take every hit-based metric
+    from the one rank of :class:`RankResult` (expectation over random tie-breaking:
+    :func:`marl_two_tower.metrics.expected_hits`, ``expected_ndcg``, ``expected_rr``).
     """
     if protocol == "sampled":
-        r = result.ranks
+        r, b = result.ranks, result.ties
         out: dict[str, Any] = {}
         for k in sorted(ks):
-            pos = np.where(r <= k, r, 0)
-            out[f"HR@{k}"] = float(np.mean(pos > 0)) if len(r) else None
-            out[f"NDCG@{k}"] = float(np.mean(M._ndcg_per_user(pos))) if len(r) else None
-        out["MRR"] = float(np.mean(1.0 / r)) if len(r) else None
+            out[f"HR@{k}"] = float(np.mean(M.expected_hits(r, b, k))) if len(r) else None
+            out[f"NDCG@{k}"] = float(np.mean(M.expected_ndcg(r, b, k))) if len(r) else None
+        out["MRR"] = float(np.mean(M.expected_rr(r, b))) if len(r) else None
         return out
     return M.compute_metrics(
         result.recs,
@@ -427,6 +457,7 @@ def summarize(
         item_pop=split.item_pop,
         tail_mask=split.tail_mask,
         ranks=result.ranks,
+        ties=result.ties,
         groups=_user_groups(split, result.users) if groups else None,
     )
 
@@ -509,7 +540,7 @@ def evaluate_per_user(
         res = rank_sampled(split, score_fn, part, n_neg, seed, max(ks), batch_size)
     else:
         raise ValueError(f"protocol must be full or sampled, got {protocol!r}")
-    return res, M.per_user(res.recs, res.targets, split.tail_mask, ks, ranks=res.ranks)
+    return res, M.per_user(res.recs, res.targets, split.tail_mask, ks, ranks=res.ranks, ties=res.ties)
 
 
 

@@ -7,6 +7,9 @@ from marl_two_tower.metrics.ranking import (
     avg_popularity,
     compute_metrics,
     coverage,
+    expected_hits,
+    expected_ndcg,
+    expected_rr,
     exposure,
     group_hit_rate,
     head_hit_rate,
@@ -19,6 +22,6 @@ from marl_two_tower.metrics.ranking import (
     tail_hit_rate,
 )
 
-__all__ = ["avg_popularity", "compute_metrics", "coverage", "exposure", "gini", "group_hit_rate",
-           "head_hit_rate", "hit_positions", "hit_rate", "mrr", "ndcg", "per_user", "redundancy",
-           "tail_hit_rate"]
+__all__ = ["avg_popularity", "compute_metrics", "coverage", "expected_hits", "expected_ndcg",
+           "expected_rr", "exposure", "gini", "group_hit_rate", "head_hit_rate", "hit_positions",
+           "hit_rate", "mrr", "ndcg", "per_user", "redundancy", "tail_hit_rate"]

@@ -9,6 +9,12 @@ Every function is a pure function of numpy arrays. Notation used in the docstrin
 * ``pos_u`` the 1-based position of ``t_u`` in the *untruncated* list, ``rank_u``
   the 1-based rank of ``t_u`` in the *full* ranking of the catalogue (from the
   evaluation harness);
+* with score ties (harness results carry them): ``r_u = 1 + a_u`` and ``b_u``, where
+  a_u / b_u count the ranked items scoring strictly above / exactly as ``t_u``. Ties
+  are broken uniformly at random, so the target's rank R_u is uniform on
+  {r_u, ..., r_u + b_u} and every hit-based metric is its expectation over that
+  draw (:func:`expected_hits`, :func:`expected_ndcg`, :func:`expected_rr`): a
+  constant scorer scores exactly what a random ranking scores;
 * ``I`` the catalogue, ``n = |I|``; ``pop(i)`` train interaction count of item i;
   ``T`` the tail set, ``H = I \\ T`` the head set (train popularity, see
   :func:`marl_two_tower.data.split.tail_items`).
@@ -24,12 +30,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from scipy.special import digamma
 
 from marl_two_tower.metrics.gini import gini
 
 __all__ = [
     "avg_popularity",
     "compute_metrics",
+    "expected_hits",
+    "expected_ndcg",
+    "expected_rr",
     "coverage",
     "exposure",
     "gini",
@@ -109,6 +119,56 @@ def mrr(ranks: np.ndarray) -> float:
     rr = np.zeros(ranks.shape, dtype=np.float64)
     np.divide(1.0, ranks, out=rr, where=ranks > 0)
     return _mean(rr)
+
+
+def _tie_args(ranks: np.ndarray, ties: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    r = np.asarray(ranks, dtype=np.int64)
+    b = np.zeros_like(r) if ties is None else np.asarray(ties, dtype=np.int64)
+    if r.shape != b.shape:
+        raise ValueError(f"ranks {r.shape} and ties {b.shape} must align")
+    if r.size and (r.min() < 1 or b.min() < 0):
+        raise ValueError("ranks must be >= 1 and ties >= 0")
+    return r, b
+
+
+def expected_hits(ranks: np.ndarray, ties: np.ndarray | None, k: int) -> np.ndarray:
+    """Per-user hit@K under uniformly random tie-breaking.
+
+    With R_u uniform on {r_u, ..., r_u + b_u} (``ranks`` = r_u, ``ties`` = b_u):
+    P(R_u <= K) = clip(K - r_u + 1, 0, b_u + 1) / (b_u + 1). Without ties this is
+    1[r_u <= K].
+    """
+    r, b = _tie_args(ranks, ties)
+    return np.clip(k - r + 1, 0, b + 1) / (b + 1.0)
+
+
+def expected_ndcg(ranks: np.ndarray, ties: np.ndarray | None, k: int) -> np.ndarray:
+    """Per-user NDCG@K under uniformly random tie-breaking (one relevant item).
+
+    E[1[R_u <= K] / log2(R_u + 1)] = (1 / (b_u + 1)) sum_{p = r_u}^{min(r_u + b_u, K)}
+    1 / log2(p + 1), computed from prefix sums of 1/log2(p + 1) over p = 1..K
+    (exactly 1[r_u <= K] / log2(r_u + 1) when b_u = 0).
+    """
+    r, b = _tie_args(ranks, ties)
+    c = np.concatenate(([0.0], np.cumsum(1.0 / np.log2(np.arange(2, k + 2, dtype=np.float64)))))
+    lo = np.minimum(r, k + 1)  # c[lo - 1] = sum over p < r_u (capped at K)
+    hi = np.minimum(r + b, k)
+    spread = np.where(r <= k, c[np.maximum(hi, 0)] - c[lo - 1], 0.0) / (b + 1.0)
+    # no tie: the plain 1/log2(r + 1), bit for bit (not a difference of prefix sums)
+    return np.where(b == 0, np.where(r <= k, 1.0 / np.log2(r + 1.0), 0.0), spread)
+
+
+def expected_rr(ranks: np.ndarray, ties: np.ndarray | None) -> np.ndarray:
+    """Per-user reciprocal rank under uniformly random tie-breaking.
+
+    E[1 / R_u] = (1 / (b_u + 1)) sum_{p = r_u}^{r_u + b_u} 1/p
+    = (H_{r_u + b_u} - H_{r_u - 1}) / (b_u + 1), with harmonic numbers
+    H_n = psi(n + 1) + gamma (digamma); exactly 1 / r_u when b_u = 0.
+    """
+    r, b = _tie_args(ranks, ties)
+    rf, bf = r.astype(np.float64), b.astype(np.float64)
+    spread = (digamma(rf + bf + 1.0) - digamma(rf)) / (bf + 1.0)
+    return np.where(b == 0, 1.0 / rf, spread)
 
 
 def exposure(recs: np.ndarray, k: int, n_items: int) -> np.ndarray:
@@ -211,6 +271,7 @@ def per_user(
     tail_mask: np.ndarray,
     ks: Sequence[int],
     ranks: np.ndarray | None = None,
+    ties: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-user metric values, aligned with the rows of ``recs`` (for paired tests).
 
@@ -219,20 +280,30 @@ def per_user(
     target is tail, NaN otherwise, so ``nanmean`` gives TailHR@K); ``is_tail``
     (bool); ``rr`` = 1/rank_u when ``ranks`` is given. Means over users reproduce
     :func:`hit_rate`, :func:`ndcg`, :func:`tail_hit_rate` and :func:`mrr`.
+
+    With ``ties`` (and ``ranks``; the harness's results) every value comes from the
+    rank instead of the list, as its expectation under random tie-breaking
+    (:func:`expected_hits`, :func:`expected_ndcg`, :func:`expected_rr`), so hit@K
+    may be fractional for a target tied across the cut-off.
     """
     recs = _check_lists(recs, targets)
     targets = np.asarray(targets)
     is_tail = np.asarray(tail_mask, dtype=bool)[targets]
+    if ties is not None and ranks is None:
+        raise ValueError("ties need ranks")
     pos = hit_positions(recs, targets)
     out: dict[str, np.ndarray] = {"is_tail": is_tail}
     for k in ks:
-        pos_k = np.where(pos <= k, pos, 0)
-        hit = (pos_k > 0).astype(np.float64)
+        if ties is not None:
+            hit, gain = expected_hits(ranks, ties, k), expected_ndcg(ranks, ties, k)
+        else:
+            pos_k = np.where(pos <= k, pos, 0)
+            hit, gain = (pos_k > 0).astype(np.float64), _ndcg_per_user(pos_k)
         out[f"hit@{k}"] = hit
-        out[f"ndcg@{k}"] = _ndcg_per_user(pos_k)
+        out[f"ndcg@{k}"] = gain
         out[f"tailhit@{k}"] = np.where(is_tail, hit, np.nan)
     if ranks is not None:
-        out["rr"] = 1.0 / np.asarray(ranks, dtype=np.float64)
+        out["rr"] = expected_rr(ranks, ties)
     return out
 
 
@@ -250,6 +321,7 @@ def compute_metrics(
     item_pop: np.ndarray,
     tail_mask: np.ndarray,
     ranks: np.ndarray | None = None,
+    ties: np.ndarray | None = None,
     groups: Mapping[str, tuple[np.ndarray, Sequence[str]]] | None = None,
 ) -> dict[str, Any]:
     """All list metrics for every K in ``ks``, as a JSON-serialisable dict.
@@ -261,6 +333,11 @@ def compute_metrics(
     beyond the list). ``groups`` maps a feature name to (codes aligned with the
     users, labels) and adds ``groups[name] = {"HR@K": {label: HR}, "std@K", "gap@K",
     "n_users": {label: count}}``. Undefined values (NaN) are reported as None.
+
+    With ``ties`` (the harness passes ``ranks`` and ``ties``) HR, NDCG, MRR,
+    TailHR, HeadHR and group HR all come from the one rank r_u (expected values
+    under random tie-breaking, see :func:`per_user`); the lists then only feed
+    Coverage, Gini, Redundancy and AvgPop.
     """
     recs = _check_lists(recs, targets)
     targets = np.asarray(targets)
@@ -269,29 +346,30 @@ def compute_metrics(
     if max(ks) > recs.shape[1]:
         raise ValueError(f"lists have {recs.shape[1]} columns, cannot compute @{max(ks)}")
     out: dict[str, Any] = {}
-    pos = hit_positions(recs, targets)
+    pu = per_user(recs, targets, tail_mask, ks, ranks=ranks, ties=ties)
+    is_tail = pu["is_tail"]
     for k in sorted(ks):
-        pos_k = np.where(pos <= k, pos, 0)
-        out[f"HR@{k}"] = _mean((pos_k > 0).astype(np.float64))
-        out[f"NDCG@{k}"] = _mean(_ndcg_per_user(pos_k))
+        hit = pu[f"hit@{k}"]
+        out[f"HR@{k}"] = _mean(hit)
+        out[f"NDCG@{k}"] = _mean(pu[f"ndcg@{k}"])
         out[f"Coverage@{k}"] = coverage(recs, k, n_items)
         out[f"Gini@{k}"] = gini(exposure(recs, k, n_items))
-        out[f"TailHR@{k}"] = tail_hit_rate(recs, targets, tail_mask, k)
-        out[f"HeadHR@{k}"] = head_hit_rate(recs, targets, tail_mask, k)
+        out[f"TailHR@{k}"] = _mean(hit[is_tail])
+        out[f"HeadHR@{k}"] = _mean(hit[~is_tail])
         out[f"Redundancy@{k}"] = redundancy(recs, tail_mask, k)
         out[f"AvgPop@{k}"] = avg_popularity(recs, item_pop, k)
     if ranks is not None:
-        out["MRR"] = mrr(ranks)
+        out["MRR"] = _mean(pu["rr"])
     else:
         k = max(ks)
-        out[f"MRR@{k}"] = mrr(np.where(pos <= k, pos, 0))
+        out[f"MRR@{k}"] = mrr(hit_positions(recs, targets, k))
     out = {key: _none_if_nan(v) for key, v in out.items()}
     if groups:
         out["groups"] = {}
         for name, (codes, labels) in groups.items():
             entry: dict[str, Any] = {}
             for k in sorted(ks):
-                g = group_hit_rate((pos > 0) & (pos <= k), codes, labels)
+                g = group_hit_rate(pu[f"hit@{k}"], codes, labels)
                 entry[f"HR@{k}"] = g["HR"]
                 entry[f"std@{k}"] = _none_if_nan(g["std"])
                 entry[f"gap@{k}"] = _none_if_nan(g["gap"])

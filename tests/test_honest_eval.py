@@ -1,0 +1,178 @@
+"""Evaluation honesty (issue 13, points 1, 2 and 4): ties cost the target, masking does
+not depend on the label, inference randomness is averaged.
+
+Oracles are independent of the harness: exact expectations over *every* tie-breaking
+order (itertools.permutations on small catalogues) and hand-computed closed forms.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from marl_two_tower.data.dataset import Dataset
+from marl_two_tower.data.split import Split, leave_one_out
+from marl_two_tower.eval.protocols import evaluate, rank_full, rank_sampled, sample_negatives
+from marl_two_tower.metrics import ranking as M
+
+
+def make_dataset(histories: list[list[int]], n_items: int) -> Dataset:
+    """Dataset from per-user item sequences in time order (timestamp = position)."""
+    users = np.concatenate([np.full(len(h), u) for u, h in enumerate(histories)])
+    items = np.concatenate([np.asarray(h, dtype=np.int64) for h in histories])
+    ts = np.concatenate([np.arange(len(h), dtype=np.float64) for h in histories])
+    return Dataset(name="hand", users=users, items=items, timestamps=ts, n_users=len(histories),
+                   n_items=n_items, user_ids=np.arange(len(histories)), item_ids=np.arange(n_items),
+                   item_genres=np.zeros((n_items, 1), dtype=bool), genre_names=["g"],
+                   item_year=np.zeros(n_items, dtype=np.int32))
+
+
+def matrix_scorer(scores: np.ndarray):
+    table = torch.as_tensor(scores)
+    return lambda users: table[torch.from_numpy(users)]
+
+
+def constant_scorer(n_items: int):
+    return lambda users: torch.zeros(len(users), n_items)
+
+
+def harmonic(n: int) -> float:
+    return sum(1.0 / p for p in range(1, n + 1))
+
+
+@pytest.fixture
+def split() -> Split:
+    """60 users, 40 items, distinct items per user (no repeats), 4..15 interactions."""
+    rng = np.random.default_rng(11)
+    hist = [rng.permutation(40)[: rng.integers(4, 16)].tolist() for _ in range(60)]
+    return leave_one_out(make_dataset(hist, 40))
+
+
+# ---------------------------------------------------------------------------
+# Point 1: ties cost the target
+# ---------------------------------------------------------------------------
+
+
+def test_constant_scorer_scores_exactly_random_ranking_full(split: Split) -> None:
+    """HR@K = K / n_u, NDCG@K = (1/n_u) sum_{p<=K} 1/log2(p+1), MRR = H(n_u)/n_u, n_u the
+    rankable items (catalogue minus masked train and validation items)."""
+    ks = (1, 5, 10)
+    out = evaluate(split, constant_scorer(split.n_items), "test", ks=ks, protocol="full")["full"]
+    users = split.eval_users("test")
+    n_u = np.array([split.n_items - len(set(split.history(u).tolist()) | {split.val_items[u]})
+                    for u in users])
+    for k in ks:
+        assert out[f"HR@{k}"] == pytest.approx(np.mean(np.minimum(k, n_u) / n_u), abs=1e-12)
+        dcg = np.array([sum(1 / math.log2(p + 1) for p in range(1, min(k, n) + 1)) / n for n in n_u])
+        assert out[f"NDCG@{k}"] == pytest.approx(dcg.mean(), abs=1e-12)
+    assert out["MRR"] == pytest.approx(np.mean([harmonic(n) / n for n in n_u]), abs=1e-12)
+    # the collapsed model of the issue read MRR 1.0; random ranking is far below
+    assert out["MRR"] < 0.2
+
+
+def test_constant_scorer_scores_exactly_random_ranking_sampled(split: Split) -> None:
+    """Sampled protocol, 1 target + 9 negatives: HR@K = K/10 exactly for every user."""
+    out = evaluate(split, constant_scorer(split.n_items), "test", ks=(1, 5, 10), protocol="sampled",
+                   n_neg=9)["sampled"]
+    assert out["HR@1"] == pytest.approx(0.1, abs=1e-12)
+    assert out["HR@5"] == pytest.approx(0.5, abs=1e-12)
+    assert out["HR@10"] == 1.0  # all 10 candidates fit in the list
+    assert out["MRR"] == pytest.approx(harmonic(10) / 10, abs=1e-12)
+    assert out["NDCG@5"] == pytest.approx(sum(1 / math.log2(p + 1) for p in range(1, 6)) / 10)
+
+
+def test_collapsed_model_lists_never_let_the_target_win_a_tie(split: Split) -> None:
+    """Every score tied: the target is never inside a list that could hold another item."""
+    full = rank_full(split, constant_scorer(split.n_items), "test", k_max=10)
+    n_u = split.n_items - np.diff(split.exclusion_matrix("test").indptr)[full.users]
+    assert (n_u > 10).all()
+    assert not (full.recs == full.targets[:, None]).any()
+    assert (full.ranks == 1).all() and (full.ties == n_u - 1).all()
+    sampled = rank_sampled(split, constant_scorer(split.n_items), "test", n_neg=20, k_max=10)
+    assert not (sampled.recs == sampled.targets[:, None]).any()
+    assert (sampled.ranks == 1).all() and (sampled.ties == 20).all()
+
+
+def _exact_tie_oracle(scores_u: np.ndarray, allowed: np.ndarray, target: int, ks) -> dict:
+    """Average HR@K, NDCG@K, RR over every order of the allowed items that sorts by score
+    (ties in all possible orders): the exact expectation under random tie-breaking."""
+    tot = {f"hit@{k}": 0.0 for k in ks} | {f"ndcg@{k}": 0.0 for k in ks} | {"rr": 0.0}
+    perms = list(itertools.permutations(allowed.tolist()))
+    for perm in perms:
+        # sort by score descending; within a tie the permutation order decides
+        order = sorted(range(len(perm)), key=lambda j: (-scores_u[perm[j]], j))
+        pos = 1 + [perm[j] for j in order].index(target)
+        for k in ks:
+            tot[f"hit@{k}"] += pos <= k
+            tot[f"ndcg@{k}"] += (pos <= k) / math.log2(pos + 1)
+        tot["rr"] += 1.0 / pos
+    return {key: v / len(perms) for key, v in tot.items()}
+
+
+def test_full_ranking_with_ties_matches_exact_expectation_over_all_tie_orders() -> None:
+    """Small catalogue (7 items, 2-3 masked), integer scores in {0, 1, 2}: many ties."""
+    rng = np.random.default_rng(5)
+    hist = [rng.permutation(7)[:4].tolist() for _ in range(25)]
+    sp = leave_one_out(make_dataset(hist, 7))
+    scores = rng.integers(0, 3, size=(25, 7)).astype(np.float32)
+    ks = (1, 2, 3)
+    res = rank_full(sp, matrix_scorer(scores), "test", k_max=3)
+    pu = M.per_user(res.recs, res.targets, sp.tail_mask, ks, ranks=res.ranks, ties=res.ties)
+    for row, u in enumerate(res.users):
+        masked = set(sp.history(u).tolist()) | {int(sp.val_items[u])}
+        allowed = np.array([i for i in range(7) if i not in masked])
+        exp = _exact_tie_oracle(scores[u], allowed, int(sp.test_items[u]), ks)
+        for key, v in exp.items():
+            assert pu[key][row] == pytest.approx(v, abs=1e-12), (u, key)
+    out = evaluate(sp, matrix_scorer(scores), "test", ks=ks, protocol="full")["full"]
+    assert out["HR@2"] == pytest.approx(pu["hit@2"].mean())
+    assert out["MRR"] == pytest.approx(pu["rr"].mean())
+    assert out["NDCG@3"] == pytest.approx(pu["ndcg@3"].mean())
+
+
+def test_sampled_ranking_with_ties_matches_exact_expectation() -> None:
+    rng = np.random.default_rng(8)
+    hist = [rng.permutation(30)[:5].tolist() for _ in range(20)]
+    sp = leave_one_out(make_dataset(hist, 30))
+    scores = rng.integers(0, 2, size=(20, 30)).astype(np.float64)
+    res = rank_sampled(sp, matrix_scorer(scores), "test", n_neg=5, seed=3, k_max=3)
+    negs = sample_negatives(sp, res.users, 5, seed=3)
+    pu = M.per_user(res.recs, res.targets, sp.tail_mask, (1, 3), ranks=res.ranks, ties=res.ties)
+    for row, u in enumerate(res.users):
+        cands = np.concatenate([[sp.test_items[u]], negs[row]])
+        exp = _exact_tie_oracle(scores[u], cands, int(sp.test_items[u]), (1, 3))
+        for key, v in exp.items():
+            assert pu[key][row] == pytest.approx(v, abs=1e-12), (u, key)
+
+
+def test_continuous_scores_have_no_ties_and_unchanged_metrics(split: Split) -> None:
+    """A model with continuous scores: no ties, and the rank-based HR/NDCG equal the
+    list-based ones exactly (the fix changes nothing for such models)."""
+    scores = np.random.default_rng(2).normal(size=(split.n_users, split.n_items))
+    res = rank_full(split, matrix_scorer(scores), "test", k_max=10)
+    assert (res.ties == 0).all()
+    by_rank = M.compute_metrics(res.recs, res.targets, ks=(5, 10), n_items=split.n_items,
+                                item_pop=split.item_pop, tail_mask=split.tail_mask,
+                                ranks=res.ranks, ties=res.ties)
+    by_list = M.compute_metrics(res.recs, res.targets, ks=(5, 10), n_items=split.n_items,
+                                item_pop=split.item_pop, tail_mask=split.tail_mask,
+                                ranks=res.ranks)
+    assert by_rank == by_list
+
+
+def test_expected_metric_formulas_by_hand() -> None:
+    # r = 2, b = 2: rank uniform on {2, 3, 4}
+    assert M.expected_hits(np.array([2]), np.array([2]), 3)[0] == pytest.approx(2 / 3)
+    assert M.expected_hits(np.array([2]), np.array([2]), 1)[0] == 0.0
+    assert M.expected_ndcg(np.array([2]), np.array([2]), 3)[0] == pytest.approx(
+        (1 / math.log2(3) + 1 / math.log2(4)) / 3)
+    assert M.expected_rr(np.array([2]), np.array([2]))[0] == pytest.approx((1 / 2 + 1 / 3 + 1 / 4) / 3)
+    # no ties: the plain definitions
+    r = np.array([1, 3, 11])
+    np.testing.assert_array_equal(M.expected_hits(r, None, 10), [1.0, 1.0, 0.0])
+    np.testing.assert_allclose(M.expected_ndcg(r, np.zeros(3, int), 10), [1.0, 0.5, 0.0])
+    np.testing.assert_array_equal(M.expected_rr(r, None), 1.0 / r)
