@@ -1,20 +1,20 @@
 """Atomic, pickle-free checkpoints (DESIGN §10).
 
 A checkpoint is a dict of tensors and plain Python values written with
-``torch.save`` to a temporary file in the target folder and renamed into place
-(``os.replace`` is atomic on POSIX), so a killed run never leaves a half-written
+``torch.save`` through :func:`marl_two_tower.utils.io.atomic_write` (temporary file
+in the target folder, fsync, rename), so a killed run never leaves a half-written
 file. Loading uses ``torch.load(weights_only=True)``: no arbitrary pickle.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from marl_two_tower.utils.io import atomic_write
 
 
 class CheckpointMismatch(RuntimeError):
@@ -22,20 +22,10 @@ class CheckpointMismatch(RuntimeError):
 
 
 def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
-    """Write ``obj`` to ``path`` atomically (temp file + fsync + rename)."""
+    """Write ``obj`` to ``path`` with ``torch.save``, atomically (temp file + fsync + rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "wb") as fh:
+        torch.save(obj, fh)
     return path
 
 

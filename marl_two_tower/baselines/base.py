@@ -11,15 +11,14 @@ plain dicts of tensors and primitives, written atomically and read back with
 from __future__ import annotations
 
 import os
-import tempfile
 from abc import ABC, abstractmethod
-from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
+from marl_two_tower.checkpoint import save_atomic
 from marl_two_tower.data.split import Split
 
 CHECKPOINT_FORMAT = 1
@@ -129,7 +128,7 @@ class Recommender(ABC):
         """Restore what ``_state`` returned."""
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write ``{model, params, state}`` atomically (temp file + rename)."""
+        """Write ``{model, params, state}`` atomically (temp file + fsync + rename)."""
         x = self._require_fitted()
         state = dict(self._state())
         state["train_indptr"] = torch.from_numpy(x.indptr.astype(np.int64))
@@ -142,16 +141,7 @@ class Recommender(ABC):
             "include_val": self.include_val,
             "state": state,
         }
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(payload, fh)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        save_atomic(payload, path)
 
     @classmethod
     def load(cls: type[R], path: str | os.PathLike[str]) -> R:

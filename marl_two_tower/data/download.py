@@ -4,11 +4,11 @@
 GroupLens publishes next to each archive), and extracts it into ``<root>/ml-1m``.
 
 Nothing half-written is ever visible under its final name: the archive streams
-into a temporary file that is renamed only after its checksum matched, and the
-folder is extracted into a temporary directory that is renamed into place before a
-marker file records completion. A second call finds the marker and returns at once
-without touching the network. Extraction refuses absolute paths, ``..`` traversal
-and links.
+into a temporary file (:func:`marl_two_tower.utils.io.atomic_write`) that is renamed
+only after its checksum matched, and the folder is extracted into a temporary
+directory that is renamed into place before a marker file records completion. A
+second call finds the marker and returns at once without touching the network.
+Extraction refuses absolute paths, ``..`` traversal and links.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
+
+from marl_two_tower.utils.io import atomic_write, write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -100,31 +102,30 @@ def download(
         )
     root.mkdir(parents=True, exist_ok=True)
 
-    archive = root / f"{name}.zip"
-    tmp_zip = _fetch(url, md5, root, name, progress, timeout)
+    archive = root / f"{name}.zip"  # kept, verified, for reference
+    _fetch(url, md5, archive, name, progress, timeout)
     try:
         tmp_dir = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
         try:
-            content = _extract(tmp_zip, tmp_dir)
+            content = _extract(archive, tmp_dir)
             if target.exists():  # stale or forced: replace as a whole
                 shutil.rmtree(target)
-            os.replace(content, target)
+            os.replace(content, target)  # a folder: renamed whole, not written file by file
         finally:
             shutil.rmtree(tmp_dir, ignore_errors=True)
-        os.replace(tmp_zip, archive)  # keep the verified archive for reference
-    finally:
-        tmp_zip.unlink(missing_ok=True)
-    marker.write_text(md5 + "\n")
+    except BaseException:
+        archive.unlink(missing_ok=True)  # unusable archive: leave nothing behind
+        raise
+    write_text_atomic(marker, md5 + "\n")
     return target
 
 
-def _fetch(url: str, md5: str, root: Path, name: str, progress: bool, timeout: float) -> Path:
-    """Stream ``url`` into a temporary file in ``root``, verifying its MD5."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}-", suffix=".zip.part", dir=root)
-    tmp = Path(tmp_name)
+def _fetch(url: str, md5: str, archive: Path, name: str, progress: bool, timeout: float) -> None:
+    """Stream ``url`` into ``archive`` atomically; the file appears only if its MD5 matched."""
     digest = hashlib.md5()
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+        with atomic_write(archive, "wb") as out, \
+                urllib.request.urlopen(url, timeout=timeout) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=name,
                       disable=not progress) as bar:
@@ -132,19 +133,14 @@ def _fetch(url: str, md5: str, root: Path, name: str, progress: bool, timeout: f
                     out.write(chunk)
                     digest.update(chunk)
                     bar.update(len(chunk))
-        got = digest.hexdigest()
-        if got != md5:
-            raise DownloadError(
-                f"checksum mismatch for {url}: expected MD5 {md5}, got {got}; "
-                "the file was deleted (corrupt or changed upstream)"
-            )
+            got = digest.hexdigest()
+            if got != md5:  # raised inside atomic_write: the temporary file is deleted
+                raise DownloadError(
+                    f"checksum mismatch for {url}: expected MD5 {md5}, got {got}; "
+                    "the file was deleted (corrupt or changed upstream)"
+                )
     except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-        tmp.unlink(missing_ok=True)
         raise DownloadError(f"could not download {url}: {exc}") from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
 
 
 def _safe_members(zf: zipfile.ZipFile, archive: Path) -> list[zipfile.ZipInfo]:

@@ -28,9 +28,9 @@ leaves nothing half-written under the final names.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from marl_two_tower.config import SyntheticConfig
 from marl_two_tower.data.dataset import Dataset
 from marl_two_tower.data.errors import DataError
 from marl_two_tower.data.synthetic import AGE_BUCKETS, N_OCCUPATIONS, generate_name, iter_chunks
+from marl_two_tower.utils.io import atomic_write
 
 META_KEY = b"marl_two_tower"
 LAYOUT = "marl-two-tower/synthetic-interactions"
@@ -57,10 +58,6 @@ def side_paths(path: str | Path) -> tuple[Path, Path]:
     p = Path(path)
     stem = p.name[: -len(p.suffix)] if p.suffix else p.name
     return p.with_name(f"{stem}.items.parquet"), p.with_name(f"{stem}.users.parquet")
-
-
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 def write_synthetic_parquet(cfg: SyntheticConfig, path: str | Path,
@@ -77,8 +74,6 @@ def write_synthetic_parquet(cfg: SyntheticConfig, path: str | Path,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     items_path, users_path = side_paths(path)
-    finals = [items_path, users_path, path]  # renamed in this order: interactions last
-    tmps = [_tmp(p) for p in finals]
     genre_names = [f"genre_{g:02d}" for g in range(cfg.n_genres)]
     header = {"layout": LAYOUT, "version": LAYOUT_VERSION, "name": generate_name(cfg),
               "n_users": cfg.n_users, "n_items": cfg.n_items, "genre_names": genre_names,
@@ -90,7 +85,12 @@ def write_synthetic_parquet(cfg: SyntheticConfig, path: str | Path,
                              ("occupation", pa.string())])
     labels = {k: np.asarray(v, dtype=object) for k, v in FEATURE_LABELS.items()}
     n_rows = groups = 0
-    try:
+    with contextlib.ExitStack() as files:
+        # atomic_write renames on exit and the stack exits last-in first-out: the items,
+        # then the users, then the interactions file appear (interactions last); an
+        # exception deletes all three temporary files
+        inter_fh, users_fh, items_fh = (files.enter_context(atomic_write(p, "wb"))
+                                        for p in (path, users_path, items_path))
         chunks = iter_chunks(cfg)
         world = next(chunks)["world"]
         genres = world.genres
@@ -101,9 +101,9 @@ def write_synthetic_parquet(cfg: SyntheticConfig, path: str | Path,
                                  "genres": pa.array(genre_text, pa.string()),
                                  "year": pa.array(world.year.astype(np.int32)),
                                  "genre_mask": pa.array(mask)}),
-                       tmps[0], compression=compression)
-        with pq.ParquetWriter(tmps[2], inter_schema, compression=compression) as iw, \
-                pq.ParquetWriter(tmps[1], user_schema, compression=compression) as uw:
+                       items_fh, compression=compression)
+        with pq.ParquetWriter(inter_fh, inter_schema, compression=compression) as iw, \
+                pq.ParquetWriter(users_fh, user_schema, compression=compression) as uw:
             first_user = 0
             for chunk in chunks:
                 n = len(chunk["gender"])
@@ -121,15 +121,10 @@ def write_synthetic_parquet(cfg: SyntheticConfig, path: str | Path,
                 if log is not None:
                     log(f"{first_user}/{cfg.n_users} users, {n_rows} interactions, "
                         f"{time.perf_counter() - t0:.0f}s")
-        for tmp, final in zip(tmps, finals, strict=True):
-            os.replace(tmp, final)
-    finally:
-        for tmp in tmps:
-            tmp.unlink(missing_ok=True)
     return {"path": str(path), "n_users": cfg.n_users, "n_items": cfg.n_items,
             "n_interactions": n_rows, "row_groups": groups,
             "seconds": time.perf_counter() - t0,
-            "bytes": sum(p.stat().st_size for p in finals)}
+            "bytes": sum(p.stat().st_size for p in (items_path, users_path, path))}
 
 
 def native_header(path: str | Path) -> dict[str, Any] | None:

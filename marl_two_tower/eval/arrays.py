@@ -24,8 +24,6 @@ per-item exposure of the top-K lists via :func:`metrics.exposure`.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +33,7 @@ import numpy as np
 from marl_two_tower.data.split import Split
 from marl_two_tower.fairness.exposure import ExposureBudget
 from marl_two_tower.metrics import ranking as M
+from marl_two_tower.utils.io import atomic_write
 
 EVAL_ARRAYS_FILE = "per_user.npz"
 EVAL_ARRAYS_VERSION = 1
@@ -83,21 +82,13 @@ def compute_eval_arrays(split: Split, score_fn, ks: Sequence[int] = (5, 10, 20),
 
 
 def save_eval_arrays(run_dir: str | Path, arrays: EvalArrays) -> Path:
-    """Write ``run_dir/per_user.npz`` atomically (temp file + rename)."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / EVAL_ARRAYS_FILE
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=run_dir)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, users=arrays.users, targets=arrays.targets, recs=arrays.recs,
-                                ranks=arrays.ranks, item_pop=arrays.item_pop,
-                                tail_mask=arrays.tail_mask, ks=np.asarray(arrays.ks, dtype=np.int64),
-                                format_version=np.int64(EVAL_ARRAYS_VERSION))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``run_dir/per_user.npz`` atomically (temp file + fsync + rename)."""
+    path = Path(run_dir) / EVAL_ARRAYS_FILE
+    with atomic_write(path, "wb") as fh:
+        np.savez_compressed(fh, users=arrays.users, targets=arrays.targets, recs=arrays.recs,
+                            ranks=arrays.ranks, item_pop=arrays.item_pop,
+                            tail_mask=arrays.tail_mask, ks=np.asarray(arrays.ks, dtype=np.int64),
+                            format_version=np.int64(EVAL_ARRAYS_VERSION))
     return path
 
 

@@ -43,6 +43,7 @@ from marl_two_tower import checkpoint as ckpt_io
 from marl_two_tower.config import Config, _deep_merge, config_from_dict, parse_override
 from marl_two_tower.data.dataset import Dataset
 from marl_two_tower.data.split import Split
+from marl_two_tower.utils.io import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -194,9 +195,7 @@ def export_bundle(model: torch.nn.Module, cfg: Config, split: Split, out_dir: st
         "dim": int(obj["item_vectors"].shape[1]), "blocks": obj["blocks"],
         "includes_model": include_model, "config": cfg.to_dict(),
     }
-    tmp = out / ".manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.replace(out / "manifest.json")
+    write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     return out
 
 

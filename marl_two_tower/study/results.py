@@ -22,10 +22,8 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import json
-import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +32,7 @@ import torch
 
 from marl_two_tower.config import Config
 from marl_two_tower.data.split import Split
-from marl_two_tower.utils.io import to_jsonable, write_text_atomic
+from marl_two_tower.utils.io import atomic_write, to_jsonable, write_text_atomic
 
 RESULTS_SCHEMA = "marl-two-tower/results"
 RESULTS_SCHEMA_VERSION = 1
@@ -109,13 +107,11 @@ def write_results(run_dir: str | Path, doc: dict[str, Any]) -> Path:
     run_dir = Path(run_dir)
     write_text_atomic(run_dir / "results.json", json.dumps(doc, indent=2))
     rows = flatten_metrics(doc["metrics"])
-    fd, tmp = tempfile.mkstemp(prefix=".results.csv.", dir=run_dir)
-    with os.fdopen(fd, "w", newline="") as fh:
+    with atomic_write(run_dir / "results.csv", "w") as fh:  # newline="": the csv module's choice
         w = csv.writer(fh)
         w.writerow(["run", "seed", "metric", "value"])
         for k, v in rows:
             w.writerow([doc["run"]["name"], doc["run"]["seed"], k, v])
-    os.replace(tmp, run_dir / "results.csv")
     return run_dir / "results.json"
 
 
