@@ -26,7 +26,6 @@ import csv
 import datetime as _dt
 import io
 import json
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from marl_two_tower.eval.arrays import EvalArrays, load_eval_arrays
 from marl_two_tower.eval.significance import compare, metric_names, seed_summary
 from marl_two_tower.model.build import COMPONENTS
 from marl_two_tower.study.results import git_commit, read_results, read_versioned_json
-from marl_two_tower.utils.io import write_text_atomic
+from marl_two_tower.utils.io import to_jsonable, write_text_atomic
 
 REPORT_SCHEMA = "marl-two-tower/ablation-report"
 REPORT_SCHEMA_VERSION = 1
@@ -216,7 +215,7 @@ def build_report(groups: Sequence[Group], unavailable: Sequence[dict[str, Any]] 
             "history": [_history(d) for d in g.docs],
         })
     d0 = base_group.docs[0]["run"]["data"]
-    return _clean({
+    return to_jsonable({
         "schema": REPORT_SCHEMA, "schema_version": REPORT_SCHEMA_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(), "git_commit": git_commit(),
         "sources": [str(s) for s in sources], "data": d0, "k": k, "ks": ks,
@@ -229,19 +228,6 @@ def build_report(groups: Sequence[Group], unavailable: Sequence[dict[str, Any]] 
                   "n_boot": n_boot, "bootstrap_seed": seed},
         "rows": rows, "unavailable": list(unavailable),
     })
-
-
-def _clean(x: Any) -> Any:
-    """JSON-safe: NaN/inf -> None, numpy scalars -> Python."""
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, (np.floating, np.integer)):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 def _pick_base(groups: Sequence[Group], base: str | None) -> Group:
