@@ -133,7 +133,8 @@ def main() -> None:
     reward_epoch = [h["marl/reward"] for h in st_m.history]
     reward_zero_epoch = [h["marl/reward_zero_action"] for h in st_m.history]
     reward_det_epoch = [h["marl/reward_deterministic"] for h in st_m.history]
-    curve, curve_d, curve0 = tr_m.marl.curve, tr_m.marl.curve_det, tr_m.marl.curve_zero
+    marl = tr_m.component("marl")
+    curve, curve_d, curve0 = marl.curve, marl.curve_det, marl.curve_zero
     n = max(1, len(curve) // 10)
 
     def tenths(c: list[float]) -> list[float]:
@@ -157,8 +158,8 @@ def main() -> None:
     print(f"\ntime per epoch: base {np.mean(ep_b):.1f}s, +MARL {np.mean(ep_m):.1f}s "
           f"(ratio {np.mean(ep_m) / np.mean(ep_b):.2f}); RL steps {np.mean(rl_s):.1f}s/epoch "
           f"= {100 * np.sum(rl_s) / np.sum(ep_m):.0f}% of +MARL epoch time; "
-          f"{tr_m.marl.cfg.marl.rl_every} supervised steps per RL step of "
-          f"{tr_m.marl.cfg.marl.rl_batch_users} users; total wall base {wall_b:.0f}s, +MARL {wall_m:.0f}s")
+          f"{marl.cfg.marl.rl_every} supervised steps per RL step of "
+          f"{marl.cfg.marl.rl_batch_users} users; total wall base {wall_b:.0f}s, +MARL {wall_m:.0f}s")
     out = {"seed": args.seed, "epochs": args.epochs, "overrides": args.overrides,
            "best_epoch": {"base": st_b.best_epoch, "marl": st_m.best_epoch},
            "best": best, "last": final, "reward_per_epoch": reward_epoch,

@@ -83,7 +83,7 @@ def test_disabled_components_add_no_parameters_and_no_compute(tmp_path, split, m
     monkeypatch.setattr(gini_mod, "gini", boom)
     monkeypatch.setattr(fair_mod.FairSampler, "epoch_indices", boom)
     tr = Trainer(cfg, split, progress=False)
-    assert type(tr.sampler) is PositiveSampler and tr.gini_agent is None
+    assert type(tr.sampler) is PositiveSampler and tr.component("gini") is None
     idx = next(iter(tr.sampler.batches(0)))
     out = tr.train_step(idx, np.random.default_rng(0))
     assert set(out) == {"rec", "total"}
@@ -132,7 +132,8 @@ def test_all_components_record_history_and_resume_exactly(tmp_path, split):
         first.fit()
     resumed = Trainer(cfg_for(tmp_path / "b", *ALL_ON), split, progress=False)
     resumed.fit(resume=True)
-    assert resumed.gini_agent.lambda_fair == pytest.approx(full.gini_agent.lambda_fair, abs=0)
+    assert resumed.component("gini").agent.lambda_fair == \
+        pytest.approx(full.component("gini").agent.lambda_fair, abs=0)
     assert torch.equal(ref, resumed.model.scorer()(users))
     assert [h["val/NDCG@10"] for h in resumed.state.history] == \
         [h["val/NDCG@10"] for h in full.state.history]

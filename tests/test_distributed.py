@@ -72,7 +72,7 @@ def run(kind: str, root: str) -> dict:
     return {"params": {k: v.clone() for k, v in trainer.model.state_dict().items()},
             "losses": {k: v for k, v in record.items() if k.startswith(("loss/", "val/", "gini/"))},
             "metrics": json.loads(json.dumps(metrics)), "wrote": probe.exists(),
-            "lambda": trainer.gini_agent.lambda_fair if trainer.gini_agent is not None else None}
+            "lambda": gini.agent.lambda_fair if (gini := trainer.component("gini")) is not None else None}
 
 
 def _rank(root: str) -> None:

@@ -260,12 +260,13 @@ def test_supervised_positives_exclude_reward_targets(tmp_path):
     tr.train_step = lambda idx, rng: (seen.append(idx), orig(idx, rng))[1]
     tr.train_epoch(0)
     used = np.concatenate(seen)
-    held = np.flatnonzero(tr.marl.holdout)
-    assert len(held) == len(tr.marl.core.eligible) > 0
+    marl = tr.component("marl")
+    held = np.flatnonzero(marl.holdout)
+    assert len(held) == len(marl.core.eligible) > 0
     assert not np.isin(held, used).any()
     # everything else is still a positive
     assert len(np.unique(used)) == len(split.train_items) - len(held)
-    assert tr.marl.epoch_summary()["marl/steps"] > 0
+    assert marl.epoch_summary()["marl/steps"] > 0
 
 
 def test_training_is_deterministic_and_logs_agents(tmp_path):
@@ -294,7 +295,7 @@ def test_rl_step_changes_only_the_agents():
     split = load_split(cfg.data)
     tr = Trainer(cfg, split, progress=False)
     before = {k: v.clone() for k, v in tr.model.state_dict().items()}
-    tr.marl.step(np.random.default_rng(0))
+    tr.component("marl").step(np.random.default_rng(0))
     after = tr.model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("controller.") for k in changed)
@@ -308,11 +309,12 @@ def test_non_finite_reward_skips_the_rl_step(caplog):
     cfg = _small_cfg()
     tr = Trainer(cfg, load_split(cfg.data), progress=False)
     params = [p.clone() for p in tr.model.controller.parameters()]
-    tr.marl.core.weights = dataclasses.replace(tr.marl.core.weights, alpha=float("nan"))
-    out = tr.marl.step(np.random.default_rng(0))
+    marl = tr.component("marl")
+    marl.core.weights = dataclasses.replace(marl.core.weights, alpha=float("nan"))
+    out = marl.step(np.random.default_rng(0))
     assert out == {"skipped": 1.0}
     assert all(torch.equal(a, b) for a, b in zip(params, tr.model.controller.parameters(), strict=True))
-    assert tr.marl.epoch_summary()["marl/skipped"] == 1.0
+    assert marl.epoch_summary()["marl/skipped"] == 1.0
     assert "non-finite" in caplog.text
 
 
@@ -328,7 +330,7 @@ def test_disabled_adds_no_parameters_and_no_rl():
     assert n_off == n_on_base
     assert off.user_vectors(torch.arange(3)).shape[1] == cfg.model.dim
     tr = Trainer(cfg, split, progress=False)
-    assert tr.marl is None
+    assert tr.component("marl") is None
 
 
 def test_training_mode_features_are_zero_unless_steering_supervised():
@@ -362,4 +364,4 @@ def test_checkpoint_round_trip_restores_agents(tmp_path):
     users = np.arange(30)
     torch.testing.assert_close(model.scorer()(users), tr.model.scorer()(users))
     assert isinstance(model.controller, GenreAgents)
-    assert isinstance(tr.marl, MARLTrainer)
+    assert isinstance(tr.component("marl"), MARLTrainer)

@@ -116,10 +116,11 @@ def test_trainer_adds_weighted_gini_term_and_logs_lambda(tmp_path):
         "loss.l_fair=0.5", f"checkpoint_dir={tmp_path}"])
     split = load_split(cfg.data)
     tr = Trainer(cfg, split, progress=False)
-    assert tr.gini_agent is not None
+    gini = tr.component("gini")
+    assert gini is not None
     tr.fit()
     steps = tr.state.step
-    log = tr.gini_agent.log
+    log = gini.agent.log
     assert len(log) == steps
     lam = 0.2  # replay the controller from the logged batch Ginis
     for _, g, logged in log:

@@ -29,6 +29,7 @@ import torch
 from marl_two_tower.data.split import Split
 from marl_two_tower.fairness.exposure import ExposureBudget, rerank_with_budget
 from marl_two_tower.metrics import ranking as M
+from marl_two_tower.utils.csr import expand_ranges
 from marl_two_tower.utils.distributed import batch_shards, current
 
 __all__ = [
@@ -81,19 +82,6 @@ class RankResult:
 # ---------------------------------------------------------------------------
 # Ranking
 # ---------------------------------------------------------------------------
-
-
-def _gather_ranges(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenate the index ranges ``[starts[r], ends[r])`` without a Python loop.
-
-    Returns (row id of each element, the positions themselves): the CSR rows of a
-    batch of users become flat (row, column-position) pairs.
-    """
-    lengths = ends - starts
-    rows = np.repeat(np.arange(len(starts)), lengths)
-    # position = start of its row + offset within the row
-    offsets = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return rows, np.repeat(starts, lengths) + offsets
 
 
 def _scores(score_fn: ScoreFn, users: np.ndarray, n_items: int) -> torch.Tensor:
@@ -175,7 +163,7 @@ def _rank_full_local(
         ub, tb = users[start : start + batch_size], targets[start : start + batch_size]
         scores = _scores(score_fn, ub, n_items)
         dev = scores.device
-        rows, pos = _gather_ranges(excl.indptr[ub], excl.indptr[ub + 1])
+        rows, pos = expand_ranges(excl.indptr[ub], excl.indptr[ub + 1])
         ar = torch.arange(len(ub), device=dev)
         t = torch.from_numpy(tb).to(dev)
         target_scores = scores[ar, t].clone()
@@ -292,7 +280,7 @@ def _dense_negatives(
     for s in range(0, len(users), chunk):
         sl = slice(s, s + chunk)
         r = rng.random((len(users[sl]), n_items))
-        rows, pos = _gather_ranges(key_start[sl], key_end[sl])
+        rows, pos = expand_ranges(key_start[sl], key_end[sl])
         r[rows, keys[pos] % n_items] = 2.0
         out[sl] = np.argpartition(r, n_neg - 1, axis=1)[:, :n_neg]
     return out

@@ -2,15 +2,20 @@
 
 :data:`COMPONENTS` lists the switchable components in the order of the ablation
 study (DESIGN §6); :func:`build_model` assembles the two-tower model with every
-component a config switches on, and :func:`load_trained` rebuilds a trained model
-from its checkpoint. Serving, evaluation and studies build models here, never
-through the training loop.
+component a config switches on, :func:`build_components` the training components
+(:class:`marl_two_tower.model.components.TrainingComponent`) the trainer calls, and
+:func:`load_trained` rebuilds a trained model from its checkpoint. Serving,
+evaluation and studies build models here, never through the training loop.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
 
 from marl_two_tower import checkpoint as ckpt_io
 from marl_two_tower.config import Config, config_from_dict
@@ -19,7 +24,22 @@ from marl_two_tower.data.split import Split
 from marl_two_tower.model.two_tower import TwoTower
 from marl_two_tower.utils.runtime import resolve_device
 
-COMPONENTS = ("context_gnn", "marl", "fair_sampler", "buhs", "gini", "tail_loss")
+if TYPE_CHECKING:  # built lazily: serving and evaluation never load the training parts
+    from marl_two_tower.model.components import TrainingComponent
+    from marl_two_tower.utils.distributed import DistContext
+
+# exposure_budget acts at evaluation only (it re-allocates a trained model's lists and
+# trains nothing; fairness/exposure.py); the others change the model or the objective.
+COMPONENTS = ("context_gnn", "marl", "fair_sampler", "buhs", "gini", "tail_loss",
+              "exposure_budget")
+EVAL_ONLY_COMPONENTS = ("exposure_budget",)
+
+# The components with training hooks (docs/architecture.md, "How a component plugs into
+# training"), in the order the trainer calls them: the objective is
+# rec + tail + gini in this order, and the epoch record lists sampler/*, gini/*, marl/*
+# in this order (a different order would change float sums and the history's layout).
+# context_gnn and buhs act inside the model (TwoTower extension points) and have none.
+TRAINING_ORDER = ("fair_sampler", "tail_loss", "gini", "marl")
 
 
 
@@ -42,6 +62,30 @@ def build_model(cfg: Config, split: Split) -> TwoTower:
 
         model.set_controller(build_genre_agents(cfg, split, model))
     return model
+
+
+def build_components(cfg: Config, split: Split, model: TwoTower, device: torch.device,
+                     dist: DistContext | None = None) -> list[TrainingComponent]:
+    """The training components the config switches on, in :data:`TRAINING_ORDER`.
+
+    ``model`` is the (already placed) model they act on; ``dist`` the DDP context
+    (None = one process).
+    """
+
+    from marl_two_tower.model.components import FairSamplerComponent, GiniTerm, TailLoss
+
+    def marl() -> TrainingComponent:
+        from marl_two_tower.model.marl.agents import MARLTrainer
+
+        return MARLTrainer(cfg, split, model, device)
+
+    builders: dict[str, Callable[[], TrainingComponent]] = {
+        "fair_sampler": lambda: FairSamplerComponent(cfg, split),
+        "tail_loss": lambda: TailLoss(cfg, split, device),
+        "gini": lambda: GiniTerm(cfg, split, model, device, dist),
+        "marl": marl,
+    }
+    return [builders[name]() for name in TRAINING_ORDER if getattr(cfg, name).enabled]
 
 
 def load_trained(path: str | Path, cfg: Config | None = None, split: Split | None = None,

@@ -100,6 +100,7 @@ from torch import nn
 from marl_two_tower.config import ContextGNNConfig
 from marl_two_tower.data.split import Split
 from marl_two_tower.model.two_tower import ScoreAdjuster, TwoTower, lookup_overrides
+from marl_two_tower.utils.csr import expand_ranges
 
 __all__ = ["BipartiteGraph", "ContextGNN", "Neighbourhood", "attach_context_gnn",
            "sample_neighbours"]
@@ -206,8 +207,7 @@ def sample_neighbours(indptr: np.ndarray, indices: np.ndarray, nodes: np.ndarray
     nodes = np.asarray(nodes, dtype=np.int64)
     start, deg = indptr[nodes], indptr[nodes + 1] - indptr[nodes]
     take = np.minimum(deg, fanout)
-    seg = np.repeat(np.arange(len(nodes)), take)
-    k = np.arange(int(take.sum())) - np.repeat(np.cumsum(take) - take, take)
+    seg, k = expand_ranges(np.zeros_like(take), take)  # k = 0..take-1 within each node
     step = np.where(deg > fanout, deg / max(fanout, 1), 1.0)
     offset = np.where(deg > fanout, _hash_uniform(salt, hop, nodes) * step, 0.0)
     pos = np.floor(offset[seg] + k * step[seg]).astype(np.int64)
@@ -304,9 +304,8 @@ def _familiar(p3: sp.csr_matrix | np.ndarray, items3: np.ndarray, graph: Biparti
         # consumed items (train, minus the training positive) cannot be familiar
         u = users[r0:r1]
         start, end = graph.user_indptr[u], graph.user_indptr[u + 1]
-        rows = np.repeat(np.arange(r1 - r0), end - start)
-        within = np.arange(len(rows)) - np.repeat(np.cumsum(end - start) - (end - start), end - start)
-        own = graph.user_items[start[rows] + within]
+        rows, pos = expand_ranges(start, end)
+        own = graph.user_items[pos]
         if exclude is not None:
             keep = own != exclude[r0:r1][rows]
             rows, own = rows[keep], own[keep]
@@ -396,9 +395,8 @@ def sample_neighbourhood(graph: BipartiteGraph, users: np.ndarray, exclude: np.n
         end = graph.hist_indptr[users[rows] + 1] if ex is None else graph.position(users[rows], ex)
         start = np.maximum(graph.hist_indptr[users[rows]], end - recent)
         n = end - start
-        seg = np.repeat(np.arange(len(rows)), n)
-        items = graph.hist_items[np.repeat(start, n) + np.arange(int(n.sum()))
-                                 - np.repeat(np.cumsum(n) - n, n)]
+        seg, pos = expand_ranges(start, end)
+        items = graph.hist_items[pos]
         parts.append((rows[seg], items, 1.0 / np.sqrt(n[seg] * ideg[items])))
     if not parts or not timed.all():
         rows = np.flatnonzero(~timed)

@@ -30,6 +30,7 @@ from torch import nn
 
 from marl_two_tower.config import ModelConfig
 from marl_two_tower.data.split import Split
+from marl_two_tower.model.losses import sampled_softmax_logits
 
 
 class UserContext(Protocol):
@@ -40,7 +41,11 @@ class UserContext(Protocol):
 
 
 class Controller(nn.Module):
-    """Base of modules that extend z_u and y_i with extra dot-product dimensions."""
+    """Base of modules that extend z_u and y_i with extra dot-product dimensions.
+
+    A controller is trained by its own loop (the genre agents' RL steps), never by
+    the supervised optimiser (:meth:`TwoTower.supervised_parameters`).
+    """
 
     def user_features(self, users: torch.Tensor, e_u: torch.Tensor) -> torch.Tensor:
         """Extra user dimensions ``[B, k]`` appended to z_u."""
@@ -302,6 +307,27 @@ class TwoTower(nn.Module):
             return apply_overrides(s, ov_items, ov_vals)
         hit, val = lookup_overrides(ov_items, ov_vals, items)
         return torch.where(hit, val.to(s.dtype), s)
+
+    def training_logits(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
+                        log_q_pos: torch.Tensor | None = None,
+                        log_q_neg: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z_u ``[B, d']``, sampled-softmax logits ``[B, C]``) of the fused score for a
+        training batch: candidates = the batch's positives ``pos`` then ``neg``, column b
+        = row b's positive, logQ-corrected by ``log_q_*`` (None = uncorrected), each
+        user's own positive left out of its history (``exclude=pos``), and the score
+        adjuster's items given its logits (:meth:`ScoreAdjuster.training_logits`)."""
+        z = self.user_vectors(users, exclude=pos)
+        y_pos, y_neg = self.item_vectors(pos), self.item_vectors(neg)
+        logits = sampled_softmax_logits(z, pos, neg, y_pos, y_neg, log_q_pos, log_q_neg)
+        if self.score_adjuster is not None:  # ContextGNN: familiar items get pair-wise logits
+            log_q = None if log_q_pos is None or log_q_neg is None else torch.cat([log_q_pos, log_q_neg])
+            logits = self.score_adjuster.training_logits(self, users, pos, torch.cat([pos, neg]),
+                                                         logits, z, log_q)
+        return z, logits
+
+    def supervised_parameters(self) -> list[nn.Parameter]:
+        """The parameters the supervised objective trains: all but the controller's."""
+        return [p for n, p in self.named_parameters() if not n.startswith("controller.")]
 
     @torch.no_grad()
     def retrieve(self, users: torch.Tensor, k: int,

@@ -1,9 +1,15 @@
 """Training loop: composite objective, early stopping on validation, resumable.
 
-Reads top to bottom: seeding and devices, the positive sampler, model assembly
-from the config, then :class:`Trainer` (one epoch = one pass of the positive
-sampler; validation NDCG@10 after each ``eval_every`` epochs decides early stopping
-and ``model_best.pt``; ``last.pt`` after every epoch makes ``--resume`` exact).
+:class:`Trainer` knows one objective, L_rec on the sampled-softmax logits of the
+fused score (:meth:`TwoTower.training_logits`), and a list of training components
+(:class:`marl_two_tower.model.components.TrainingComponent`, built by
+:func:`marl_two_tower.model.build.build_components`) that add loss terms, filter
+positives, step after batches, summarise epochs and carry checkpoint state through
+one interface; the loop has no per-component code. One epoch = one pass of the
+positive sampler; validation NDCG@10 after each ``eval_every`` epochs decides early
+stopping and ``model_best.pt``; ``last.pt`` after every epoch makes ``--resume``
+exact. Given a run folder (``run_dir``) and ``train.tensorboard``, every epoch's
+record is also written as TensorBoard scalars under ``run_dir/tb`` (rank 0 only).
 
 Determinism: every random stream is derived from ``cfg.seed`` and the epoch number
 (``numpy.random.default_rng([seed, epoch, stream])``, torch RNG state saved in the
@@ -12,12 +18,13 @@ checkpoint), so a resumed run replays exactly the batches an uninterrupted run s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +37,9 @@ from marl_two_tower import checkpoint as ckpt_io
 from marl_two_tower.config import Config, fingerprint_config
 from marl_two_tower.data.samplers import PositiveSampler
 from marl_two_tower.data.split import Split
-from marl_two_tower.model.build import build_model
-from marl_two_tower.model.losses import rec_loss, sampled_softmax_logits
+from marl_two_tower.model.build import build_components, build_model
+from marl_two_tower.model.components import TrainBatch, TrainingComponent, component_names
+from marl_two_tower.model.losses import rec_loss
 from marl_two_tower.model.two_tower import TwoTower
 from marl_two_tower.utils import distributed
 from marl_two_tower.utils.runtime import epoch_rng, resolve_device, set_seed
@@ -39,14 +47,19 @@ from marl_two_tower.utils.runtime import epoch_rng, resolve_device, set_seed
 log = logging.getLogger(__name__)
 
 
-def build_sampler(cfg: Config, split: Split) -> PositiveSampler:
-    """The positive sampler the config asks for (uniform, or the Fair Sampler)."""
-    if cfg.fair_sampler.enabled:
-        from marl_two_tower.fairness.fair_sampler import FairSampler
+# checkpoint keys of the trainer itself; a component's state_key must differ
+CHECKPOINT_KEYS = frozenset({"model", "optimizer", "scaler", "torch_rng", "train_state", "config",
+                             "config_fingerprint", "data_fingerprint", "format_version"})
 
-        fs = cfg.fair_sampler
-        return FairSampler(split, cfg.train.batch_size, cfg.seed, fs.beta, fs.max_per_batch)
-    return PositiveSampler(split, cfg.train.batch_size, cfg.seed)
+
+def scalar_items(record: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, float]]:
+    """(tag, value) of every number in an epoch record except ``epoch``; nested dicts
+    (``marl/agents``) become ``key/subkey`` tags. What TensorBoard receives."""
+    for k, v in record.items():
+        if isinstance(v, Mapping):
+            yield from scalar_items(v, f"{prefix}{k}/")
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and (prefix or k != "epoch"):
+            yield f"{prefix}{k}", float(v)
 
 
 # ---------------------------------------------------------------------------
@@ -71,11 +84,18 @@ class StopTraining(Exception):
 
 
 class Trainer:
-    """Trains a :class:`TwoTower` on a :class:`Split` with the composite objective."""
+    """Trains a :class:`TwoTower` on a :class:`Split` with the composite objective.
+
+    ``extra_components`` are appended to the configured training components (a
+    component not in the registry, e.g. in a test); ``run_dir`` is the run folder
+    (``<output_dir>/<name>``) that receives TensorBoard event files.
+    """
 
     def __init__(self, cfg: Config, split: Split, model: TwoTower | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, extra_components: Sequence[TrainingComponent] = (),
+                 run_dir: str | Path | None = None) -> None:
         self.cfg, self.split, self.progress = cfg, split, progress
+        self.run_dir = None if run_dir is None else Path(run_dir)
         set_seed(cfg.seed)
         if cfg.train.num_threads > 0:
             torch.set_num_threads(cfg.train.num_threads)
@@ -89,34 +109,35 @@ class Trainer:
         self.model = (model or build_model(cfg, split)).to(self.device)
         if self.dist is not None:  # every rank starts from rank 0's weights
             self.dist.broadcast_parameters(self.model)
-        self.sampler = build_sampler(cfg, split)
-        # the genre agents (controller) have their own optimiser in self.marl
-        sup_params = [p for n, p in self.model.named_parameters() if not n.startswith("controller.")]
-        self.optimizer = torch.optim.Adam(sup_params, lr=cfg.train.lr,
+        self.components: list[TrainingComponent] = [
+            *build_components(cfg, split, self.model, self.device, self.dist), *extra_components]
+        component_names(self.components)  # unique names and state keys
+        clash = CHECKPOINT_KEYS & {c.state_key for c in self.components}
+        if clash:
+            raise ValueError(f"training component state_key {sorted(clash)} is a trainer checkpoint key")
+        samplers = [c for c in self.components if c.positive_sampler is not None]
+        if len(samplers) > 1:
+            raise ValueError(f"more than one component replaces the positive sampler: "
+                             f"{[c.name for c in samplers]}")
+        self.sampler = (samplers[0].positive_sampler if samplers
+                        else PositiveSampler(split, cfg.train.batch_size, cfg.seed))
+        # terms computed over the global batch (DDP neither rescales nor sums them)
+        self.global_terms = frozenset().union(*(c.global_terms for c in self.components))
+        # the controller (genre agents) is trained by its own RL optimiser
+        self.optimizer = torch.optim.Adam(self.model.supervised_parameters(), lr=cfg.train.lr,
                                           weight_decay=cfg.train.weight_decay)
         self.amp_dtype = self._amp_dtype(cfg.train.mixed_precision)
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=cfg.train.mixed_precision == "fp16")
         self.state = TrainState()
         self.ckpt_dir = Path(cfg.checkpoint_dir)
-        self.tail = torch.as_tensor(split.tail_mask, device=self.device)
         self.data_fingerprint = split.dataset.fingerprint()
         self.callbacks: list[Callable[[Trainer], None]] = []
         self.skipped_steps = 0
-        self.gini_agent = None  # GINI agent: dual-ascent weight of L_GINI (gini.enabled)
-        if cfg.gini.enabled:
-            from marl_two_tower.fairness.gini_agent import GiniAgent
 
-            self.gini_agent = GiniAgent(cfg.gini, split.n_items, split.train_indptr,
-                                        split.train_items).to(self.device)
-            if self.dist is not None:  # G over the global batch's exposure (distributed.py)
-                self.gini_agent.exposure_reduce = self.dist.sum_exposure
-        self._gini_batch = math.nan  # G of the last batch, for the dual update after the step
-        self.marl = None  # genre agents' RL steps (marl.enabled), see genre_agents.MARLTrainer
-        if cfg.marl.enabled:
-            from marl_two_tower.model.marl.agents import MARLTrainer
-
-            self.marl = MARLTrainer(cfg, split, self.model, self.device)
+    def component(self, name: str) -> TrainingComponent | None:
+        """The training component called ``name`` (e.g. ``"gini"``, ``"marl"``), or None."""
+        return next((c for c in self.components if c.name == name), None)
 
     def _amp_dtype(self, mode: str) -> torch.dtype | None:
         if mode == "none":
@@ -129,13 +150,11 @@ class Trainer:
     # --- one step ---------------------------------------------------------
     def losses(self, users: torch.Tensor, pos: torch.Tensor,
                rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        """Weighted loss terms of the composite objective for one batch."""
+        """Weighted loss terms of the composite objective for one batch: ``rec`` then
+        every component's :meth:`~TrainingComponent.loss_terms`, in component order."""
         cfg = self.cfg
-        m = self.model
         n_neg = cfg.train.num_negatives
         neg = torch.as_tensor(rng.integers(0, self.split.n_items, n_neg), device=self.device)
-        z = m.user_vectors(users, exclude=pos)
-        y_pos, y_neg = m.item_vectors(pos), m.item_vectors(neg)
         log_q_pos = log_q_neg = None
         if cfg.loss.logq:
             p = torch.as_tensor(self.sampler.prob, dtype=torch.float32, device=self.device)
@@ -144,26 +163,19 @@ class Trainer:
                                    device=self.device)
             if not cfg.train.in_batch_negatives:  # positives are not sampled candidates here
                 log_q_pos = log_q_neg[:1].expand(len(pos))
-        logits = sampled_softmax_logits(z, pos, neg, y_pos, y_neg, log_q_pos, log_q_neg)
-        if m.score_adjuster is not None:  # ContextGNN: familiar items get pair-wise logits
-            log_q = None if log_q_pos is None else torch.cat([log_q_pos, log_q_neg])
-            logits = m.score_adjuster.training_logits(m, users, pos, torch.cat([pos, neg]), logits, z,
-                                                      log_q)
+        z, logits = self.model.training_logits(users, pos, neg, log_q_pos, log_q_neg)
         if not cfg.train.in_batch_negatives:  # mask the other rows' positives
             b = len(pos)
             off = ~torch.eye(b, dtype=torch.bool, device=logits.device)
             logits = torch.cat([logits[:, :b].masked_fill(off, float("-inf")), logits[:, b:]], dim=1)
         out = {"rec": cfg.loss.l_sup * rec_loss(logits, cfg.loss.rec)}
-        if cfg.tail_loss.enabled:
-            out["tail"] = cfg.loss.l_tail * rec_loss(logits, cfg.loss.rec,
-                                                     weight=self.tail[pos].float())
-        if self.gini_agent is not None:
-            cand = self.gini_agent.candidates(self.device)
-            if cand is not None and self.dist is not None:  # one candidate set for all ranks
-                self.dist.broadcast_(cand)
-            g = self.gini_agent.loss(z, m.item_vectors(cand), users, cand)
-            self._gini_batch = float(g.detach())
-            out["gini"] = cfg.loss.l_fair * self.gini_agent.lam * g
+        batch = TrainBatch(users=users, pos=pos, z=z, logits=logits)
+        for c in self.components:
+            terms = c.loss_terms(batch)
+            if out.keys() & terms.keys():
+                raise ValueError(f"component {c.name!r} returns loss terms "
+                                 f"{sorted(out.keys() & terms.keys())} that already exist")
+            out |= terms
         return out
 
     def train_step(self, idx: np.ndarray, rng: np.random.Generator) -> dict[str, float]:
@@ -176,8 +188,12 @@ class Trainer:
             terms = self.losses(users, pos, rng)
         logged = None
         if self.dist is not None:  # per-rank objective whose gradients sum to the global batch's
-            terms = self.dist.local_objective(terms, {"rows": len(idx), "tail": float(self.tail[pos].sum())})
-            finite, logged = self.dist.reduce_terms(terms)  # shared skip decision, global values
+            weights: dict[str, float] = {"rows": len(idx)}
+            for c in self.components:
+                weights |= c.term_weights(users, pos)
+            terms = self.dist.local_objective(terms, weights, self.global_terms)
+            # shared skip decision, global values
+            finite, logged = self.dist.reduce_terms(terms, self.global_terms)
         total = sum(terms.values())
         if not (torch.isfinite(total) if self.dist is None else finite):
             self.skipped_steps += 1
@@ -195,17 +211,15 @@ class Trainer:
         self.scaler.update()
         self.state.step += 1
         out = logged or {k: float(v.detach()) for k, v in terms.items()} | {"total": float(total.detach())}
-        if self.gini_agent is not None:
-            lam = self.gini_agent.update(self._gini_batch, self.state.step)
-            log.debug("step %d gini %.4f lambda %.4f", self.state.step, self._gini_batch, lam)
-            out |= {"gini_value": self._gini_batch, "gini_lambda": lam}
+        for c in self.components:
+            c.after_step(self.state.step, out)
         return out
 
     # --- epochs -----------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One pass of the positive sampler; returns mean loss terms."""
-        rng = epoch_rng(self.cfg.seed, epoch, 2)
-        rl_rng = epoch_rng(self.cfg.seed, epoch, 3)
+        rng = epoch_rng(self.cfg.seed, epoch, 2)  # negatives
+        comp_rng = epoch_rng(self.cfg.seed, epoch, 3)  # components' after_batch (the RL steps)
         sums: dict[str, float] = {}
         n = 0
         limit = self.cfg.train.max_steps_per_epoch or len(self.sampler)
@@ -215,13 +229,13 @@ class Trainer:
         for i, idx in enumerate(bar):
             if i >= limit:
                 break
-            if self.marl is not None:  # reward targets are never supervised positives
-                idx = self.marl.filter_positives(idx)
+            for c in self.components:  # e.g. reward targets are never supervised positives
+                idx = c.filter_positives(idx)
             if self.dist is not None:  # DDP: this rank's contiguous shard of the global batch
                 idx = self.dist.shard(idx)
             terms = self.train_step(idx, rng)
-            if self.marl is not None and (i + 1) % self.cfg.marl.rl_every == 0:
-                self.marl.step(rl_rng)
+            for c in self.components:
+                c.after_batch(i, comp_rng)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
             n += 1
@@ -237,11 +251,39 @@ class Trainer:
                        protocol="full", groups=False)
         return {k: v for k, v in res["full"].items() if isinstance(v, (int, float))}
 
+    @contextlib.contextmanager
+    def _event_writer(self) -> Iterator[Any]:
+        """TensorBoard writer on ``run_dir/tb`` (None without a run folder, with
+        ``train.tensorboard`` off, or on ranks > 0). A resumed run purges the events
+        of epochs after its checkpoint, so the files match the resumed history."""
+        if (self.run_dir is None or not self.cfg.train.tensorboard
+                or (self.dist is not None and not self.dist.is_main)):
+            yield None
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(self.run_dir / "tb"),
+                               purge_step=self.state.epoch + 1 if self.state.epoch else None)
+        try:
+            yield writer
+        finally:
+            writer.close()
+
     def fit(self, resume: bool = False) -> TrainState:
         """Train until ``epochs`` or early stopping; keeps best and last checkpoints."""
         if resume and (self.ckpt_dir / "last.pt").exists():
             self.load_checkpoint(self.ckpt_dir / "last.pt")
             log.info("resumed from epoch %d", self.state.epoch)
+        with self._event_writer() as writer:
+            self._fit(writer)
+        if self.dist is not None:
+            self.dist.barrier()  # rank 0 has written model_best.pt
+        if (self.ckpt_dir / "model_best.pt").exists():
+            self.load_checkpoint(self.ckpt_dir / "model_best.pt", weights_only_state=True)
+        return self.state
+
+    def _fit(self, writer: Any) -> None:
+        """The epoch loop of :meth:`fit`; each record also goes to ``writer`` if any."""
         cfg = self.cfg.train
         while self.state.epoch < cfg.epochs and self.state.bad_evals < cfg.patience:
             epoch = self.state.epoch
@@ -249,14 +291,8 @@ class Trainer:
             losses = self.train_epoch(epoch)
             record: dict[str, Any] = {"epoch": epoch + 1, "time_s": time.perf_counter() - t0,
                                       **{f"loss/{k}": v for k, v in losses.items()}}
-            if hasattr(self.sampler, "last_epoch_gini"):
-                record["sampler/gini"] = self.sampler.last_epoch_gini
-            if self.gini_agent is not None:
-                record |= {"gini/value": record.pop("loss/gini_value", math.nan),
-                           "gini/lambda": self.gini_agent.lambda_fair}
-                record.pop("loss/gini_lambda", None)
-            if self.marl is not None:
-                record |= self.marl.epoch_summary(getattr(self, "writer", None), epoch + 1)
+            for c in self.components:
+                record |= c.epoch_summary(epoch + 1)
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                 val = self.validate()
                 record |= {f"val/{k}": v for k, v in val.items()}
@@ -269,17 +305,16 @@ class Trainer:
                     self.state.bad_evals += 1
             self.state.history.append(record)
             self.state.epoch = epoch + 1
+            if writer is not None:
+                for tag, value in scalar_items(record):
+                    writer.add_scalar(tag, value, epoch + 1)
+                writer.flush()
             self.save_checkpoint(self.ckpt_dir / "last.pt")
             if self.progress:
                 shown = {k: round(v, 4) for k, v in record.items() if isinstance(v, float)}
                 tqdm.write(json.dumps(shown))
             for cb in self.callbacks:
                 cb(self)
-        if self.dist is not None:
-            self.dist.barrier()  # rank 0 has written model_best.pt
-        if (self.ckpt_dir / "model_best.pt").exists():
-            self.load_checkpoint(self.ckpt_dir / "model_best.pt", weights_only_state=True)
-        return self.state
 
     # --- checkpoints ------------------------------------------------------
     def checkpoint_dict(self) -> dict[str, Any]:
@@ -294,8 +329,7 @@ class Trainer:
             "config_fingerprint": json.dumps(fingerprint_config(self.cfg)),
             "data_fingerprint": self.data_fingerprint,
             "format_version": 1,
-            **({"gini_agent": self.gini_agent.state_dict()} if self.gini_agent is not None else {}),
-            **({"marl": self.marl.state_dict()} if self.marl is not None else {}),
+            **{c.state_key: c.state_dict() for c in self.components if c.state_key is not None},
         }
 
     def save_checkpoint(self, path: Path) -> Path:
@@ -313,8 +347,7 @@ class Trainer:
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scaler.load_state_dict(ck["scaler"])
         torch.set_rng_state(ck["torch_rng"])
-        if self.gini_agent is not None and "gini_agent" in ck:
-            self.gini_agent.load_state_dict(ck["gini_agent"])
-        if self.marl is not None and "marl" in ck:
-            self.marl.load_state_dict(ck["marl"])
+        for c in self.components:
+            if c.state_key is not None and c.state_key in ck:
+                c.load_state_dict(ck[c.state_key])
         self.state = TrainState(**json.loads(ck["train_state"]))

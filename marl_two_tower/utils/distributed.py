@@ -70,7 +70,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-# Loss terms already computed on the global batch (not per-rank means).
+# Loss terms already computed on the global batch (not per-rank means): the default of
+# ``global_terms`` below; the trainer passes its components' declared global terms.
 GLOBAL_TERMS = frozenset({"gini"})
 
 _CURRENT: DistContext | None = None
@@ -95,14 +96,14 @@ class DistContext:
         return np.array_split(batch, self.world_size)[self.rank]
 
     # --- losses and gradients -----------------------------------------------
-    def local_objective(self, terms: dict[str, torch.Tensor],
-                        weights: dict[str, float]) -> dict[str, torch.Tensor]:
+    def local_objective(self, terms: dict[str, torch.Tensor], weights: dict[str, float],
+                        global_terms: frozenset[str] = GLOBAL_TERMS) -> dict[str, torch.Tensor]:
         """Per-rank terms whose gradients sum over ranks to the global batch's.
 
         ``weights[k]`` is the total row weight of this rank's mean term k (default
-        ``weights['rows']``); terms in :data:`GLOBAL_TERMS` are left unchanged.
+        ``weights['rows']``); terms in ``global_terms`` are left unchanged.
         """
-        local = [k for k in terms if k not in GLOBAL_TERMS]
+        local = [k for k in terms if k not in global_terms]
         if not local:
             return terms
         w = torch.tensor([float(weights.get(k, weights["rows"])) for k in local],
@@ -115,7 +116,8 @@ class DistContext:
             out[k] = terms[k] * s
         return out
 
-    def reduce_terms(self, terms: dict[str, torch.Tensor]) -> tuple[bool, dict[str, float]]:
+    def reduce_terms(self, terms: dict[str, torch.Tensor],
+                     global_terms: frozenset[str] = GLOBAL_TERMS) -> tuple[bool, dict[str, float]]:
         """(all ranks finite, global values of the terms and their total) in one all-reduce.
 
         Local-objective terms sum to the global batch's value; global terms are the
@@ -128,7 +130,7 @@ class DistContext:
         buf = torch.cat([torch.nan_to_num(vals.double(), nan=0.0, posinf=0.0, neginf=0.0),
                          bad.double()])
         dist.all_reduce(buf)
-        out = {k: float(buf[j]) / (self.world_size if k in GLOBAL_TERMS else 1)
+        out = {k: float(buf[j]) / (self.world_size if k in global_terms else 1)
                for j, k in enumerate(keys)}
         out["total"] = sum(out.values())
         return bool(buf[-1] == 0), out

@@ -51,6 +51,7 @@ from torch import nn
 
 from marl_two_tower.config import Config, MARLConfig
 from marl_two_tower.data.split import Split
+from marl_two_tower.model.components import TrainingComponent
 from marl_two_tower.model.marl.env import (
     GenreHistory,
     RecEnvCore,
@@ -59,7 +60,7 @@ from marl_two_tower.model.marl.env import (
     build_observations,
     tail_feature,
 )
-from marl_two_tower.model.two_tower import Controller
+from marl_two_tower.model.two_tower import Controller, TwoTower
 
 log = logging.getLogger(__name__)
 
@@ -270,16 +271,22 @@ def collect(agents: GenreAgents, core: RecEnvCore, users: np.ndarray,
     return ro, batch, {"result": res, "greedy": greedy}
 
 
-class MARLTrainer:
+class MARLTrainer(TrainingComponent):
     """The RL half of training: rollouts on RL batches and actor-critic updates.
 
-    Owns the actor/critic optimiser and the reward targets; the :class:`Trainer`
-    calls :meth:`step` every ``rl_every`` supervised steps and
-    :meth:`filter_positives` on every supervised batch (reward targets are never
-    supervised positives), and merges :meth:`epoch_summary` into the epoch record.
+    A :class:`~marl_two_tower.model.components.TrainingComponent`: owns the
+    actor/critic optimiser (the supervised optimiser never sees the controller,
+    :meth:`TwoTower.supervised_parameters`) and the reward targets;
+    :meth:`filter_positives` drops reward targets from every supervised batch,
+    :meth:`after_batch` runs :meth:`step` every ``rl_every`` supervised batches on the
+    epoch's component stream, :meth:`epoch_summary` gives the ``marl/*`` record
+    entries, and the optimiser state is checkpointed under ``marl``.
     """
 
-    def __init__(self, cfg: Config, split: Split, model: Any, device: torch.device) -> None:
+    name = "marl"
+    state_key = "marl"
+
+    def __init__(self, cfg: Config, split: Split, model: TwoTower, device: torch.device) -> None:
         if not isinstance(model.controller, GenreAgents):
             raise TypeError("MARL training needs model.controller to be GenreAgents")
         self.cfg, self.agents = cfg, model.controller
@@ -304,6 +311,11 @@ class MARLTrainer:
     def filter_positives(self, idx: np.ndarray) -> np.ndarray:
         """Drop reward-target interactions from a batch of supervised positives."""
         return idx[~self.holdout[idx]]
+
+    def after_batch(self, index: int, rng: np.random.Generator) -> None:
+        """One RL step after every ``rl_every``-th supervised batch of the epoch."""
+        if (index + 1) % self.cfg.marl.rl_every == 0:
+            self.step(rng)
 
     def step(self, rng: np.random.Generator) -> dict[str, float]:
         """One RL step on ``rl_batch_users`` users drawn with ``rng``."""
@@ -359,9 +371,10 @@ class MARLTrainer:
         self._n += 1
         return out
 
-    def epoch_summary(self, writer: Any = None, epoch: int = 0) -> dict[str, Any]:
+    def epoch_summary(self, epoch: int = 0) -> dict[str, Any]:
         """Mean RL statistics since the last call (``marl/*`` keys; per-agent ones nested
-        under ``marl/agents``: reward, mean/std over users of the deterministic b and t)."""
+        under ``marl/agents``: reward, mean/std over users of the deterministic b and t;
+        the trainer writes them to TensorBoard)."""
         n = max(self._n, 1)
         out: dict[str, Any] = {f"marl/{k}": v / n for k, v in self._scalars.items()}
         out["marl/steps"] = float(self._n)
@@ -369,23 +382,17 @@ class MARLTrainer:
         out["marl/time_s"] = self._seconds
         out["marl/agents"] = {name: {k: float(v[g] / n) for k, v in self._agent.items()}
                               for g, name in enumerate(self.agents.agent_names)}
-        if writer is not None:
-            for k, v in out.items():
-                if isinstance(v, float):
-                    writer.add_scalar(k, v, epoch)
-            for name, d in out["marl/agents"].items():
-                for k, v in d.items():
-                    writer.add_scalar(f"marl_agents/{name}/{k}", v, epoch)
         self._reset_acc()
         return out
 
     def state_dict(self) -> dict[str, Any]:
+        """The actor/critic optimiser (the agents' weights are in the model's state)."""
         return {"optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
 
 
-def build_genre_agents(cfg: Config, split: Split, model: Any) -> GenreAgents:
+def build_genre_agents(cfg: Config, split: Split, model: TwoTower) -> GenreAgents:
     """The controller for ``model`` (``model.set_controller`` is the caller's)."""
     return GenreAgents(split, cfg.marl, cfg.model.dim, item_encoder=model.encode_items)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -45,18 +45,12 @@ from marl_two_tower.model.marl.reward import (
     pairwise_jaccard,
     reward_targets,
 )
+from marl_two_tower.model.two_tower import TwoTower
+from marl_two_tower.utils.csr import expand_ranges
 
 # ---------------------------------------------------------------------------
 # Observations
 # ---------------------------------------------------------------------------
-
-
-def _ranges(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(row of each element, position) of the concatenated ranges [starts[r], ends[r])."""
-    lengths = ends - starts
-    rows = np.repeat(np.arange(len(starts)), lengths)
-    offsets = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return rows, np.repeat(starts, lengths) + offsets
 
 
 def tail_feature(split: Split, kind: Literal["binary", "smooth"] = "binary") -> np.ndarray:
@@ -100,7 +94,7 @@ class GenreHistory:
 
     def rows(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(batch row, item) pairs of the users' histories."""
-        rows, pos = _ranges(self.indptr[users], self.indptr[users + 1])
+        rows, pos = expand_ranges(self.indptr[users], self.indptr[users + 1])
         return rows, self.indices[pos]
 
     def mask(self, users: np.ndarray, n_items: int, device: torch.device) -> torch.Tensor:
@@ -116,7 +110,7 @@ class GenreHistory:
         rows, items = self.rows(users)
         length = np.bincount(rows, minlength=b).astype(np.float64)
         # expand every (row, item) pair into one (row, genre, item) triple per genre
-        pair, gpos = _ranges(self.gptr[items], self.gptr[items + 1])
+        pair, gpos = expand_ranges(self.gptr[items], self.gptr[items + 1])
         flat = rows[pair] * g_n + self.gidx[gpos]
         it = items[pair]
         count = np.bincount(flat, minlength=b * g_n).astype(np.float64)
@@ -176,13 +170,13 @@ BaseScorer = Callable[[torch.Tensor, torch.Tensor], BaseScores]
 
 
 class TwoTowerScorer:
-    """Base scores of a :class:`~marl_two_tower.two_tower.TwoTower` (eval mode, no grad).
+    """Base scores of a :class:`~marl_two_tower.model.two_tower.TwoTower` (eval mode, no grad).
 
     e_u is encoded with the reward target excluded from the user's pooled history
     (and from every user context), so the RL state never contains it.
     """
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: TwoTower) -> None:
         self.model = model
 
     @torch.no_grad()
@@ -194,7 +188,7 @@ class TwoTowerScorer:
             e_u = m.encode_users(users, exclude)
             e_i = m.encode_items()
             scores = (e_u * m.scale) @ e_i.T
-            adj = getattr(m, "score_adjuster", None)
+            adj = m.score_adjuster
             ov = adj.overrides(users, m, exclude) if adj is not None else None
         finally:
             m.train(was_training)
