@@ -59,6 +59,11 @@ class DataConfig:
     min_item_count: int = 0
     tail_fraction: float = 0.2  # tail = least-popular items holding this share
     tail_by: Literal["interactions", "items"] = "interactions"  # what the share counts
+    # repeated (user, item) pairs: drop = keep each pair's first interaction in time
+    # order before the split (no target is then an item the user has in train);
+    # keep = split every interaction (a re-consumed target is masked like any train
+    # item, so it counts as a miss). docs/metrics.md "Repeats"
+    repeats: Literal["drop", "keep"] = "drop"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 

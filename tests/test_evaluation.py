@@ -82,13 +82,14 @@ def test_hand_split_is_what_the_comments_say(hand_split: Split) -> None:
     assert np.flatnonzero(hand_split.tail_mask).tolist() == [0, 3]
 
 
-def test_rank_full_masks_train_and_validation_never_the_target(hand_split: Split) -> None:
+def test_rank_full_masks_train_and_validation_whatever_the_target(hand_split: Split) -> None:
     res = rank_full(hand_split, matrix_scorer(PREF), "test", k_max=5)
     assert res.users.tolist() == [0, 1]
     # u0: {0, 1} train and 2 val masked -> only 3 (score 2), 4 (score 1) remain
-    # u1: 4 train but the target, 0 val masked -> 1, 2, 3, 4; target 4 is last
-    assert res.recs.tolist() == [[3, 4, -1, -1, -1], [1, 2, 3, 4, -1]]
-    assert res.ranks.tolist() == [1, 4]
+    # u1: 4 train (also the re-watched target) and 0 val masked -> 1, 2, 3 remain; the
+    # masked target is in no list: rank n_items + 1
+    assert res.recs.tolist() == [[3, 4, -1, -1, -1], [1, 2, 3, -1, -1]]
+    assert res.ranks.tolist() == [1, 6] and res.ties.tolist() == [0, 0]
     assert res.targets.tolist() == [3, 4]
 
 
@@ -100,17 +101,17 @@ def test_rank_full_validation_masks_train_only(hand_split: Split) -> None:
 
 
 def _oracle(split: Split, scores: np.ndarray, part: str, k: int):
-    """Brute force, one user at a time: mask, sort, count."""
+    """Brute force, one user at a time: mask (the target too, when it is a train
+    item), sort, count."""
     recs, ranks = [], []
     for u in split.eval_users(part):
         t = split.targets(part)[u]
         masked = set(split.history(u).tolist())
         if part == "test":
             masked.add(int(split.val_items[u]))
-        masked.discard(int(t))
         allowed = np.array([i for i in range(split.n_items) if i not in masked])
         s = scores[u, allowed]
-        ranks.append(1 + int((s > scores[u, t]).sum()))
+        ranks.append(split.n_items + 1 if t in masked else 1 + int((s > scores[u, t]).sum()))
         top = allowed[np.argsort(-s, kind="stable")][:k].tolist()
         recs.append(top + [-1] * (k - len(top)))
     return np.array(recs), np.array(ranks)
@@ -145,8 +146,8 @@ def test_rank_full_matches_brute_force_oracle(random_split: Split, part: str) ->
 def test_rank_full_train_items_are_never_recommended(random_split: Split) -> None:
     scores = np.random.default_rng(5).normal(size=(random_split.n_users, random_split.n_items))
     res = rank_full(random_split, matrix_scorer(scores), "test", 10)
-    for row, u, t in zip(res.recs, res.users, res.targets, strict=True):
-        forbidden = (set(random_split.history(u).tolist()) | {random_split.val_items[u]}) - {t}
+    for row, u in zip(res.recs, res.users, strict=True):
+        forbidden = set(random_split.history(u).tolist()) | {random_split.val_items[u]}
         assert not forbidden & set(row.tolist())
 
 
@@ -162,7 +163,7 @@ def test_rank_full_rejects_bad_scores_and_users(hand_split: Split) -> None:
 def test_rank_full_accepts_half_precision_scores(hand_split: Split) -> None:
     table = torch.as_tensor(PREF, dtype=torch.bfloat16)
     res = rank_full(hand_split, lambda u: table[torch.from_numpy(u)], "test", k_max=5)
-    assert res.recs.tolist() == [[3, 4, -1, -1, -1], [1, 2, 3, 4, -1]]
+    assert res.recs.tolist() == [[3, 4, -1, -1, -1], [1, 2, 3, -1, -1]]
 
 
 def test_rank_full_does_not_modify_the_callers_scores(hand_split: Split) -> None:
@@ -247,6 +248,11 @@ def test_rank_sampled_uniform_for_validation(random_split: Split) -> None:
     res = rank_sampled(random_split, matrix_scorer(scores), "val", n_neg=4, seed=0, k_max=3)
     negs = sample_negatives(random_split, res.users, 4, seed=0)
     target_scores = scores[res.users, res.targets][:, None]
+    # a re-consumed target (also a train item) is masked, as in the full protocol
+    rewatch = np.array([t in set(random_split.history(u).tolist())
+                        for u, t in zip(res.users, res.targets, strict=True)])
+    assert rewatch.any()
+    target_scores[rewatch] = -np.inf
     expected = 1 + (scores[res.users[:, None], negs] > target_scores).sum(1)
     np.testing.assert_array_equal(res.ranks, expected)
 
@@ -258,18 +264,19 @@ def test_evaluate_full_summary(hand_split: Split) -> None:
     assert out["n_users"] == 2 and out["part"] == "test"
     assert out["tail"] == {"by": "interactions", "fraction": 0.2, "n_tail_items": 2}
     f = out["full"]
-    # lists u0 [3, 4], u1 [1, 2, 3, 4]; targets 3 (tail, pos 1) and 4 (head, pos 4)
-    assert f["HR@1"] == 0.5 and f["HR@5"] == 1.0
-    assert f["NDCG@5"] == pytest.approx((1 + 1 / math.log2(5)) / 2)
-    assert f["MRR"] == pytest.approx((1 + 1 / 4) / 2)
+    # lists u0 [3, 4], u1 [1, 2, 3]; targets 3 (tail, pos 1) and 4 (head; a re-watch,
+    # masked like u1's other train items: in no list, rank n_items + 1 = 6)
+    assert f["HR@1"] == 0.5 and f["HR@5"] == 0.5
+    assert f["NDCG@5"] == pytest.approx(0.5)
+    assert f["MRR"] == pytest.approx((1 + 1 / 6) / 2)
     assert f["Coverage@5"] == pytest.approx(4 / 5)  # {1, 2, 3, 4}
-    # exposure @5 = [0, 1, 1, 2, 2]: sorted weights [-4,-2,0,2,4] -> -2 + 4 + 8 = 10; / (5*6)
-    assert f["Gini@5"] == pytest.approx(10 / 30)
-    assert f["TailHR@1"] == 1.0 and f["HeadHR@1"] == 0.0 and f["HeadHR@5"] == 1.0
-    # 6 filled slots, head items {1, 2, 4}: u0 4; u1 1, 2, 4 -> 4/6
-    assert f["Redundancy@5"] == pytest.approx(4 / 6)
-    # pop [1, 2, 1, 0, 1]: u0 0 + 1, u1 2 + 1 + 0 + 1 -> 5 / 6
-    assert f["AvgPop@5"] == pytest.approx(5 / 6)
+    # exposure @5 = [0, 1, 1, 2, 1]: sorted weights [-4,-2,0,2,4] -> -2 + 0 + 2 + 8 = 8; / (5*5)
+    assert f["Gini@5"] == pytest.approx(8 / 25)
+    assert f["TailHR@1"] == 1.0 and f["HeadHR@1"] == 0.0 and f["HeadHR@5"] == 0.0
+    # 5 filled slots, head items {1, 2, 4}: u0 4; u1 1, 2 -> 3/5
+    assert f["Redundancy@5"] == pytest.approx(3 / 5)
+    # pop [1, 2, 1, 0, 1]: u0 0 + 1, u1 2 + 1 + 0 -> 4 / 5
+    assert f["AvgPop@5"] == pytest.approx(4 / 5)
     g = f["groups"]["gender"]
     assert g["HR@1"] == {"F": 1.0, "M": 0.0} and g["std@1"] == 0.5 and g["gap@1"] == 1.0
     assert "sampled" in out and out["sampled_protocol"]["negatives"] == "uniform(seed=12345)"

@@ -176,3 +176,82 @@ def test_expected_metric_formulas_by_hand() -> None:
     np.testing.assert_array_equal(M.expected_hits(r, None, 10), [1.0, 1.0, 0.0])
     np.testing.assert_allclose(M.expected_ndcg(r, np.zeros(3, int), 10), [1.0, 0.5, 0.0])
     np.testing.assert_array_equal(M.expected_rr(r, None), 1.0 / r)
+
+
+# ---------------------------------------------------------------------------
+# Point 2: masking does not depend on the label (re-consumed items)
+# ---------------------------------------------------------------------------
+
+
+def _rewatch_histories(n_users: int = 80, n_items: int = 120, seed: int = 4) -> list[list[int]]:
+    """ML-100K-like histories whose last interaction (the test item) repeats an early
+    train item of the same user."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_users):
+        h = rng.permutation(n_items)[: rng.integers(6, 20)].tolist()
+        out.append(h + [h[rng.integers(0, len(h) - 2)]])
+    return out
+
+
+def own_items_scorer(split: Split):
+    """Knows nothing but each user's own train items (score 1, else 0)."""
+    return matrix_scorer(split.train_matrix.toarray().astype(np.float32))
+
+
+def test_own_items_scorer_gains_nothing_from_re_consumed_targets() -> None:
+    ds = make_dataset(_rewatch_histories(), 120)
+    keep = leave_one_out(ds)  # repeats kept: every test target is also a train item
+    users = keep.eval_users("test")
+    assert all(keep.test_items[u] in set(keep.history(u).tolist()) for u in users)
+    out = evaluate(keep, own_items_scorer(keep), "test", ks=(10,), protocol="both")
+    # the issue's leak read HR@10 = 1.0 on both protocols; masked targets are misses now
+    assert out["full"]["HR@10"] == 0.0 and out["full"]["NDCG@10"] == 0.0
+    assert out["sampled"]["HR@10"] == 0.0
+
+    from marl_two_tower.data.split import drop_repeats
+
+    drop = leave_one_out(drop_repeats(ds))  # the default: first occurrences only
+    assert not any(drop.test_items[u] in set(drop.history(u).tolist()) for u in drop.eval_users("test"))
+    own = evaluate(drop, own_items_scorer(drop), "test", ks=(10,), protocol="both")
+    const = evaluate(drop, constant_scorer(drop.n_items), "test", ks=(10,), protocol="both")
+    # every unmasked item scores 0 for this scorer: it ranks exactly like a constant one
+    for proto in ("full", "sampled"):
+        assert own[proto]["HR@10"] == pytest.approx(const[proto]["HR@10"], abs=1e-12)
+        assert own[proto]["HR@10"] < 0.2
+
+
+def test_drop_repeats_keeps_first_occurrence_in_time_order() -> None:
+    from marl_two_tower.data.split import drop_repeats
+
+    # u0 watches 5 at t=0 and t=3; u1 has no repeat; file order is not time order for u0
+    ds = Dataset(name="r", users=np.array([0, 0, 0, 0, 1, 1, 1]), items=np.array([5, 1, 5, 2, 1, 2, 3]),
+                 timestamps=np.array([3.0, 1.0, 0.0, 2.0, 0.0, 1.0, 2.0]), n_users=2, n_items=6,
+                 user_ids=np.arange(2), item_ids=np.arange(6),
+                 item_genres=np.zeros((6, 1), dtype=bool), genre_names=["g"],
+                 item_year=np.zeros(6, dtype=np.int32), ratings=np.arange(7, dtype=np.float32))
+    out = drop_repeats(ds)
+    # file row 0 (item 5 at t=3) is the repeat; row 2 (item 5 at t=0) stays
+    np.testing.assert_array_equal(out.users, [0, 0, 0, 1, 1, 1])
+    np.testing.assert_array_equal(out.items, [1, 5, 2, 1, 2, 3])
+    np.testing.assert_array_equal(out.timestamps, [1.0, 0.0, 2.0, 0.0, 1.0, 2.0])
+    np.testing.assert_array_equal(out.ratings, [1, 2, 3, 4, 5, 6])
+    assert leave_one_out(out).test_items.tolist() == [2, 3]
+    assert drop_repeats(out) is out  # nothing to drop: the same object
+
+
+def test_data_repeats_option_through_load_split(tmp_path) -> None:
+    from marl_two_tower.config import DataConfig
+    from marl_two_tower.data import load_split
+
+    hist = _rewatch_histories(n_users=10, n_items=30)
+    rows = ["user,item,timestamp"] + [f"u{u},i{i},{t}" for u, h in enumerate(hist) for t, i in enumerate(h)]
+    path = tmp_path / "log.csv"
+    path.write_text("\n".join(rows) + "\n")
+    default = load_split(DataConfig(source="csv", path=str(path)))
+    assert DataConfig().repeats == "drop"
+    assert default.dataset.n_interactions == sum(len(h) - 1 for h in hist)
+    kept = load_split(DataConfig(source="csv", path=str(path), repeats="keep"))
+    assert kept.dataset.n_interactions == sum(len(h) for h in hist)
+    u = kept.eval_users("test")
+    assert all(kept.test_items[x] in set(kept.history(x).tolist()) for x in u)

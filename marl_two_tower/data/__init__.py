@@ -7,7 +7,7 @@ from pathlib import Path
 from marl_two_tower.config import DataConfig
 from marl_two_tower.data.dataset import Dataset, PredefinedSplit
 from marl_two_tower.data.errors import DataError
-from marl_two_tower.data.split import Split, leave_one_out, tail_items
+from marl_two_tower.data.split import Split, drop_repeats, leave_one_out, tail_items
 
 DEFAULT_DATA_ROOT = Path("data")
 
@@ -50,6 +50,8 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     else:
         raise DataError("data.source", f"unknown source {src!r}")
     ds = ds.filter_min_rating(cfg.min_rating)
+    if cfg.repeats == "drop" and src != "synthetic":  # the generator never repeats a pair
+        ds = drop_repeats(ds)
     if cfg.min_item_count > 1 and ds.predefined is not None:
         raise DataError("data.min_item_count",
                         f"not supported with {src} (its test pairs are given; use 0)")

@@ -7,13 +7,22 @@ train-only (val/test = -1). With a predefined split (NCF), the given test pair i
 the test target and the user's last remaining interaction is validation.
 
 Everything derived from interactions (popularity, tail set, graph) uses train only.
+
+Repeated (user, item) pairs (``data.repeats``): ``drop`` (the default of
+:func:`marl_two_tower.data.load_split`) keeps each pair's first interaction in time
+order before splitting (:func:`drop_repeats`), so no target is an item the user
+already has in train; ``keep`` splits every interaction, and the evaluator then
+masks a re-consumed target like every other train item (masking never depends on
+the label).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from marl_two_tower.data.dataset import Dataset
@@ -97,6 +106,27 @@ def time_order(ds: Dataset) -> np.ndarray:
     if (du >= 0).all() and (ts[1:] >= ts[:-1])[du == 0].all():
         return pos
     return np.lexsort((pos, ts, ds.users))
+
+
+def drop_repeats(ds: Dataset) -> Dataset:
+    """Keep the first interaction of every (user, item) pair in time order.
+
+    Time order is :func:`time_order`'s (timestamp, then file position), so the split
+    of the result takes the user's last *new* item as test. Interactions stay in
+    file order; side information is untouched. Returns ``ds`` itself when it has no
+    repeats (hash-based check, O(n)); otherwise a copy with the repeats removed and
+    the same users and items (indices unchanged).
+    """
+    order = time_order(ds)
+    key = ds.users[order] * np.int64(ds.n_items) + ds.items[order]
+    dup = pd.Series(key).duplicated(keep="first").to_numpy()
+    if not dup.any():
+        return ds
+    keep = np.ones(ds.n_interactions, dtype=bool)
+    keep[order[dup]] = False
+    return dataclasses.replace(
+        ds, users=ds.users[keep], items=ds.items[keep], timestamps=ds.timestamps[keep],
+        ratings=None if ds.ratings is None else ds.ratings[keep])
 
 
 def tail_items(item_pop: np.ndarray, fraction: float = 0.2, by: str = "interactions") -> np.ndarray:

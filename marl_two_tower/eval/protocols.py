@@ -126,8 +126,12 @@ def _rank_full_local(
     """Full-catalogue ranking of each user's target (the headline protocol).
 
     For user u with scores s_u in R^n, the masked set E_u is u's train items (plus
-    the validation item when ``part='test'``), minus the target t_u itself (a
-    re-consumed item stays rankable). Masked scores are set to -inf; then
+    the validation item when ``part='test'``), whatever the target is: masking
+    must not depend on the label. A re-consumed target (also a train item) is
+    masked like every train item (with ``data.repeats=drop``, the default, the
+    split holds no such target). Masked scores are set to -inf; a target at -inf
+    can be in no list and gets rank max(n_items, k_max) + 1 (a miss at every K).
+    Then
     recs_u = top-``k_max`` items by score (``torch.topk``; slots whose score is
     -inf are left empty, -1) and, with s'_u the masked scores,
 
@@ -166,13 +170,14 @@ def _rank_full_local(
         rows, pos = expand_ranges(excl.indptr[ub], excl.indptr[ub + 1])
         ar = torch.arange(len(ub), device=dev)
         t = torch.from_numpy(tb).to(dev)
-        target_scores = scores[ar, t].clone()
         scores[torch.from_numpy(rows).to(dev), torch.from_numpy(excl.indices[pos]).to(dev)] = -math.inf
-        scores[ar, t] = target_scores  # the target is never masked
         sl = slice(start, start + len(ub))
         ts = scores[ar, t]
-        ranks[sl] = (1 + (scores > ts[:, None]).sum(dim=1)).cpu().numpy()
-        ties[sl] = ((scores == ts[:, None]).sum(dim=1) - 1).cpu().numpy()  # not the target itself
+        # A target at -inf (masked, or so scored) is never listed: rank beyond any list.
+        gone = torch.isneginf(ts)
+        r = torch.where(gone, max(n_items, k_max) + 1, 1 + (scores > ts[:, None]).sum(dim=1))
+        b = torch.where(gone, 0, (scores == ts[:, None]).sum(dim=1) - 1)  # not the target itself
+        ranks[sl], ties[sl] = r.cpu().numpy(), b.cpu().numpy()
         # Lists: the target goes after the items it ties with (next float below).
         scores[ar, t] = torch.nextafter(ts, torch.full_like(ts, -math.inf))
         if budget is not None:
@@ -300,7 +305,9 @@ def _rank_sampled_local(
     Candidates C_u = {t_u} union Neg_u, where Neg_u is ``split.test_negatives[u]``
     when the data ship negatives and ``part='test'`` (then ``n_neg`` is their
     number), else :func:`sample_negatives` (uniform over never-interacted items,
-    ``seed``). Nothing is masked: negatives are by construction not interacted.
+    ``seed``). Negatives are by construction not interacted; the masking rule of
+    :func:`rank_full` applies to the target too (a target that is also a train or,
+    for test, the validation item scores -inf), so no label decides what is masked.
 
         rank_u = 1 + |{ j in Neg_u : s_u(j) > s_u(t_u) }|   (in 1..|C_u|)
         ties_u = |{ j in Neg_u : s_u(j) = s_u(t_u) }|
@@ -317,6 +324,8 @@ def _rank_sampled_local(
     else:
         negs = sample_negatives(split, users, n_neg, seed)
     cands = np.concatenate([targets[:, None], negs], axis=1)
+    # 1 where the target is in the user's masked set E_u (re-consumed items)
+    target_masked = np.asarray(split.exclusion_matrix(part)[users, targets]).ravel() > 0
     n, c = cands.shape
     k = min(k_max, c)
     recs = np.full((n, k_max), -1, dtype=np.int64)
@@ -327,6 +336,7 @@ def _rank_sampled_local(
         scores = _scores(score_fn, users[sl], split.n_items)
         cb = torch.from_numpy(cands[sl]).to(scores.device)
         cs = torch.gather(scores, 1, cb)
+        cs[torch.from_numpy(target_masked[sl]).to(cs.device), 0] = -math.inf
         ranks[sl] = (1 + (cs[:, 1:] > cs[:, :1]).sum(dim=1)).cpu().numpy()
         ties[sl] = (cs[:, 1:] == cs[:, :1]).sum(dim=1).cpu().numpy()
         # The target last, so that the stable sort puts it after its ties.
