@@ -224,6 +224,9 @@ class TrainConfig:
     grad_clip: float = 5.0
     max_steps_per_epoch: int = 0  # 0 = full epoch
     num_threads: int = 0  # torch intra-op threads; 0 = torch default
+    # TensorBoard event files of every epoch record (losses, validation metrics, sampler,
+    # GINI and MARL scalars) in <output_dir>/<name>/tb/ (rank 0 only); never changes training
+    tensorboard: bool = True
 
 
 @dataclass
@@ -423,8 +426,8 @@ def fingerprint_config(cfg: Config) -> dict[str, Any]:
     d = cfg.to_dict()
     for volatile in ("name", "output_dir", "checkpoint_dir"):
         d.pop(volatile, None)
-    d["train"] = {k: v for k, v in d["train"].items() if k not in ("epochs", "device",
-                                                                    "num_threads", "patience")}
+    d["train"] = {k: v for k, v in d["train"].items()
+                  if k not in ("epochs", "device", "num_threads", "patience", "tensorboard")}
     d.pop("eval", None)
     d.pop("serving", None)  # serving settings never block a resume
     return d

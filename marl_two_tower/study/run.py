@@ -35,7 +35,7 @@ def train_and_evaluate(cfg: Config, resume: bool = False, progress: bool = True,
     """Train with early stopping on validation, then evaluate the best model on test
     (the only time test is touched) and write ``<output_dir>/<name>/results.*``."""
     split = split or load_split(cfg.data)
-    trainer = Trainer(cfg, split, progress=progress)
+    trainer = Trainer(cfg, split, progress=progress, run_dir=Path(cfg.output_dir) / cfg.name)
     state = trainer.fit(resume=resume)
     score_fn = trainer.model.scorer(trainer.device)
     metrics = {"test": evaluate_model(split, score_fn, cfg, "test"),
