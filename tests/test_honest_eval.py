@@ -255,3 +255,15 @@ def test_data_repeats_option_through_load_split(tmp_path) -> None:
     assert kept.dataset.n_interactions == sum(len(h) for h in hist)
     u = kept.eval_users("test")
     assert all(kept.test_items[x] in set(kept.history(x).tolist()) for x in u)
+
+
+def test_per_user_arrays_keep_the_ties(split: Split, tmp_path) -> None:
+    """per_user.npz (reports, significance) holds the ties: its hit@K is the harness's."""
+    from marl_two_tower.eval.arrays import compute_eval_arrays, load_eval_arrays, save_eval_arrays
+
+    fn = constant_scorer(split.n_items)
+    save_eval_arrays(tmp_path, compute_eval_arrays(split, fn, ks=(5, 10)))
+    arr = load_eval_arrays(tmp_path)
+    summary = evaluate(split, fn, "test", ks=(5, 10))["full"]
+    assert arr.per_user()["hit@10"].mean() == pytest.approx(summary["HR@10"], abs=1e-12)
+    assert arr.per_user()["rr"].mean() == pytest.approx(summary["MRR"], abs=1e-12)
