@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from marl_two_tower.baselines.base import Recommender, loo_ndcg, read_checkpoint, topk_lowest_index_ties
+from marl_two_tower.baselines.base import Recommender, loo_ndcg, read_checkpoint
 from marl_two_tower.baselines.bpr import BPR, UnseenItemSampler
 from marl_two_tower.baselines.ease import EASE, ease_weights, tune_ease
 from marl_two_tower.baselines.itemknn import ItemKNN, cosine_topk
@@ -43,6 +43,5 @@ __all__ = [
     "ease_weights",
     "load_recommender",
     "loo_ndcg",
-    "topk_lowest_index_ties",
     "tune_ease",
 ]
