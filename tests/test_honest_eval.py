@@ -267,3 +267,79 @@ def test_per_user_arrays_keep_the_ties(split: Split, tmp_path) -> None:
     summary = evaluate(split, fn, "test", ks=(5, 10))["full"]
     assert arr.per_user()["hit@10"].mean() == pytest.approx(summary["HR@10"], abs=1e-12)
     assert arr.per_user()["rr"].mean() == pytest.approx(summary["MRR"], abs=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# Point 3: the external-list scorer (marl-two-tower metrics)
+# ---------------------------------------------------------------------------
+
+
+def _external_oracle(train, test, recs, k):
+    """Pure-Python scoring of lists (dicts and sorted(), no numpy)."""
+    items = {i for _, i in train} | {i for _, i in test} | {i for _, i, _ in recs}
+    pop = {i: 0 for i in items}
+    for _, i in train:
+        pop[i] += 1
+    lists: dict[str, list[tuple[int, str]]] = {}
+    for u, i, r in recs:
+        lists.setdefault(u, []).append((r, i))
+    hr = ndcg = rr = 0.0
+    shown, pops, n_slots, without = set(), 0, 0, 0
+    for u, t in test:
+        top = [i for _, i in sorted(lists.get(u, []))][:k]
+        without += not top
+        shown |= set(top)
+        pops += sum(pop[i] for i in top)
+        n_slots += len(top)
+        if t in top:
+            p = top.index(t) + 1
+            hr, ndcg, rr = hr + 1, ndcg + 1 / math.log2(p + 1), rr + 1 / p
+    n = len(test)
+    return {f"HR@{k}": hr / n, f"NDCG@{k}": ndcg / n, f"MRR@{k}": rr / n,
+            f"Coverage@{k}": len(shown) / len(items), f"AvgPop@{k}": pops / n_slots,
+            "n_users_without_recs": without, "n_items": len(items)}
+
+
+def test_external_scorer_matches_pure_python_on_multi_digit_ids(tmp_path) -> None:
+    """Many users, ids 1..999 as text: (user 1, item 42) and (user 14, item 2) style
+    pairs abound and must never be taken for one another."""
+    from marl_two_tower.eval.external import metrics_from_files
+
+    rng = np.random.default_rng(13)
+    for trial in range(3):
+        pool = np.setdiff1d(np.arange(1, 1000), [1, 14])
+        users = [str(u) for u in rng.choice(pool, 150, replace=False)]
+        item_pool = [str(i) for i in rng.choice(np.arange(1, 1000), 300, replace=False)]
+        train = [(u, item_pool[j]) for u in users for j in rng.choice(300, rng.integers(1, 6), replace=False)]
+        test = [(u, item_pool[rng.integers(300)]) for u in users]
+        recs = []
+        for u in users[: 140]:  # 10 test users without lists
+            chosen = rng.choice(300, rng.integers(1, 15), replace=False)
+            ranks = rng.permutation(len(chosen)) * 3 + 1  # gaps and out-of-order ranks
+            recs += [(u, item_pool[j], int(r)) for j, r in zip(chosen, ranks, strict=True)]
+        # the collision pairs of the issue, always present
+        test += [("1", "42"), ("14", "2")]
+        recs += [("1", "42", 1), ("14", "2", 1), ("1", "2", 2), ("14", "42", 2)]
+        d = tmp_path / str(trial)
+        d.mkdir()
+        (d / "train.csv").write_text("user,item\n" + "".join(f"{u},{i}\n" for u, i in train))
+        (d / "test.csv").write_text("user,item\n" + "".join(f"{u},{i}\n" for u, i in test))
+        (d / "recs.csv").write_text("user,item,rank\n" + "".join(f"{u},{i},{r}\n" for u, i, r in recs))
+        got = metrics_from_files(d / "train.csv", d / "test.csv", d / "recs.csv", k=10)
+        exp = _external_oracle(train, test, recs, 10)
+        for key, v in exp.items():
+            assert got[key] == pytest.approx(v, abs=1e-12), (trial, key)
+
+
+def test_external_scorer_still_finds_real_duplicates(tmp_path) -> None:
+    from marl_two_tower.data.errors import DataError
+    from marl_two_tower.eval.external import metrics_from_files
+
+    (tmp_path / "train.csv").write_text("user,item\n1,5\n")
+    (tmp_path / "test.csv").write_text("user,item\n1,42\n14,2\n")
+    (tmp_path / "recs.csv").write_text("user,item,rank\n1,42,1\n14,2,1\n1,2,2\n14,2,3\n")
+    with pytest.raises(DataError, match=r"recs.csv:5: user '14' has item '2' twice"):
+        metrics_from_files(tmp_path / "train.csv", tmp_path / "test.csv", tmp_path / "recs.csv")
+    (tmp_path / "recs.csv").write_text("user,item,rank\n1,42,1\n14,2,1\n1,2,1\n")
+    with pytest.raises(DataError, match=r"recs.csv:4: user '1' has rank '1' twice"):
+        metrics_from_files(tmp_path / "train.csv", tmp_path / "test.csv", tmp_path / "recs.csv")

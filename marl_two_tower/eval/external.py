@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from marl_two_tower import metrics as M
 from marl_two_tower.data.errors import DataError
@@ -104,14 +105,20 @@ def _check_header(header: list[str], required: Sequence[str], path: Path, line: 
             raise DataError(path, f"missing column {name!r} (header: {', '.join(header)})", line)
 
 
-def _first_duplicate(keys: np.ndarray) -> int | None:
-    """Row index of the first repeat of an earlier key, or None."""
-    _, first = np.unique(keys, return_index=True)
-    if len(first) == len(keys):
-        return None
-    mask = np.ones(len(keys), dtype=bool)
-    mask[first] = False
-    return int(np.flatnonzero(mask)[0])
+def _first_duplicate(*columns: np.ndarray) -> int | None:
+    """Row index of the first row whose tuple of ``columns`` repeats an earlier row's.
+
+    Each column is factorized to integer codes (hash-based, exact for any string)
+    and the codes are combined positionally, key = sum_j code_j * prod_{l>j} n_l, so
+    two different tuples never share a key (no separator characters to collide on).
+    """
+    key = np.zeros(len(columns[0]), dtype=np.int64)
+    for col in columns:
+        codes, uniques = pd.factorize(np.asarray(col, dtype=object))
+        # re-coded to 0..n_rows-1 each time, so the product never overflows int64
+        key = pd.factorize(key * np.int64(len(uniques)) + codes)[0].astype(np.int64)
+    dup = pd.Series(key).duplicated(keep="first").to_numpy()
+    return int(np.argmax(dup)) if dup.any() else None
 
 
 def metrics_from_files(
@@ -165,7 +172,7 @@ def metrics_from_files(
         j = int(np.argmax(ranks < 1))
         raise DataError(recs_path, f"rank must be >= 1, got {ranks[j]}", int(recs_lines[j]))
     for pair, what in ((recs_t["rank"], "rank"), (recs_t["item"], "item")):
-        dup = _first_duplicate(recs_t["user"] + "\x00" + pair)
+        dup = _first_duplicate(recs_t["user"], pair)
         if dup is not None:
             raise DataError(
                 recs_path,
