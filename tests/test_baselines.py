@@ -24,7 +24,6 @@ from marl_two_tower.baselines import (
     ease_weights,
     load_recommender,
     loo_ndcg,
-    topk_lowest_index_ties,
     tune_ease,
 )
 from marl_two_tower.data import Dataset, Split, leave_one_out
@@ -309,15 +308,6 @@ def test_bpr_negatives_are_uniform_over_unseen_items() -> None:
 
 
 # -- shared helpers ------------------------------------------------------------------
-
-
-def test_topk_breaks_ties_by_lower_index() -> None:
-    scores = torch.tensor([[1.0, 3.0, 3.0, 0.0, 3.0], [2.0, 2.0, 2.0, 2.0, 5.0]])
-    idx, val = topk_lowest_index_ties(scores, 2)
-    assert idx.tolist() == [[1, 2], [4, 0]]
-    assert val.tolist() == [[3.0, 3.0], [5.0, 2.0]]
-    idx, _ = topk_lowest_index_ties(scores, 9)  # k larger than the catalogue
-    assert idx.tolist() == [[1, 2, 4, 0, 3], [4, 0, 1, 2, 3]]
 
 
 def test_loo_ndcg_matches_per_user_oracle(fitted: dict, split: Split) -> None:

@@ -20,6 +20,7 @@ import torch
 
 from marl_two_tower.checkpoint import save_atomic
 from marl_two_tower.data.split import Split
+from marl_two_tower.utils.topk import topk_lowest_index_ties
 
 CHECKPOINT_FORMAT = 1
 
@@ -175,31 +176,6 @@ def mask_rows_(scores: torch.Tensor, rows: sp.csr_matrix) -> torch.Tensor:
     r = np.repeat(np.arange(rows.shape[0]), np.diff(rows.indptr))
     scores[torch.from_numpy(r), torch.from_numpy(rows.indices.astype(np.int64))] = -torch.inf
     return scores
-
-
-def topk_lowest_index_ties(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row-wise top-``k`` with ties broken by the lower column index.
-
-    ``torch.topk`` leaves the order of equal values unspecified, which would make
-    popularity-style scores (many ties) depend on the batch. Here every value strictly
-    above the row's k-th largest value is taken, and the remaining slots go to the
-    lowest-index items equal to it; the k winners are then stably sorted by score.
-    Returns ``(indices int64, values)``, both ``[n_rows, min(k, n_cols)]``.
-    """
-    k = min(k, scores.shape[1])
-    if k <= 0:
-        empty = torch.empty((scores.shape[0], 0), dtype=torch.int64)
-        return empty, scores.new_empty((scores.shape[0], 0))
-    kth = torch.topk(scores, k, dim=1).values[:, -1:]
-    above = scores > kth
-    tied = scores == kth
-    # Among the tied items, keep the first (k - #above) in index order.
-    room = k - above.sum(dim=1, keepdim=True)
-    keep = above | (tied & (torch.cumsum(tied, dim=1) <= room))
-    idx = keep.nonzero()[:, 1].view(-1, k)  # row-major: ascending item index per row
-    val = torch.gather(scores, 1, idx)
-    order = torch.sort(val, dim=1, descending=True, stable=True).indices
-    return torch.gather(idx, 1, order), torch.gather(val, 1, order)
 
 
 def loo_ndcg(

@@ -33,8 +33,10 @@ from typing import Literal
 
 import faiss
 import numpy as np
+import torch
 
 from marl_two_tower.config import ServingConfig
+from marl_two_tower.utils.topk import topk_lowest_index_ties
 
 IndexKind = Literal["flat", "ivf", "hnsw"]
 
@@ -127,11 +129,12 @@ class ItemIndex:
         return self.index.search(q, k)
 
     def exact_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-``k`` by brute force (the oracle for recall and the fallback)."""
+        """Exact top-``k`` by brute force (the oracle for recall and the fallback); equal
+        scores go to the lower item index (:func:`~marl_two_tower.utils.topk.topk_lowest_index_ties`)."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
         k = max(1, min(int(k), self.n_items))
-        scores = q @ self.vectors.T
-        return _topk_rows(scores, k)
+        ids, scores = topk_lowest_index_ties(torch.from_numpy(q @ self.vectors.T), k)
+        return scores.numpy().astype(np.float32), ids.numpy()
 
     def _params(self, sel: faiss.IDSelector) -> faiss.SearchParameters:
         """Search parameters carrying a selector (and this index's search width, which
@@ -201,19 +204,6 @@ class ItemIndex:
             out_i[r, : len(ids)] = ids
             out_s[r, : len(ids)] = sc
         return out_s, out_i
-
-
-def _topk_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row-wise top-k of a dense score matrix, best first (ties by lower index)."""
-    n = scores.shape[1]
-    if k < n:
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    else:
-        part = np.tile(np.arange(n), (len(scores), 1))
-    vals = np.take_along_axis(scores, part, axis=1)
-    order = np.lexsort((part, -vals), axis=1) if vals.size else np.zeros_like(part)
-    ids = np.take_along_axis(part, order, axis=1).astype(np.int64)
-    return np.take_along_axis(vals, order, axis=1).astype(np.float32), ids
 
 
 def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray, k: int) -> float:
