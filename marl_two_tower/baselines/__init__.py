@@ -14,12 +14,14 @@ from marl_two_tower.baselines.bpr import BPR, UnseenItemSampler
 from marl_two_tower.baselines.ease import EASE, ease_weights, tune_ease
 from marl_two_tower.baselines.itemknn import ItemKNN, cosine_topk
 from marl_two_tower.baselines.mostpop import MostPop
+from marl_two_tower.baselines.sasrec import SASRec
 
 BASELINES: dict[str, type[Recommender]] = {
     "mostpop": MostPop,
     "itemknn": ItemKNN,
     "bpr": BPR,
     "ease": EASE,
+    "sasrec": SASRec,
 }
 
 
@@ -38,6 +40,7 @@ __all__ = [
     "ItemKNN",
     "MostPop",
     "Recommender",
+    "SASRec",
     "UnseenItemSampler",
     "cosine_topk",
     "ease_weights",

@@ -1,0 +1,108 @@
+"""User sequences for sequential (next-item) training and inference (SASRec style).
+
+A user's train history in time order is a CSR row (``split.train_indptr`` /
+``split.train_items``). Sequence models read the most recent ``L`` items of it,
+right-aligned in a ``[B, L]`` array (padding on the left), so the last slot is always
+the user's most recent item and one position embedding per slot counts back from it
+(Kang & McAuley 2018 pad the same way).
+
+Training on every position (one forward pass per user gives a next-item prediction
+at each position): input ``x = s[-L-1:-1]``, target ``y = s[-L:]`` of the user's
+sequence ``s``, i.e. ``y[t]`` is the item that follows ``x[..t]``.
+
+Everything here is vectorised over the batch (no per-user Python loop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from marl_two_tower.utils.runtime import epoch_rng
+
+
+def last_windows(
+    indptr: np.ndarray, items: np.ndarray, rows: np.ndarray, length: int, drop_last: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The last ``length`` entries of CSR rows ``rows``, right-aligned.
+
+    Row r covers ``items[indptr[r]:indptr[r+1] - drop_last]`` (``drop_last`` trailing
+    entries left out). Returns ``(window int64 [B, length], valid bool [B, length])``;
+    padding slots hold 0 and ``valid`` False.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    end = indptr[rows + 1] - drop_last
+    take = np.clip(end - indptr[rows], 0, length)
+    out = np.zeros((len(rows), length), dtype=np.int64)
+    valid = np.zeros((len(rows), length), dtype=bool)
+    r = np.repeat(np.arange(len(rows)), take)
+    within = np.arange(int(take.sum())) - np.repeat(np.cumsum(take) - take, take)
+    src = np.repeat(end - take, take) + within
+    cols = within + np.repeat(length - take, take)
+    out[r, cols] = items[src]
+    valid[r, cols] = True
+    return out, valid
+
+
+def next_item_windows(
+    indptr: np.ndarray, items: np.ndarray, rows: np.ndarray, length: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inputs, targets and mask for next-item training on every position.
+
+    For row sequence ``s`` (``n`` items): ``inputs = s[-length-1:-1]``,
+    ``targets = s[-length:]`` (both right-aligned, ``[B, length]``) and ``valid``
+    marks slots with both an input and a target (``min(n - 1, length)`` per row).
+    A row with fewer than 2 items has no valid slot.
+    """
+    inputs, valid = last_windows(indptr, items, rows, length, drop_last=1)
+    targets, t_valid = last_windows(indptr, items, rows, length)
+    return inputs, np.where(valid, targets, 0), valid & t_valid
+
+
+def bucketed_batches(
+    lengths: np.ndarray, batch_size: int, seed: int, epoch: int, chunk: int = 32
+) -> Iterator[np.ndarray]:
+    """Shuffled batches of row ids with similar lengths (less padding per batch).
+
+    Rows are shuffled, cut into chunks of ``chunk * batch_size``, sorted by length
+    inside each chunk (stable) and cut into batches; the batch order is shuffled
+    again. Every row appears exactly once per epoch; the randomness comes from
+    ``(seed, epoch)`` only, so a run is reproducible and resumable.
+    """
+    rng = epoch_rng(seed, epoch, 7)
+    perm = rng.permutation(len(lengths))
+    batches: list[np.ndarray] = []
+    span = max(1, chunk) * batch_size
+    for s in range(0, len(perm), span):
+        part = perm[s : s + span]
+        part = part[np.argsort(-lengths[part], kind="stable")]
+        batches += [part[b : b + batch_size] for b in range(0, len(part), batch_size)]
+    for k in rng.permutation(len(batches)):
+        yield batches[k]
+
+
+def trim_left(valid: np.ndarray) -> int:
+    """Number of leading all-padding columns of a right-aligned batch (to cut off)."""
+    used = valid.any(axis=0)
+    return int(np.argmax(used)) if used.any() else valid.shape[1] - 1
+
+
+def append_items(
+    indptr: np.ndarray, items: np.ndarray, extra: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """CSR rows with ``extra[r]`` appended to row r where ``extra[r] >= 0``.
+
+    Used to score test with the validation item at the end of the input sequence
+    (it precedes the test item in time). Returns the new ``(indptr, items)``.
+    """
+    add = (np.asarray(extra) >= 0).astype(np.int64)
+    counts = np.diff(indptr) + add
+    new_ptr = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=new_ptr[1:])
+    out = np.empty(int(new_ptr[-1]), dtype=np.int64)
+    rows = np.repeat(np.arange(len(counts)), np.diff(indptr))
+    out[np.arange(len(items)) - indptr[rows] + new_ptr[rows]] = items
+    has = np.flatnonzero(add)
+    out[new_ptr[has + 1] - 1] = np.asarray(extra)[has]
+    return new_ptr, out

@@ -1,0 +1,134 @@
+"""Causal self-attention sequence encoder (SASRec; Kang & McAuley, ICDM 2018).
+
+Input: the embeddings ``x [B, L, d]`` of a user's most recent items, right-aligned
+(padding on the left, ``valid [B, L]``; see :mod:`marl_two_tower.data.sequences`).
+
+    h^0 = dropout(sqrt(d) * x + P[max_len - L : max_len])     (P: learned positions)
+    for each of the n_blocks blocks:
+        q   = LN(h)
+        h   = q + MHA(q, h, h; causal mask)                    (n_heads heads)
+        h   = LN(h)
+        h   = h + FFN(h),  FFN = Linear-ReLU-Dropout-Linear-Dropout (width d)
+        h   = h * valid
+    out = LN(h)                                                [B, L, d]
+
+The layout is SASRec's own (its TF code and the PyTorch port by Huang, the basis of
+the CE-loss SASRec of Klenitskiy & Vasilev 2023): pre-LN queries whose normalised
+value is the residual, a point-wise FFN of width d, dropout on the embeddings, the
+attention weights and the FFN. Position ``p`` counts from the end of the window (the
+last slot is always position ``max_len - 1``), as in SASRec's left-padded input, so a
+batch trimmed to its longest row keeps the same positions.
+
+Mask: position t attends to positions s <= t that hold an item (and always to
+itself, so a padding row has a defined output; padding outputs are zeroed). Hence
+``out[:, t]`` depends on ``x[:, :t+1]`` only: the prediction for position t + 1 never
+sees a later item. The user vector is ``out[:, -1]``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head attention, queries from ``q``, keys/values from ``h``, boolean mask."""
+
+    def __init__(self, dim: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        if n_heads < 1 or dim % n_heads:
+            raise ValueError(f"model.n_heads: {n_heads} must divide the dimension {dim}")
+        self.n_heads, self.dropout = n_heads, dropout
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, q: torch.Tensor, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``q, h [B, L, d]``, ``mask [B, 1, L, L]`` (True = may attend) -> ``[B, L, d]``."""
+        b, n, d = q.shape
+        heads = self.n_heads
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.view(b, n, heads, d // heads).transpose(1, 2)
+
+        k, v = self.kv(h).chunk(2, dim=-1)
+        a = F.scaled_dot_product_attention(
+            split(self.q(q)), split(k), split(v), attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        return self.out(a.transpose(1, 2).reshape(b, n, d))
+
+
+class Block(nn.Module):
+    """One SASRec block: attention + point-wise feed-forward, each with layer norm."""
+
+    def __init__(self, dim: int, n_heads: int, dropout: float, attn_dropout: float) -> None:
+        super().__init__()
+        self.ln_attn = nn.LayerNorm(dim, eps=1e-8)
+        self.attn = CausalSelfAttention(dim, n_heads, attn_dropout)
+        self.ln_ffn = nn.LayerNorm(dim, eps=1e-8)
+        self.ffn = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout),
+                                 nn.Linear(dim, dim), nn.Dropout(dropout))
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        q = self.ln_attn(h)
+        h = q + self.attn(q, h, mask)
+        h = self.ln_ffn(h)
+        return (h + self.ffn(h)) * keep
+
+
+class SASRecEncoder(nn.Module):
+    """SASRec's causal self-attention stack over embedded item sequences.
+
+    Args:
+        dim: width d (the item embeddings' size).
+        max_len: longest window; learned positional embeddings ``[max_len, d]``.
+        n_blocks: self-attention blocks.
+        n_heads: attention heads (must divide ``dim``).
+        dropout: dropout rate of the embeddings and the FFN.
+        attn_dropout: dropout rate of the attention weights (None = ``dropout``, as in
+            SASRec). It is the costliest dropout on CPU (one draw per (t, s) pair).
+    """
+
+    def __init__(self, dim: int, max_len: int, n_blocks: int = 2, n_heads: int = 1,
+                 dropout: float = 0.2, attn_dropout: float | None = None) -> None:
+        super().__init__()
+        if max_len < 1 or n_blocks < 0:
+            raise ValueError(f"max_len must be >= 1 and n_blocks >= 0, got {max_len}, {n_blocks}")
+        self.dim, self.max_len = dim, max_len
+        self.pos_emb = nn.Embedding(max_len, dim)
+        self.emb_dropout = nn.Dropout(dropout)
+        a_drop = dropout if attn_dropout is None else attn_dropout
+        self.blocks = nn.ModuleList(Block(dim, n_heads, dropout, a_drop) for _ in range(n_blocks))
+        self.ln_out = nn.LayerNorm(dim, eps=1e-8)
+        nn.init.normal_(self.pos_emb.weight, std=0.02)
+
+    @staticmethod
+    def mask(valid: torch.Tensor) -> torch.Tensor:
+        """``[B, 1, L, L]`` boolean: query t may attend key s iff s <= t and s holds an
+        item, or s == t."""
+        n = valid.shape[1]
+        causal = torch.ones(n, n, dtype=torch.bool, device=valid.device).tril()
+        eye = torch.eye(n, dtype=torch.bool, device=valid.device)
+        return ((causal & valid[:, None, None, :]) | eye)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Hidden states ``[B, L, d]`` for embedded items ``x [B, L, d]`` (L <= max_len);
+        ``out[:, t]`` is the representation of the prefix ending at slot t."""
+        n = x.shape[1]
+        if n > self.max_len:
+            raise ValueError(f"sequence length {n} exceeds max_len {self.max_len}")
+        keep = valid[..., None].to(x.dtype)
+        pos = self.pos_emb.weight[self.max_len - n :]
+        h = self.emb_dropout(x * math.sqrt(self.dim) + pos) * keep
+        mask = self.mask(valid)
+        for block in self.blocks:
+            h = block(h, mask, keep)
+        return self.ln_out(h)
+
+    def last(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The user vector: the output at the last slot (the most recent item), ``[B, d]``."""
+        return self.forward(x, valid)[:, -1]
