@@ -28,12 +28,13 @@ from marl_two_tower.data.split import Split
 from marl_two_tower.eval.arrays import compute_eval_arrays
 from marl_two_tower.eval.significance import compare, metric_names
 from marl_two_tower.fairness.exposure import budget_from_config
+from marl_two_tower.model.two_tower import TwoTower
 
 NO_AGENTS = "this model has no MARL controller (marl.enabled was false): no per-agent breakdown"
 
 
 @torch.no_grad()
-def agent_breakdown(model: Any, cfg: Config, split: Split, device: str | torch.device = "cpu",
+def agent_breakdown(model: TwoTower, cfg: Config, split: Split, device: str | torch.device = "cpu",
                     batch_users: int | None = None) -> dict[str, Any]:
     """Per-genre-agent mean/std action and mean reward over all eligible users.
 
@@ -45,7 +46,7 @@ def agent_breakdown(model: Any, cfg: Config, split: Split, device: str | torch.d
     from marl_two_tower.model.marl.agents import GenreAgents
     from marl_two_tower.model.marl.env import RecEnvCore, TwoTowerScorer
 
-    agents = getattr(model, "controller", None)
+    agents = model.controller
     if not isinstance(agents, GenreAgents):
         return {"available": False, "message": NO_AGENTS}
     model.eval()
@@ -84,7 +85,7 @@ def agent_breakdown(model: Any, cfg: Config, split: Split, device: str | torch.d
 
 
 @torch.no_grad()
-def _latency_on(model: Any, split: Split, device: torch.device, k: int, n_single: int,
+def _latency_on(model: TwoTower, split: Split, device: torch.device, k: int, n_single: int,
                 batch_size: int, seed: int) -> dict[str, Any]:
     m = copy.deepcopy(model).to(device).eval()
     items = m.item_vectors()  # the catalogue index a server keeps in memory
@@ -124,7 +125,7 @@ def _latency_on(model: Any, split: Split, device: torch.device, k: int, n_single
             "threads": torch.get_num_threads() if device.type == "cpu" else None}
 
 
-def inference_latency(model: Any, split: Split, k: int = 10, n_single: int = 200,
+def inference_latency(model: TwoTower, split: Split, k: int = 10, n_single: int = 200,
                       batch_size: int = 1024, seed: int = 0) -> dict[str, Any]:
     """Latency p50/p95/p99 and throughput on CPU, and on CUDA when available."""
     out = {"k": k, "n_items": split.n_items,
