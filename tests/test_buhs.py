@@ -230,3 +230,25 @@ def test_ml100k_sample_leans_to_rare_items(ml100k_dir):
     # measured: mean degree 119 vs 189, tail share of the sample 0.47 vs 0.16
     assert stats[0.01][0] < 0.7 * stats[100.0][0]
     assert stats[0.01][1] > 2.5 * stats[100.0][1]
+
+
+def test_buhs_query_is_the_user_towers_own_features():
+    """BUHS reads x_u through the tower's public UserFeatures (shared parameters), and
+    the tower's parameter names are those of earlier checkpoints."""
+    from marl_two_tower.config import SyntheticConfig
+    from marl_two_tower.data.synthetic import generate
+
+    split = leave_one_out(generate(SyntheticConfig(n_users=40, n_items=30, interactions_per_user=6)))
+    model, ctx = small_model(split)
+    ut = model.user_tower
+    names = sorted(split.dataset.user_features)
+    assert names == ["age", "gender", "occupation"]
+    assert {k for k in model.state_dict() if k.startswith("user_tower.")} == {
+        "user_tower.id_emb.weight", "user_tower.hist_items", "user_tower.hist_valid",
+        *(f"user_tower.demo_emb.{n}.weight" for n in names), *(f"user_tower.demo_{n}" for n in names),
+        *(f"user_tower.mlp.{i}.{p}" for i in (0, 3) for p in ("weight", "bias"))}
+    u = torch.tensor([0, 3, 7])
+    codes = {n: torch.as_tensor(split.dataset.user_features[n][u.numpy()]) + 1 for n in names}
+    want = torch.cat([ut.id_emb.weight[u], *(ut.demo_emb[n].weight[codes[n]] for n in names)], 1)
+    torch.testing.assert_close(ut.features(u), want, rtol=0, atol=0)
+    assert ut.feature_dim == 4 * 8 == ctx.synthesis.w_q.in_features

@@ -46,7 +46,7 @@ from torch import nn
 
 from marl_two_tower.config import BUHSConfig
 from marl_two_tower.data.split import Split
-from marl_two_tower.model.two_tower import TwoTower, _mlp
+from marl_two_tower.model.two_tower import TwoTower, mlp
 
 # Users per chunk when the inference sample is drawn for every user (fixed, so the
 # cached sample does not depend on anything but the seed and the data).
@@ -164,7 +164,7 @@ class Synthesis(nn.Module):
         elif kind == "gru":
             self.gru = nn.GRU(item_dim, hidden, batch_first=True)
             agg_dim = hidden
-        self.mlp = _mlp(user_dim + agg_dim, hidden, dim, dropout)
+        self.mlp = mlp(user_dim + agg_dim, hidden, dim, dropout)
 
     def forward(self, user_feats: torch.Tensor, item_embs: torch.Tensor,
                 valid: torch.Tensor) -> torch.Tensor:
@@ -187,14 +187,6 @@ class Synthesis(nn.Module):
         return self.mlp(torch.cat([user_feats, agg], dim=-1))
 
 
-def user_features(model: TwoTower, users: torch.Tensor) -> torch.Tensor:
-    """x_u = [id_emb(u); demographic embeddings] from the model's user tower."""
-    ut = model.user_tower
-    parts = [ut.id_emb(users)]
-    parts += [ut.demo_emb[n](getattr(ut, f"demo_{n}")[users]) for n in ut.feature_names]
-    return torch.cat(parts, dim=-1)
-
-
 class BUHS(nn.Module):
     """The BUHS user context: ``module(users, model, exclude) -> [B, d]`` (see module doc)."""
 
@@ -202,7 +194,7 @@ class BUHS(nn.Module):
         super().__init__()
         mcfg = model.cfg
         self.sampler = BiasedHistorySampler(split, cfg.fanout, cfg.temperature)
-        user_dim = (1 + len(model.user_tower.feature_names)) * mcfg.id_dim
+        user_dim = model.user_tower.feature_dim  # x_u: the user tower's own features, shared
         self.synthesis = Synthesis(cfg.synthesis, user_dim, mcfg.dim, mcfg.dim, mcfg.hidden,
                                    mcfg.dropout)
         self.inference_seed = int(cfg.inference_seed)
@@ -226,7 +218,7 @@ class BUHS(nn.Module):
         items, valid = self.sample(users, exclude)
         uniq, inv = torch.unique(items, return_inverse=True)
         embs = model.item_tower(uniq)[inv]
-        return self.synthesis(user_features(model, users), embs, valid)
+        return self.synthesis(model.user_tower.features(users), embs, valid)
 
 
 def build_buhs(split: Split, cfg: BUHSConfig, model: TwoTower) -> BUHS:
@@ -234,4 +226,4 @@ def build_buhs(split: Split, cfg: BUHSConfig, model: TwoTower) -> BUHS:
     return BUHS(split, cfg, model)
 
 
-__all__ = ["BUHS", "BiasedHistorySampler", "Synthesis", "build_buhs", "draw_biased", "user_features"]
+__all__ = ["BUHS", "BiasedHistorySampler", "Synthesis", "build_buhs", "draw_biased"]

@@ -20,8 +20,6 @@ component adds no parameters and no compute:
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -31,13 +29,7 @@ from torch import nn
 from marl_two_tower.config import ModelConfig
 from marl_two_tower.data.split import Split
 from marl_two_tower.model.losses import sampled_softmax_logits
-
-
-class UserContext(Protocol):
-    """A module giving a d-dim context vector for a batch of users."""
-
-    def __call__(self, users: torch.Tensor, model: TwoTower,
-                 exclude: torch.Tensor | None = None) -> torch.Tensor: ...
+from marl_two_tower.utils.csr import expand_ranges
 
 
 class Controller(nn.Module):
@@ -112,7 +104,9 @@ def apply_overrides(scores: torch.Tensor, items: torch.Tensor, values: torch.Ten
     return out
 
 
-def _mlp(inp: int, hidden: int, out: int, dropout: float) -> nn.Sequential:
+def mlp(inp: int, hidden: int, out: int, dropout: float) -> nn.Sequential:
+    """The MLP of the towers and of BUHS's synthesis:
+    Linear(inp, hidden) -> GELU -> Dropout(dropout) -> Linear(hidden, out)."""
     return nn.Sequential(nn.Linear(inp, hidden), nn.GELU(), nn.Dropout(dropout),
                          nn.Linear(hidden, out))
 
@@ -128,11 +122,11 @@ def recent_history(split: Split, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     take = np.minimum(lengths, n)
     out = np.zeros((split.n_users, n), dtype=np.int64)
     valid = np.zeros((split.n_users, n), dtype=bool)
-    rows = np.repeat(np.arange(split.n_users), take)
-    # position within the last-`take` window, and its source index in train_items
-    within = np.arange(take.sum()) - np.repeat(np.cumsum(take) - take, take)
-    src = np.repeat(indptr[1:] - take, take) + within
-    cols = within + np.repeat(n - take, take)
+    # source index in train_items of each user's last `take` items, its position
+    # within that window, and its right-aligned column
+    rows, src = expand_ranges(indptr[1:] - take, indptr[1:])
+    within = src - (indptr[1:] - take)[rows]
+    cols = within + (n - take)[rows]
     out[rows, cols] = split.train_items[src]
     valid[rows, cols] = True
     return torch.from_numpy(out), torch.from_numpy(valid)
@@ -158,7 +152,7 @@ class ItemTower(nn.Module):
             bucket[known] = 1 + np.searchsorted(edges, years[known], side="right")
         self.register_buffer("year_bucket", torch.from_numpy(bucket))
         self.year_emb = nn.Embedding(cfg.year_buckets + 1, cfg.id_dim)
-        self.mlp = _mlp(3 * cfg.id_dim, cfg.hidden, cfg.dim, cfg.dropout)
+        self.mlp = mlp(3 * cfg.id_dim, cfg.hidden, cfg.dim, cfg.dropout)
         nn.init.normal_(self.id_emb.weight, std=0.05)
 
     def forward(self, items: torch.Tensor | None = None) -> torch.Tensor:
@@ -172,26 +166,47 @@ class ItemTower(nn.Module):
         return self.mlp(x)
 
 
-class UserTower(nn.Module):
-    """e_u = MLP([id_emb(u); demographic embs; pooled recent history])."""
+class UserFeatures(nn.Module):
+    """x_u = [id_emb(u); one embedding per demographic feature]: the user's own
+    features, without history (the user tower's input, and BUHS's attention query).
 
-    def __init__(self, split: Split, cfg: ModelConfig) -> None:
+    Demographic codes are buffers (code -1, unknown, maps to row 0 of its table).
+    Parameter names: ``id_emb``, ``demo_emb.<feature>``; buffers ``demo_<feature>``.
+    """
+
+    def __init__(self, split: Split, id_dim: int) -> None:
         super().__init__()
         ds = split.dataset
-        self.id_emb = nn.Embedding(split.n_users, cfg.id_dim)
+        self.id_emb = nn.Embedding(split.n_users, id_dim)
         nn.init.normal_(self.id_emb.weight, std=0.05)
         self.feature_names = sorted(ds.user_features)
         self.demo_emb = nn.ModuleDict()
         for name in self.feature_names:
             codes = torch.as_tensor(np.asarray(ds.user_features[name]), dtype=torch.long)
-            # code -1 (unknown) maps to row 0
             self.register_buffer(f"demo_{name}", codes + 1)
-            self.demo_emb[name] = nn.Embedding(int(codes.max().item()) + 2, cfg.id_dim)
+            self.demo_emb[name] = nn.Embedding(int(codes.max().item()) + 2, id_dim)
+        self.feature_dim = (1 + len(self.feature_names)) * id_dim
+
+    def features(self, users: torch.Tensor) -> torch.Tensor:
+        """x_u ``[B, feature_dim]`` for a batch of users."""
+        parts = [self.id_emb(users)]
+        parts += [self.demo_emb[n](getattr(self, f"demo_{n}")[users]) for n in self.feature_names]
+        return torch.cat(parts, dim=-1)
+
+
+class UserTower(UserFeatures):
+    """e_u = MLP([x_u; pooled recent history]), x_u from :class:`UserFeatures`.
+
+    A subclass, not a member, so that the parameter names of checkpoints stay
+    ``user_tower.id_emb``, ``user_tower.demo_emb.<feature>``.
+    """
+
+    def __init__(self, split: Split, cfg: ModelConfig) -> None:
+        super().__init__(split, cfg.id_dim)
         hist, valid = recent_history(split, cfg.history_len)
         self.register_buffer("hist_items", hist)
         self.register_buffer("hist_valid", valid)
-        inp = (2 + len(self.feature_names)) * cfg.id_dim
-        self.mlp = _mlp(inp, cfg.hidden, cfg.dim, cfg.dropout)
+        self.mlp = mlp(self.feature_dim + cfg.id_dim, cfg.hidden, cfg.dim, cfg.dropout)
 
     def pooled_history(self, users: torch.Tensor, item_emb: nn.Embedding,
                        exclude: torch.Tensor | None = None) -> torch.Tensor:
@@ -209,11 +224,8 @@ class UserTower(nn.Module):
 
     def forward(self, users: torch.Tensor, item_emb: nn.Embedding,
                 exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (e_u, input features) for a batch of users."""
-        parts = [self.id_emb(users)]
-        parts += [self.demo_emb[n](getattr(self, f"demo_{n}")[users]) for n in self.feature_names]
-        parts.append(self.pooled_history(users, item_emb, exclude))
-        x = torch.cat(parts, dim=-1)
+        """Returns (e_u, input features [x_u; pooled history]) for a batch of users."""
+        x = torch.cat([self.features(users), self.pooled_history(users, item_emb, exclude)], dim=-1)
         return self.mlp(x), x
 
 
