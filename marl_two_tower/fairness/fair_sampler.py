@@ -27,7 +27,8 @@ the trainer uses it for the logQ correction of in-batch negatives (Yi et al., Re
 2019), so the candidate-set log-probabilities match what the sampler really draws.
 
 The Gini of the item counts drawn in the epoch (over the whole catalogue, items
-never drawn count as zeros) is ``last_epoch_gini``; the trainer logs it as
+never drawn count as zeros) is ``last_epoch_gini``; the training component
+(:class:`marl_two_tower.model.components.FairSamplerComponent`) logs it as
 ``sampler/gini``.
 """
 
@@ -94,7 +95,7 @@ def capped_marginal(p: np.ndarray, batch_size: int, cap: int) -> np.ndarray:
 class FairSampler:
     """Positives ~ pop(i)^-beta per interaction, at most ``max_per_batch`` per item per batch.
 
-    Same interface as :class:`marl_two_tower.trainer.PositiveSampler`: ``len`` is the
+    Same interface as :class:`marl_two_tower.data.samplers.PositiveSampler`: ``len`` is the
     number of batches per epoch, ``batches(epoch)`` yields interaction indices into
     ``split.train_items`` (seeded by ``(seed, epoch)``, so resumed runs replay the
     same batches), ``prob[j]`` is the probability that one draw is item j.
