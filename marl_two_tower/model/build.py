@@ -85,7 +85,7 @@ def build_components(cfg: Config, split: Split, model: TwoTower, device: torch.d
 
 
 def load_trained(path: str | Path, cfg: Config | None = None, split: Split | None = None,
-                 device: str = "auto"):
+                 device: str = "auto") -> tuple[TwoTower, Config, Split]:
     """Load a checkpoint into a fresh model: returns (model, cfg, split).
 
     The config stored in the checkpoint is used unless ``cfg`` is given; the data
