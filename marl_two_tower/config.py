@@ -119,7 +119,8 @@ class GiniConfig:
     init_lambda: float = 1.0  # initial lambda_fair (multiplies l_fair)
     n_candidates: int = 0  # 0 = all items; >0 = sampled candidate set of this size
     mask_seen: bool = True  # leave each user's train items out of its soft exposure
-    # inference-time arm (marl_two_tower/exposure.py): every item enters at most
+    # the exposure budget's parameters (fairness/exposure.py; applied when
+    # exposure_budget.enabled, independently of gini.enabled): every item enters at most
     # ceil(exposure_cap * cap_k * U / N) of the U users' top-K lists; 0 = off. 6 = the
     # tightest cap within 5% of the unconstrained validation NDCG@10 on ML-100K
     # (docs/gini_agent.md, benchmarks/exposure_budget_ml100k.py)
@@ -129,6 +130,23 @@ class GiniConfig:
     # coverage floor: each user may give up to this many top-K slots to items no list
     # holds (validation Coverage@10 0.74 -> 0.98 at -0.001 NDCG@10 on ML-100K)
     cover_floor: int = 1
+
+
+@dataclass
+class ExposureBudgetConfig:
+    """Exposure budget: the evaluation-time joint allocation of fairness/exposure.py.
+
+    Its own switch, independent of the GINI training loss (``gini.enabled``): the
+    budget re-allocates the lists of a trained model and trains nothing, so the
+    ablation can tell the loss and the allocation apart (docs/gini_agent.md). Its
+    parameters are ``gini.exposure_cap``, ``gini.cap_k``, ``gini.cap_candidates`` and
+    ``gini.cover_floor`` (kept there so that every existing config reads as before).
+    A stored config that predates this section (it has ``gini.exposure_cap`` but no
+    ``exposure_budget``) reads with ``enabled = gini.enabled``, its old meaning
+    (:func:`config_from_dict`). Never part of a checkpoint's fingerprint.
+    """
+
+    enabled: bool = False  # allocate the evaluated top-K lists under the budget
 
 
 @dataclass
@@ -281,6 +299,7 @@ class Config:
     buhs: BUHSConfig = field(default_factory=BUHSConfig)
     gini: GiniConfig = field(default_factory=GiniConfig)
     tail_loss: TailLossConfig = field(default_factory=TailLossConfig)
+    exposure_budget: ExposureBudgetConfig = field(default_factory=ExposureBudgetConfig)
     context_gnn: ContextGNNConfig = field(default_factory=ContextGNNConfig)
     marl: MARLConfig = field(default_factory=MARLConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
@@ -349,9 +368,21 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     return obj
 
 
+def _upgrade_legacy(data: dict[str, Any]) -> dict[str, Any]:
+    """Configs written before ``exposure_budget`` existed switched the budget with
+    ``gini.enabled``. Every stored config (checkpoint, results.json) carries every key,
+    so a dict with ``gini.exposure_cap`` and no ``exposure_budget`` section is such a
+    config: it gets ``exposure_budget.enabled = gini.enabled`` and evaluates as it did."""
+    gini = data.get("gini")
+    if "exposure_budget" in data or not isinstance(gini, dict) or "exposure_cap" not in gini:
+        return data
+    return {**data, "exposure_budget": {"enabled": gini.get("enabled", False)}}
+
+
 def config_from_dict(data: dict[str, Any]) -> Config:
-    """Build a validated :class:`Config` from a (partial) nested dict."""
-    return _build(Config, data or {})
+    """Build a validated :class:`Config` from a (partial) nested dict (legacy dicts
+    upgraded first, :func:`_upgrade_legacy`)."""
+    return _build(Config, _upgrade_legacy(data or {}))
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -430,4 +461,5 @@ def fingerprint_config(cfg: Config) -> dict[str, Any]:
                   if k not in ("epochs", "device", "num_threads", "patience", "tensorboard")}
     d.pop("eval", None)
     d.pop("serving", None)  # serving settings never block a resume
+    d.pop("exposure_budget", None)  # evaluation-time only: trains nothing
     return d

@@ -4,7 +4,8 @@
 # Flags: --config FILE  --mode full|baseline|ablation  --gpus IDS  --epochs N
 #        --batch-size N  --lr X  --seed N  --name NAME  --resume  --mixed-precision [bf16|fp16]
 #        --ablation-study  --seeds N  --no-fair-sampling  --no-buhs  --no-gini-agent
-#        --no-marl  --no-context-gnn  --no-tail-loss  --set KEY=VALUE (repeatable)
+#        --no-marl  --no-context-gnn  --no-tail-loss  --no-exposure-budget
+#        --set KEY=VALUE (repeatable)
 set -euo pipefail
 source "$(dirname "$0")/_common.sh"
 
@@ -32,10 +33,11 @@ while [ $# -gt 0 ]; do
     --mixed-precision)
       if [ $# -gt 1 ] && [[ "$2" =~ ^(bf16|fp16|none)$ ]]; then args+=(--mixed-precision "$2"); shift 2
       else args+=(--mixed-precision bf16); shift; fi ;;
-    --no-fair-sampling|--no-buhs|--no-gini-agent|--no-marl|--no-context-gnn|--no-tail-loss)
+    --no-fair-sampling|--no-buhs|--no-gini-agent|--no-marl|--no-context-gnn|--no-tail-loss\
+    |--no-exposure-budget)
       args+=("$1"); shift ;;
     --set) args+=(--set "$2"); shift 2 ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
     *) echo "run_training.sh: unknown flag '$1' (see --help)" >&2; exit 2 ;;
   esac
 done

@@ -128,13 +128,38 @@ def test_evaluate_with_budget_lowers_gini_masks_seen_items() -> None:
 
 
 def test_budget_from_config() -> None:
-    assert budget_from_config(load_config("base.yaml", ["gini.exposure_cap=3"])) is None  # GINI off
-    b = budget_from_config(load_config("base.yaml", ["gini.enabled=true", "gini.exposure_cap=3",
-                                                     "gini.cover_floor=1"]))
-    assert b == ExposureBudget(factor=3.0, k=10, n_candidates=b.n_candidates, floor=1)
-    assert budget_from_config(load_config("base.yaml", ["gini.enabled=true",
-                                                        "gini.exposure_cap=0"])) is None
+    # the budget has its own switch: the GINI training loss alone allocates nothing
+    assert budget_from_config(load_config("base.yaml", ["gini.enabled=true"])) is None
+    on = ["exposure_budget.enabled=true"]
+    b = budget_from_config(load_config("base.yaml", on + ["gini.exposure_cap=3", "gini.cover_floor=1"]))
+    assert b == ExposureBudget(factor=3.0, k=10, n_candidates=1000, floor=1)
+    # ... and needs no GINI loss
+    assert not load_config("base.yaml", on).gini.enabled and budget_from_config(load_config("base.yaml", on))
+    assert budget_from_config(load_config("base.yaml", on + ["gini.exposure_cap=0"])) is None
+    assert budget_from_config(load_config("base.yaml", on + ["exposure_budget.enabled=false"])) is None
     with pytest.raises(ConfigError, match="gini.exposure_cap"):
-        budget_from_config(load_config("base.yaml", ["gini.enabled=true", "gini.exposure_cap=0.5"]))
+        budget_from_config(load_config("base.yaml", on + ["gini.exposure_cap=0.5"]))
+
+
+def test_configs_from_before_the_switch_evaluate_as_they_did() -> None:
+    from marl_two_tower.config import Config, config_from_dict, fingerprint_config
+
+    # a stored config of the old layout (every key, no exposure_budget section):
+    # gini.enabled switched the loss and the budget, so it still does for that config
+    old = Config().to_dict()
+    del old["exposure_budget"]
+    old["gini"]["enabled"] = True
+    assert config_from_dict(old).exposure_budget.enabled
+    assert budget_from_config(config_from_dict(old)) == ExposureBudget(6.0, 10, 1000, 1)
+    old["gini"]["enabled"] = False
+    assert not config_from_dict(old).exposure_budget.enabled
+    # a config that names the section is read as written
+    new = Config().to_dict()
+    new["gini"]["enabled"] = True
+    assert not config_from_dict(new).exposure_budget.enabled
+    # an evaluation-time switch: never blocks resuming or reusing a checkpoint
+    a, b = Config(), Config()
+    b.exposure_budget.enabled = True
+    assert fingerprint_config(a) == fingerprint_config(b) == fingerprint_config(config_from_dict(old))
     with pytest.raises(ValueError, match="floor"):
         ExposureBudget(factor=2.0, k=10, floor=11)

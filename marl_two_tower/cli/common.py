@@ -21,4 +21,5 @@ def config_from_args(args: argparse.Namespace, extra: list[str] | None = None) -
 
 NO_FLAGS = {"no_context_gnn": "context_gnn", "no_marl": "marl",
              "no_fair_sampling": "fair_sampler", "no_buhs": "buhs",
-             "no_gini_agent": "gini", "no_tail_loss": "tail_loss"}
+             "no_gini_agent": "gini", "no_tail_loss": "tail_loss",
+             "no_exposure_budget": "exposure_budget"}

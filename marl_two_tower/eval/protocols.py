@@ -37,7 +37,9 @@ __all__ = [
     "ScoreFn",
     "evaluate",
     "evaluate_per_user",
+    "full_candidates",
     "rank_full",
+    "reallocated",
     "rank_sampled",
     "sample_negatives",
     "summarize",
@@ -152,6 +154,24 @@ def _rank_full_local(
     {rank_u, ..., rank_u + ties_u} beyond k_max (at least k_max + 1) when the
     allocation left it out (MRR beyond the list is the unconstrained one).
     """
+    if budget is None:
+        return _full_scan(split, score_fn, part, k_max, batch_size, users)[0]
+    plain, cand, logp = _full_scan(split, score_fn, part, k_max, batch_size, users,
+                                   budget.n_candidates)
+    return reallocated(plain, rerank_with_budget(cand, logp, k_max, budget, split.n_items))
+
+
+def _full_scan(
+    split: Split,
+    score_fn: ScoreFn,
+    part: str = "test",
+    k_max: int = 20,
+    batch_size: int = 1024,
+    users: np.ndarray | None = None,
+    n_candidates: int = 0,
+) -> tuple[RankResult, np.ndarray | None, np.ndarray | None]:
+    """One scoring pass of :func:`_rank_full_local`: the plain ranking, plus (when
+    ``n_candidates`` > 0) every user's best unmasked items and their log p(i | u)."""
     users, targets = _eval_users(split, part, users)
     n, n_items = len(users), split.n_items
     excl = split.exclusion_matrix(part)
@@ -159,8 +179,9 @@ def _rank_full_local(
     recs = np.full((n, k_max), -1, dtype=np.int64)
     ranks = np.empty(n, dtype=np.int64)
     ties = np.empty(n, dtype=np.int64)
-    if budget is not None:
-        m = min(max(budget.n_candidates, k_max), n_items)
+    cand = logp = None
+    if n_candidates:
+        m = min(max(n_candidates, k_max), n_items)
         cand = np.full((n, m), -1, dtype=np.int64)
         logp = np.full((n, m), -np.inf)
     for start in range(0, n, batch_size):
@@ -180,24 +201,46 @@ def _rank_full_local(
         ranks[sl], ties[sl] = r.cpu().numpy(), b.cpu().numpy()
         # Lists: the target goes after the items it ties with (next float below).
         scores[ar, t] = torch.nextafter(ts, torch.full_like(ts, -math.inf))
-        if budget is not None:
+        if n_candidates:
             vals, idx = torch.topk(scores, m, dim=1)
             idx[torch.isneginf(vals)] = -1
             cand[start : start + len(ub)] = idx.cpu().numpy()
             lse = torch.logsumexp(scores, 1, keepdim=True)  # over u's unmasked items
             logp[start : start + len(ub)] = (vals - lse).double().cpu().numpy()
-            continue
         vals, idx = torch.topk(scores, k, dim=1)
         idx[torch.isneginf(vals)] = -1
         recs[start : start + len(ub), :k] = idx.cpu().numpy()
-    if budget is not None:
-        recs = rerank_with_budget(cand, logp, k_max, budget, n_items)
-        slot = np.argmax(recs == targets[:, None], axis=1)
-        hit = recs[np.arange(n), slot] == targets
-        beyond = np.maximum(ranks, k_max + 1)  # the tie range cut to ranks > k_max
-        ties = np.where(hit, 0, np.maximum(ranks + ties - beyond, 0))
-        ranks = np.where(hit, slot + 1, beyond)
-    return RankResult(users=users, targets=targets, recs=recs, ranks=ranks, ties=ties)
+    return RankResult(users=users, targets=targets, recs=recs, ranks=ranks, ties=ties), cand, logp
+
+
+def reallocated(plain: RankResult, recs: np.ndarray) -> RankResult:
+    """The :class:`RankResult` of lists ``recs`` ``[n, k_max]`` re-allocated from the
+    plain ranking ``plain`` (the exposure budget, a re-ranker): the target's rank is
+    its slot in the new list (ties 0), or, when the list left it out, the part of its
+    plain tie range {rank_u, ..., rank_u + ties_u} beyond k_max (at least k_max + 1;
+    MRR beyond the list is the unconstrained one)."""
+    n, k_max = recs.shape
+    ranks, ties, targets = plain.ranks, plain.ties, plain.targets
+    slot = np.argmax(recs == targets[:, None], axis=1)
+    hit = recs[np.arange(n), slot] == targets
+    beyond = np.maximum(ranks, k_max + 1)  # the tie range cut to ranks > k_max
+    return RankResult(users=plain.users, targets=targets, recs=recs,
+                      ranks=np.where(hit, slot + 1, beyond),
+                      ties=np.where(hit, 0, np.maximum(ranks + ties - beyond, 0)))
+
+
+def full_candidates(split: Split, score_fn: ScoreFn, part: str = "test", n_candidates: int = 1000,
+                    k_max: int = 20, batch_size: int = 1024, users: np.ndarray | None = None
+                    ) -> tuple[RankResult, np.ndarray, np.ndarray]:
+    """The plain full ranking (as :func:`rank_full` without a budget) and, from the same
+    pass, each user's min(max(``n_candidates``, k_max), n_items) best unmasked items
+    ``cand`` ``[n, M]`` (best first, -1 = none left) with log p(i | u) ``logp`` (float64,
+    -inf on pads): the inputs of the exposure budget, for re-allocating under many
+    knob values without re-scoring (:mod:`marl_two_tower.eval.frontier`). One process
+    (not sharded), like the budget."""
+    if n_candidates < 1:
+        raise ValueError(f"n_candidates must be >= 1, got {n_candidates}")
+    return _full_scan(split, score_fn, part, k_max, batch_size, users, n_candidates)
 
 
 def _interaction_keys(split: Split) -> np.ndarray:
@@ -485,7 +528,8 @@ def evaluate(
     Returns ``{"part", "n_users", "n_items", "tail": {"by", "fraction",
     "n_tail_items"}, "full": {...}, "sampled": {...}, "sampled_protocol":
     {"n_negatives", "negatives"}}`` with the protocols asked for (``both`` = full
-    and sampled). Metric definitions: :mod:`marl_two_tower.metrics`; undefined
+    and sampled), and ``"groups": "n/a: ..."`` when group metrics are asked for but
+    the data have no demographics. Metric definitions: :mod:`marl_two_tower.metrics`; undefined
     values (e.g. TailHR with no tail targets) are None. ``budget`` allocates the
     full-protocol lists under an exposure cap (:func:`rank_full`); the sampled
     protocol ranks 100 candidates per user and is never capped.
@@ -502,6 +546,8 @@ def evaluate(
     if protocol in ("full", "both"):
         res = rank_full(split, score_fn, part, k_max=k_max, batch_size=batch_size, budget=budget)
         out["full"] = summarize(res, split, ks, "full", groups)
+        if groups and not split.dataset.user_features:
+            out["groups"] = "n/a: the data have no user demographics (no user table)"
     if protocol in ("sampled", "both"):
         res = rank_sampled(split, score_fn, part, n_neg, seed, k_max, batch_size)
         given = part == "test" and split.test_negatives is not None

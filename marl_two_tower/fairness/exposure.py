@@ -195,9 +195,10 @@ def rerank_with_budget(cand: np.ndarray, logp: np.ndarray, k_max: int, budget: E
 
 
 def budget_from_config(cfg: Config) -> ExposureBudget | None:
-    """The configured budget: on when the GINI agent is on and ``gini.exposure_cap`` > 0."""
+    """The configured budget: on when ``exposure_budget.enabled`` and ``gini.exposure_cap``
+    > 0 (the GINI training loss, ``gini.enabled``, is a separate switch)."""
     g = cfg.gini
-    if not g.enabled or g.exposure_cap == 0:
+    if not cfg.exposure_budget.enabled or g.exposure_cap == 0:
         return None
     if g.exposure_cap < 1:
         raise ConfigError(f"gini.exposure_cap: expected 0 (off) or a float >= 1 (multiples of the "

@@ -28,7 +28,11 @@ if TYPE_CHECKING:  # built lazily: serving and evaluation never load the trainin
     from marl_two_tower.model.components import TrainingComponent
     from marl_two_tower.utils.distributed import DistContext
 
-COMPONENTS = ("context_gnn", "marl", "fair_sampler", "buhs", "gini", "tail_loss")
+# exposure_budget acts at evaluation only (it re-allocates a trained model's lists and
+# trains nothing; fairness/exposure.py); the others change the model or the objective.
+COMPONENTS = ("context_gnn", "marl", "fair_sampler", "buhs", "gini", "tail_loss",
+              "exposure_budget")
+EVAL_ONLY_COMPONENTS = ("exposure_budget",)
 
 # The components with training hooks (docs/architecture.md, "How a component plugs into
 # training"), in the order the trainer calls them: the objective is
