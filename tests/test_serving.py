@@ -17,6 +17,8 @@ from fastapi.testclient import TestClient
 from marl_two_tower.cli.main import main as cli_main
 from marl_two_tower.config import ServingConfig, load_config
 from marl_two_tower.data import load_split
+from marl_two_tower.data.split import leave_one_out
+from marl_two_tower.data.synthetic import generate
 from marl_two_tower.eval.protocols import rank_full
 from marl_two_tower.fairness.exposure import OnlineExposureBudget
 from marl_two_tower.model.two_tower import Controller
@@ -117,6 +119,35 @@ def test_seen_sets(rec, trained):
     assert set(all_seen[u].indices.tolist()) == expect
     with pytest.raises(ValueError, match="seen"):
         b.seen_matrix("everything")
+
+
+def test_model_rebuilt_from_bundle_has_the_trained_user_vectors(tmp_path):
+    """With ContextGNN on, hop 1 of a root is its latest items when its interactions
+    have timestamps and a uniform sample otherwise, so the bundle must say which users
+    are timed: the model rebuilt from it then gives the trained model's user vectors.
+    (Bundles once rebuilt every user as untimed: max |dz_u| 0.079 on a 200-user probe.)
+    Users 0..39 have no timestamps here, so both kinds of root are checked."""
+    cfg = load_config(None, TINY + [f"checkpoint_dir={tmp_path / 'ck'}", "context_gnn.enabled=true",
+                                    "context_gnn.fanout=5"])
+    ds = generate(cfg.data.synthetic)
+    ds.timestamps[ds.users < 40] = np.nan
+    split = leave_one_out(ds, cfg.data.tail_fraction, cfg.data.tail_by)
+    timed = split.dataset.timed_users()
+    assert not timed[:40].any() and timed[40:].all()
+    tr = Trainer(cfg, split, progress=False)
+    tr.fit()
+    model = tr.model.eval()
+    b = load_bundle(export_bundle(model, cfg, split, tmp_path / "bundle"))
+    rebuilt_split = b.split()
+    np.testing.assert_array_equal(rebuilt_split.dataset.timed_users(), timed)
+    for key in ("train_users", "train_items", "train_indptr", "val_items", "test_items",
+                "item_pop", "tail_mask"):
+        np.testing.assert_array_equal(getattr(rebuilt_split, key), getattr(split, key), err_msg=key)
+    users = torch.arange(split.n_users)
+    with torch.no_grad():
+        z = model.user_vectors(users).numpy()
+        z_rebuilt = b.build_model().user_vectors(users).numpy()
+    np.testing.assert_allclose(z_rebuilt, z, rtol=0, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------

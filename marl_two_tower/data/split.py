@@ -26,6 +26,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from marl_two_tower.data.dataset import Dataset
+from marl_two_tower.data.errors import DataError
 
 
 @dataclass
@@ -129,6 +130,25 @@ def drop_repeats(ds: Dataset) -> Dataset:
         ratings=None if ds.ratings is None else ds.ratings[keep])
 
 
+def check_split(split: Split, where: str) -> None:
+    """Refuse a split nothing can be trained or evaluated on, naming the data ``where``.
+
+    Needs >= 2 users and >= 2 items, >= 1 train interaction and >= 1 user with a
+    validation and a test target (a user with >= 3 interactions, or a predefined test
+    pair plus >= 2 interactions): model selection uses validation, the report test.
+    """
+    ds = split.dataset
+    size = f"{ds.n_users} user(s), {ds.n_items} item(s), {ds.n_interactions} interaction(s)"
+    if ds.n_users < 2 or ds.n_items < 2:
+        raise DataError(where, f"{size}: a recommender needs at least 2 users and 2 items")
+    if len(split.train_items) == 0:
+        raise DataError(where, f"{size}: no train interactions after the split")
+    for part in ("val", "test"):
+        if len(split.eval_users(part)) == 0:
+            raise DataError(where, f"{size}: no user has a {part} item (leave-one-out needs "
+                            "users with at least 3 interactions)")
+
+
 def tail_items(item_pop: np.ndarray, fraction: float = 0.2, by: str = "interactions") -> np.ndarray:
     """Boolean tail mask from train popularity (DESIGN §2 "Tail").
 
@@ -158,7 +178,7 @@ def leave_one_out(ds: Dataset, tail_fraction: float = 0.2, tail_by: str = "inter
     """Leave-one-out split by time (or by the dataset's predefined test pairs)."""
     order = time_order(ds)
     users, items = ds.users[order], ds.items[order]
-    n_users, n_items = ds.n_users, ds.n_items
+    n_users = ds.n_users
     counts = np.bincount(users, minlength=n_users)
     ends = np.cumsum(counts)  # one past the last interaction of each user
     val_items = np.full(n_users, -1, dtype=np.int64)
@@ -186,7 +206,23 @@ def leave_one_out(ds: Dataset, tail_fraction: float = 0.2, tail_by: str = "inter
             negatives = np.full((n_users, pre.test_negatives.shape[1]), -1, dtype=np.int64)
             negatives[pre.test_users] = pre.test_negatives
 
-    tu, ti = users[keep], items[keep]
+    return build_split(ds, users[keep], items[keep], val_items, test_items, tail_fraction, tail_by,
+                       negatives)
+
+
+def build_split(ds: Dataset, train_users: np.ndarray, train_items: np.ndarray,
+                val_items: np.ndarray, test_items: np.ndarray, tail_fraction: float,
+                tail_by: str, test_negatives: np.ndarray | None = None) -> Split:
+    """The :class:`Split` of given parts, with everything derived from train only.
+
+    ``train_users``/``train_items`` are the train interactions sorted by user (time
+    order within a user), ``val_items``/``test_items`` the ``[n_users]`` targets
+    (-1 = none). Derived: the CSR row pointer over the train items, the binary train
+    matrix (duplicates collapsed), the train popularity pop(i) = |{train (u, i)}| and
+    the tail set :func:`tail_items` (``tail_fraction``, ``tail_by``) from it.
+    """
+    n_users, n_items = ds.n_users, ds.n_items
+    tu, ti = train_users, train_items
     indptr = np.zeros(n_users + 1, dtype=np.int64)
     np.cumsum(np.bincount(tu, minlength=n_users), out=indptr[1:])
     mat = sp.csr_matrix(
@@ -207,5 +243,5 @@ def leave_one_out(ds: Dataset, tail_fraction: float = 0.2, tail_by: str = "inter
         tail_mask=tail_items(item_pop, tail_fraction, tail_by),
         tail_by=tail_by,
         tail_fraction=tail_fraction,
-        test_negatives=negatives,
+        test_negatives=test_negatives,
     )

@@ -12,9 +12,10 @@ A bundle is one folder holding ``bundle.pt`` (written atomically with
 * ``blocks``: which coordinates of z/y belong to which score part (two-tower,
   genre-agent boost, tail boost) for ``/explain``;
 * the original user/item ids (the API speaks original ids, never indices);
-* the split arrays (train interactions in time order, validation/test targets),
-  from which the seen-item sets and the per-group popularity of the cold-start
-  list are derived, and from which the model can be rebuilt;
+* the split arrays (train interactions in time order, validation/test targets)
+  and which users have timestamps, from which the seen-item sets and the
+  per-group popularity of the cold-start list are derived, and from which the
+  model can be rebuilt (:meth:`Bundle.split`);
 * item metadata (titles, genre multi-hot and names, release year), train
   popularity and the tail mask, user demographics (codes and labels);
 * ``familiar_items`` / ``familiar_scores``: when the model has a score adjuster
@@ -42,7 +43,7 @@ import torch
 from marl_two_tower import checkpoint as ckpt_io
 from marl_two_tower.config import Config, _deep_merge, config_from_dict, parse_override
 from marl_two_tower.data.dataset import Dataset
-from marl_two_tower.data.split import Split
+from marl_two_tower.data.split import Split, build_split
 from marl_two_tower.utils.io import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -168,6 +169,9 @@ def bundle_dict(model: torch.nn.Module, cfg: Config, split: Split, include_model
         "tail_fraction": float(split.tail_fraction),
         "item_pop": torch.from_numpy(np.asarray(split.item_pop, np.int64)),
         "tail_mask": torch.from_numpy(np.asarray(split.tail_mask, bool)),
+        # which users have timestamps (ContextGNN's temporal hop 1 needs it; the
+        # timestamps themselves are not stored)
+        "timed_users": torch.from_numpy(split.dataset.timed_users()),
         "item_titles": list(ds.item_titles) if ds.item_titles is not None else None,
         "item_genres": torch.from_numpy(np.asarray(ds.item_genres, bool)),
         "genre_names": list(ds.genre_names),
@@ -260,6 +264,7 @@ class Bundle:
     user_feature_labels: dict[str, list[str]]
     familiar_items: np.ndarray | None = None
     familiar_scores: np.ndarray | None = None
+    timed_users: np.ndarray | None = None  # None: a bundle from before it was stored
     model_state: dict[str, torch.Tensor] | None = None
     model: torch.nn.Module | None = field(default=None, repr=False)
 
@@ -296,6 +301,7 @@ class Bundle:
             user_feature_labels={k: list(v) for k, v in obj["user_feature_labels"].items()},
             familiar_items=_numpy_or_none(obj.get("familiar_items")),
             familiar_scores=_numpy_or_none(obj.get("familiar_scores")),
+            timed_users=_numpy_or_none(obj.get("timed_users")),
             model_state=obj.get("model_state"), model=model,
         )
 
@@ -329,25 +335,35 @@ class Bundle:
         return out
 
     def split(self) -> Split:
-        """Rebuild the train/val/test :class:`Split` the model was trained on (the
-        interactions in train-time order; timestamps are not stored)."""
-        n_users, n_items = self.n_users, self.n_items
+        """Rebuild the train/val/test :class:`Split` the model was trained on.
+
+        The interactions are the train ones in train-time order, then the validation
+        and the test targets. Timestamps are not stored, only which users had them
+        (``timed_users``): a timed user's interactions get their position in that
+        order as stand-in timestamps (same time order), the others NaN, so
+        :meth:`Dataset.timed_users` (ContextGNN's temporal hop 1) is the trained
+        model's. A bundle from before ``timed_users`` was stored rebuilds every user
+        as untimed (with a warning): re-export it for exact ContextGNN vectors.
+        """
         tu, ti = self.train_users, self.train_items
         vu, tsu = np.flatnonzero(self.val_items >= 0), np.flatnonzero(self.test_items >= 0)
         users = np.concatenate([tu, vu, tsu])
         items = np.concatenate([ti, self.val_items[vu], self.test_items[tsu]])
-        ds = Dataset(name=self.dataset_name, users=users, items=items,
-                     timestamps=np.full(len(users), np.nan), n_users=n_users, n_items=n_items,
-                     user_ids=self.user_ids, item_ids=self.item_ids, item_genres=self.item_genres,
+        if self.timed_users is None:
+            log.warning("bundle has no timed_users (exported by an older version): every user "
+                        "is rebuilt without timestamps; re-export it for exact ContextGNN vectors")
+            timed = np.zeros(self.n_users, dtype=bool)
+        else:
+            timed = np.asarray(self.timed_users, dtype=bool)
+        timestamps = np.where(timed[users], np.arange(len(users), dtype=np.float64), np.nan)
+        ds = Dataset(name=self.dataset_name, users=users, items=items, timestamps=timestamps,
+                     n_users=self.n_users, n_items=self.n_items, user_ids=self.user_ids,
+                     item_ids=self.item_ids, item_genres=self.item_genres,
                      genre_names=self.genre_names, item_year=self.item_year.astype(np.int32),
                      user_features=self.user_features, user_feature_labels=self.user_feature_labels,
                      item_titles=self.item_titles)
-        indptr = np.zeros(n_users + 1, dtype=np.int64)
-        np.cumsum(np.bincount(tu, minlength=n_users), out=indptr[1:])
-        return Split(dataset=ds, train_users=tu, train_items=ti, train_indptr=indptr,
-                     train_matrix=self.train_matrix(), val_items=self.val_items,
-                     test_items=self.test_items, item_pop=self.item_pop, tail_mask=self.tail_mask,
-                     tail_by=self.tail_by, tail_fraction=self.tail_fraction)
+        return build_split(ds, tu, ti, self.val_items, self.test_items, self.tail_fraction,
+                           self.tail_by)
 
     def build_model(self) -> torch.nn.Module:
         """The trained model rebuilt from the stored state (cached); needs ``model_state``."""
