@@ -186,11 +186,11 @@ def test_empty_file_is_an_error(tmp_path: Path) -> None:
 
 def test_missing_required_file_is_named(tmp_path: Path) -> None:
     files = dict(ML1M)
-    del files["users.dat"]
+    del files["movies.dat"]  # users.dat is optional (no demographics then)
     folder = write(tmp_path, files)
     with pytest.raises(DataError) as err:
         load_ml1m(folder)
-    assert err.value.path == str(folder / "users.dat") and "not found" in err.value.reason
+    assert err.value.path == str(folder / "movies.dat") and "not found" in err.value.reason
     with pytest.raises(DataError, match="dataset folder not found"):
         load_ml100k(tmp_path / "nowhere")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from marl_two_tower.config import DataConfig
 from marl_two_tower.data.dataset import Dataset, PredefinedSplit
 from marl_two_tower.data.errors import DataError
-from marl_two_tower.data.split import Split, drop_repeats, leave_one_out, tail_items
+from marl_two_tower.data.split import Split, check_split, drop_repeats, leave_one_out, tail_items
 
 DEFAULT_DATA_ROOT = Path("data")
 
@@ -23,9 +23,29 @@ __all__ = [
 ]
 
 
+def data_location(cfg: DataConfig) -> str:
+    """What error messages name as the data: the file or folder, or the config key."""
+    if cfg.source == "synthetic":
+        return "data.synthetic"
+    if cfg.source in ("csv", "parquet"):
+        return cfg.path or "data.path"
+    return str(Path(cfg.path) if cfg.path else DEFAULT_DATA_ROOT / cfg.source)
+
+
+def _rating_range(cfg: DataConfig) -> tuple[float, float] | None:
+    r = list(cfg.rating_range)
+    if r and (len(r) != 2 or not r[0] <= r[1]):
+        raise DataError("data.rating_range", f"expected [] or [lo, hi] with lo <= hi, got {r}")
+    return (float(r[0]), float(r[1])) if r else None
+
+
 def load_dataset(cfg: DataConfig) -> Dataset:
-    """Load the dataset named by ``cfg.source`` (see :class:`DataConfig`)."""
+    """Load the dataset named by ``cfg.source`` (see :class:`DataConfig`).
+
+    Then: ``min_rating``, ``repeats`` (drop: first occurrence of each (user, item)
+    pair), ``min_item_count``. Raises DataError when nothing is left."""
     src = cfg.source
+    scale = _rating_range(cfg)
     if cfg.min_item_count < 0:
         raise DataError("data.min_item_count", f"expected an int >= 0, got {cfg.min_item_count}")
     if src == "synthetic":
@@ -42,11 +62,14 @@ def load_dataset(cfg: DataConfig) -> Dataset:
             "ml-1m-ncf": movielens.load_ncf,
             "ml-1m-ordered": movielens.load_ml1m_ordered,
         }[src]
-        ds = loader(path)
+        opts = {"rating_range": scale or movielens.MOVIELENS_SCALE, "unknown": cfg.unknown_items}
+        # ml-1m-ordered is SASRec's preprocessed file (validated by its own loader)
+        ds = loader(path) if src == "ml-1m-ordered" else loader(path, **opts)
     elif src in ("csv", "parquet"):
         from marl_two_tower.data.generic import load_table
 
-        ds = load_table(cfg.path, cfg.items_path or None, cfg.users_path or None)
+        ds = load_table(cfg.path, cfg.items_path or None, cfg.users_path or None,
+                        rating_range=scale, unknown=cfg.unknown_items)
     else:
         raise DataError("data.source", f"unknown source {src!r}")
     ds = ds.filter_min_rating(cfg.min_rating)
@@ -55,9 +78,19 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     if cfg.min_item_count > 1 and ds.predefined is not None:
         raise DataError("data.min_item_count",
                         f"not supported with {src} (its test pairs are given; use 0)")
-    return ds.filter_min_item_count(cfg.min_item_count)
+    ds = ds.filter_min_item_count(cfg.min_item_count)
+    if ds.n_interactions == 0:
+        raise DataError(data_location(cfg), "no interactions left to train on (after "
+                        "data.unknown_items / data.min_item_count)")
+    return ds
 
 
 def load_split(cfg: DataConfig) -> Split:
-    """Load and split: leave-one-out by time, train-only popularity and tail."""
-    return leave_one_out(load_dataset(cfg), cfg.tail_fraction, cfg.tail_by)
+    """Load and split: leave-one-out by time, train-only popularity and tail.
+
+    A split nothing can be trained or evaluated on (no train interaction, no user
+    with a validation and a test item, a single user or item) is a DataError naming
+    the data, raised here, before any training."""
+    split = leave_one_out(load_dataset(cfg), cfg.tail_fraction, cfg.tail_by)
+    check_split(split, data_location(cfg))
+    return split

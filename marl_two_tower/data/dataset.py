@@ -85,10 +85,18 @@ class Dataset:
         return int(self.item_genres.shape[1])
 
     def filter_min_rating(self, min_rating: float) -> Dataset:
-        """Keep interactions with rating >= ``min_rating`` (no-op without ratings)."""
+        """Keep interactions with rating >= ``min_rating`` (no-op without ratings).
+
+        Raises DataError (naming ``data.min_rating``) when no interaction is left."""
         if min_rating <= 0 or self.ratings is None:
             return self
         keep = self.ratings >= min_rating
+        if self.n_interactions and not keep.any():
+            from marl_two_tower.data.errors import DataError
+
+            raise DataError("data.min_rating", f"{min_rating:g} keeps none of the "
+                            f"{self.n_interactions} ratings of {self.name} (highest rating: "
+                            f"{float(np.nanmax(self.ratings)):g})")
         self.users, self.items = self.users[keep], self.items[keep]
         self.timestamps, self.ratings = self.timestamps[keep], self.ratings[keep]
         return self

@@ -30,11 +30,13 @@ from marl_two_tower.data.parsing import (
     Table,
     UserInfo,
     assemble,
+    check_ratings,
     check_unique,
     id_array,
     multi_hot,
     read_table,
     to_seconds,
+    unknown_items,
     year_from_text,
 )
 
@@ -138,6 +140,8 @@ def load_table(
     path: str | Path,
     items_path: str | Path | None = None,
     users_path: str | Path | None = None,
+    rating_range: tuple[float, float] | None = None,
+    unknown: str = "keep",
 ) -> Dataset:
     """Load a generic interactions table (plus optional item and user tables).
 
@@ -147,6 +151,12 @@ def load_table(
         items_path: optional item table (``item``, ``genres`` "A|B", ``year``,
             ``title``); genre names are the sorted distinct genres.
         users_path: optional user table (``user`` + categorical columns).
+        rating_range: ``(lo, hi)``: a rating outside is an error at its line
+            (``data.rating_range``); None accepts any finite rating. Infinite
+            ratings are always refused; empty ones are allowed.
+        unknown: interactions whose item is missing from ``items_path``: ``keep``
+            (no side information) or ``drop`` (``data.unknown_items``); either way a
+            warning gives their count and first line.
 
     Returns:
         A :class:`Dataset` named after the file stem, interactions in file order. A
@@ -170,13 +180,21 @@ def load_table(
     f = t.frame
     n = len(f)
     ts = to_seconds(t, "timestamp") if "timestamp" in f else np.full(n, np.nan)
+    if "rating" in f:
+        check_ratings(t, "rating", rating_range)
     ratings = f["rating"].to_numpy(np.float32) if "rating" in f else None
+    users, items = id_array(f["user"]), id_array(f["item"])
+    item_info = _item_info(items_path) if items_path else None
+    if item_info is not None:
+        keep = unknown_items(t, items, item_info, unknown, Path(items_path))
+        users, items, ts = users[keep], items[keep], ts[keep]
+        ratings = None if ratings is None else ratings[keep]
     return assemble(
         Path(path).stem,
-        id_array(f["user"]),
-        id_array(f["item"]),
+        users,
+        items,
         ts,
         ratings,
-        _item_info(items_path) if items_path else None,
+        item_info,
         _user_info(users_path) if users_path else None,
     )

@@ -8,11 +8,16 @@ over the ids that occur in interactions (and, for NCF, in the test pairs and
 negatives); catalogue files only supply side information.
 
 Parsing is vectorised (see :mod:`.parsing`); any malformed input raises
-:class:`DataError` naming the file and line.
+:class:`DataError` naming the file and line. Ratings must lie on the rating scale
+(``rating_range``, default 1..5: ``data.rating_range``); ratings of movies missing
+from the catalogue file are counted in a warning and kept or dropped
+(``unknown_items``: ``data.unknown_items``); a missing user file (``users.dat`` /
+``u.user``) is a warning, and the data then have no demographics.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +34,20 @@ from marl_two_tower.data.parsing import (
     age_bucket,
     assemble,
     categorical,
+    check_ratings,
     check_unique,
     lookup,
     multi_hot,
     read_colon_table,
     read_table,
     require_file,
+    unknown_items,
     year_from_text,
 )
+
+log = logging.getLogger(__name__)
+
+MOVIELENS_SCALE = (1.0, 5.0)  # MovieLens star ratings
 
 # Genre order of u.item's 19 flag columns (u.genre lists the same names).
 ML100K_GENRES = [
@@ -68,6 +79,15 @@ def _folder(path: str | Path) -> Path:
     if not folder.is_dir():
         raise DataError(folder, "dataset folder not found")
     return folder
+
+
+def _optional_users(path: Path) -> Path | None:
+    """The user file, or None (one warning) when it is missing: no demographics then,
+    and group metrics read "n/a"."""
+    if path.is_file():
+        return path
+    log.warning("%s not found: loading without user demographics (group metrics: n/a)", path)
+    return None
 
 
 def _interactions(table: Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -150,21 +170,26 @@ def _ml100k_users(folder: Path) -> UserInfo:
     )
 
 
-def load_ml100k(path: str | Path) -> Dataset:
-    """Load a MovieLens-100K folder (``u.data``, ``u.item``, ``u.user``; ``u.genre`` and
+def load_ml100k(path: str | Path, rating_range: tuple[float, float] = MOVIELENS_SCALE,
+                unknown: str = "keep") -> Dataset:
+    """Load a MovieLens-100K folder (``u.data``, ``u.item``; ``u.user``, ``u.genre`` and
     ``u.occupation`` optional).
 
     Every one of the 100,000 ratings is an interaction (943 users, 1,682 items, 19
     genres). Raw ages are bucketed into the ML-1M age groups so both datasets share
     one demographic scheme; the release year comes from the release date (else the
-    title).
+    title). ``rating_range`` and ``unknown`` (items missing from ``u.item``): see the
+    module docstring.
     """
     folder = _folder(path)
     t = read_table(require_file(folder, "u.data"), _RATING_COLS, sep="\t", header=False)
+    check_ratings(t, "rating", rating_range)
     users, items, ts, ratings = _interactions(t)
-    return assemble(
-        "ml-100k", users, items, ts, ratings, _ml100k_items(folder), _ml100k_users(folder)
-    )
+    item_info = _ml100k_items(folder)
+    keep = unknown_items(t, items, item_info, unknown, folder / "u.item")
+    users, items, ts, ratings = users[keep], items[keep], ts[keep], ratings[keep]
+    user_info = _ml100k_users(folder) if _optional_users(folder / "u.user") else None
+    return assemble("ml-100k", users, items, ts, ratings, item_info, user_info)
 
 
 # ---------------------------------------------------------------------------
@@ -211,17 +236,26 @@ def _ml1m_users(path: Path) -> UserInfo:
     )
 
 
-def load_ml1m(path: str | Path) -> Dataset:
-    """Load a MovieLens-1M folder (``ratings.dat``, ``movies.dat``, ``users.dat``).
+def load_ml1m(path: str | Path, rating_range: tuple[float, float] = MOVIELENS_SCALE,
+              unknown: str = "keep") -> Dataset:
+    """Load a MovieLens-1M folder (``ratings.dat``, ``movies.dat``; ``users.dat``
+    optional).
 
     All 1,000,209 ratings are interactions (6,040 users; the 3,706 rated movies form
     the item catalogue, 18 genres). The release year is parsed from the title.
+    ``rating_range`` and ``unknown`` (movies missing from ``movies.dat``): see the
+    module docstring.
     """
     folder = _folder(path)
     t = read_colon_table(require_file(folder, "ratings.dat"), _RATING_COLS)
+    check_ratings(t, "rating", rating_range)
     users, items, ts, ratings = _interactions(t)
-    item_info = _ml1m_items(require_file(folder, "movies.dat"))
-    user_info = _ml1m_users(require_file(folder, "users.dat"))
+    movies = require_file(folder, "movies.dat")
+    item_info = _ml1m_items(movies)
+    keep = unknown_items(t, items, item_info, unknown, movies)
+    users, items, ts, ratings = users[keep], items[keep], ts[keep], ratings[keep]
+    users_path = _optional_users(folder / "users.dat")
+    user_info = _ml1m_users(users_path) if users_path else None
     return assemble("ml-1m", users, items, ts, ratings, item_info, user_info)
 
 
@@ -334,7 +368,8 @@ def _ncf_negatives(path: Path, test_users: np.ndarray) -> np.ndarray:
     return f.drop(columns="user").to_numpy(np.int64)[order[pos]]
 
 
-def load_ncf(path: str | Path) -> Dataset:
+def load_ncf(path: str | Path, rating_range: tuple[float, float] = MOVIELENS_SCALE,
+             unknown: str = "keep") -> Dataset:
     """Load ML-1M in the NCF leave-one-out protocol (He et al., 2017).
 
     Folder: ``train.tsv`` / ``test.tsv`` (``user item rating timestamp``; empty
@@ -343,24 +378,34 @@ def load_ncf(path: str | Path) -> Dataset:
 
     Interactions are the train rows in file order; the test pairs and their 99
     sampled negatives become ``predefined`` (index space, aligned with the test
-    rows). For ML-1M: 6,040 users, 3,706 items, 994,169 train rows.
+    rows). For ML-1M: 6,040 users, 3,706 items, 994,169 train rows. ``rating_range``
+    applies to both tables; ``unknown`` (movies missing from ``movies.dat``) applies
+    to the train rows (the test pairs and negatives are the protocol's, kept as
+    given); ``users.dat`` is optional.
     """
     folder = _folder(path)
     train = read_table(require_file(folder, "train.tsv"), _NCF_COLS, sep="\t", header=True)
     test = read_table(require_file(folder, "test.tsv"), _NCF_COLS, sep="\t", header=True)
+    check_ratings(train, "rating", rating_range)
+    check_ratings(test, "rating", rating_range)
     check_unique(test, "user")  # the protocol holds out exactly one pair per user
     test_users = test.frame["user"].to_numpy(np.int64)
     test_items = test.frame["item"].to_numpy(np.int64)
     negatives = _ncf_negatives(require_file(folder, "test_negatives.tsv"), test_users)
     users, items, ts, ratings = _interactions(train)
+    movies = require_file(folder, "movies.dat")
+    item_info = _ml1m_items(movies)
+    keep = unknown_items(train, items, item_info, unknown, movies)
+    users, items, ts, ratings = users[keep], items[keep], ts[keep], ratings[keep]
+    users_path = _optional_users(folder / "users.dat")
     ds = assemble(
         "ml-1m-ncf",
         users,
         items,
         ts,
         ratings,
-        _ml1m_items(require_file(folder, "movies.dat")),
-        _ml1m_users(require_file(folder, "users.dat")),
+        item_info,
+        _ml1m_users(users_path) if users_path else None,
         extra_users=[test_users],
         extra_items=[test_items, negatives.ravel()],
     )

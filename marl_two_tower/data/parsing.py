@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import re
 import warnings
 from collections.abc import Sequence
@@ -33,8 +34,11 @@ from marl_two_tower.data.dataset import Dataset
 from marl_two_tower.data.errors import DataError
 
 Kind = Literal["int", "float", "id", "str", "time"]
+log = logging.getLogger(__name__)
 
 _INT_RE = re.compile(r"\s*[+-]?\d+\s*")
+_BOM = b"\xef\xbb\xbf"
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _FLOAT_RE = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
 
 
@@ -162,7 +166,10 @@ def read_table(
     path = Path(path)
     if data is None:
         data = read_bytes(path)
-    elif not data.strip():
+    # A UTF-8 byte-order mark (editors on Windows add one) belongs to no field, header
+    # or not; dropping its 3 bytes moves no newline, so line numbers stay exact.
+    data = data.removeprefix(_BOM)
+    if not data.strip():
         raise DataError(path, "empty file")
     if encoding.lower().replace("-", "") not in ("latin1", "iso88591"):
         try:
@@ -294,7 +301,8 @@ def _dtypes_ok(frame: pd.DataFrame, by_name: dict[str, Col], others: str) -> boo
                 return False
             continue
         numeric = pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
-        if kind == "int" and not pd.api.types.is_integer_dtype(s):
+        # uint64: some value is above the int64 range (it would wrap when converted)
+        if kind == "int" and (not pd.api.types.is_integer_dtype(s) or s.dtype == np.uint64):
             return False
         if kind == "float" and not numeric:
             return False
@@ -309,6 +317,9 @@ def _check_field(value: str, col: Col) -> str | None:
         return None if col.nullable else f"empty value in column {col.name!r}"
     if col.kind == "int" and not _INT_RE.fullmatch(value):
         return f"non-numeric value {value!r} in column {col.name!r} (expected an integer)"
+    if col.kind == "int" and not _INT64_MIN <= int(value) <= _INT64_MAX:
+        return (f"integer {value.strip()!r} in column {col.name!r} is out of range "
+                "(at most 19 digits: a 64-bit signed integer)")
     if col.kind == "float" and not _FLOAT_RE.fullmatch(value):
         return f"non-numeric value {value!r} in column {col.name!r} (expected a number)"
     return None
@@ -405,6 +416,41 @@ def _show(value: object) -> str:
     return repr(value.item() if isinstance(value, np.generic) else value)
 
 
+def check_ratings(table: Table, col: str, scale: tuple[float, float] | None,
+                  key: str = "data.rating_range") -> None:
+    """Refuse a non-finite rating (inf) and, with ``scale = (lo, hi)``, a rating outside
+    [lo, hi], at its line. Empty ratings (NaN, where the column is nullable) pass."""
+    v = table.frame[col].to_numpy(np.float64)
+    bad = np.isinf(v)
+    if scale is not None:
+        lo, hi = scale
+        bad |= (v < lo) | (v > hi)
+    if bad.any():
+        row = int(np.argmax(bad))
+        where = f"outside the rating scale {scale[0]:g}..{scale[1]:g} ({key})" if scale else \
+            "not a finite number"
+        raise table.error(row, f"rating {_show(table.frame[col].iloc[row])} {where}")
+
+
+def unknown_items(table: Table, items: np.ndarray, info: ItemInfo, policy: str,
+                  catalogue: Path) -> np.ndarray:
+    """Rows whose item is missing from the item table ``catalogue``: a warning with
+    the count and the first line, then a keep mask for ``policy`` ``keep`` (all rows;
+    such items get no genres, year 0, title "") or ``drop`` (those rows removed)."""
+    if policy not in ("keep", "drop"):
+        raise DataError("data.unknown_items", f"expected 'keep' or 'drop', got {policy!r}")
+    items_h, ids_h = harmonise_ids(items, info.ids)
+    missing = ~np.isin(items_h, ids_h)
+    if missing.any():
+        row = int(np.argmax(missing))
+        n_items = len(pd.unique(items_h[missing]))
+        log.warning("%s: %d rating(s) of %d item(s) not in %s (first: line %d, item %s); %s "
+                    "(data.unknown_items=%s)", table.path, int(missing.sum()), n_items,
+                    catalogue.name, int(table.row_lines[row]), _show(items[row]),
+                    "dropped" if policy == "drop" else "kept without side information", policy)
+    return ~missing if policy == "drop" else np.ones(len(items), dtype=bool)
+
+
 def check_unique(table: Table, col: str) -> None:
     """Raise at the first repeated value of ``col`` (e.g. an item listed twice)."""
     dup = table.frame[col].duplicated().to_numpy()
@@ -415,8 +461,9 @@ def check_unique(table: Table, col: str) -> None:
 
 
 def id_array(s: pd.Series) -> np.ndarray:
-    """Ids as int64 when they are whole numbers (``7`` or ``7.0``), else as text."""
-    if pd.api.types.is_integer_dtype(s):
+    """Ids as int64 when they are whole numbers (``7`` or ``7.0``), else as text
+    (integers beyond int64, which pandas reads as uint64 or text, stay text)."""
+    if pd.api.types.is_integer_dtype(s) and s.dtype != np.uint64:
         return s.to_numpy(dtype=np.int64)
     if pd.api.types.is_float_dtype(s) and bool((s % 1 == 0).all()):
         return s.to_numpy(dtype=np.int64)
