@@ -9,15 +9,26 @@ file. Loading uses ``torch.load(weights_only=True)``: no arbitrary pickle.
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from marl_two_tower.errors import UserError
 from marl_two_tower.utils.io import atomic_write
 
+# keys every training checkpoint holds (Trainer.checkpoint_dict); bundles and saved
+# baselines carry a "format" marker instead and are checked by their own readers
+TRAINING_KEYS = ("model", "config", "data_fingerprint")
 
-class CheckpointMismatch(RuntimeError):
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint or bundle file cannot be used: unreadable, empty, truncated, refused
+    by the safe loader, or not one of ours. The message names the file."""
+
+
+class CheckpointMismatch(CheckpointError):
     """A checkpoint belongs to another dataset or config."""
 
 
@@ -30,24 +41,65 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint safely (``weights_only=True``)."""
+    """Load a training checkpoint, serving bundle or saved baseline safely
+    (``weights_only=True``: tensors and plain values only, never arbitrary pickle).
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: ``path`` is a folder, empty, truncated or corrupt, holds
+            Python objects the safe loader refuses, or is not a marl-two-tower file
+            (a dict with the training keys or a ``format`` marker).
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, expected a checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except MemoryError:
+        raise
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower():
+            # torch's message suggests weights_only=False: never pass that advice on
+            raise CheckpointError(
+                f"{path}: not a marl-two-tower checkpoint or bundle (it holds Python objects "
+                "other than tensors and plain values); refused for safety") from None
+        raise CheckpointError(f"{path}: corrupt checkpoint ({_first_line(exc)})") from None
+    except Exception as exc:  # torch reports a truncated zip as RuntimeError, EOFError, OSError...
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint, cannot be read "
+                              f"({type(exc).__name__}: {_first_line(exc)})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: not a marl-two-tower checkpoint or bundle "
+                              f"(holds a {type(obj).__name__}, expected a dict)")
+    missing = [k for k in TRAINING_KEYS if k not in obj]
+    if "format" not in obj and missing:
+        raise CheckpointError(f"{path}: not a marl-two-tower checkpoint or bundle "
+                              f"(missing {', '.join(missing)})")
+    return obj
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "no detail"
 
 
 def check_compatible(ckpt: dict[str, Any], data_fingerprint: str,
-                     config_fingerprint: dict[str, Any]) -> None:
-    """Refuse a checkpoint from another dataset or an incompatible config."""
+                     config_fingerprint: dict[str, Any], path: str | Path | None = None) -> None:
+    """Refuse a checkpoint from another dataset or an incompatible config (the
+    message starts with ``path`` when given)."""
+    where = f"{path}: " if path is not None else ""
     if ckpt.get("data_fingerprint") != data_fingerprint:
         raise CheckpointMismatch(
-            f"checkpoint was trained on data {ckpt.get('data_fingerprint')!r}, "
+            f"{where}checkpoint was trained on data {ckpt.get('data_fingerprint')!r}, "
             f"this run uses {data_fingerprint!r}: refusing to resume/evaluate on other data")
     theirs = json.loads(ckpt.get("config_fingerprint", "{}"))
     if theirs != config_fingerprint:
         diff = sorted(_diff_keys(theirs, config_fingerprint))
-        raise CheckpointMismatch(f"checkpoint config differs in: {', '.join(diff[:10])}")
+        raise CheckpointMismatch(f"{where}checkpoint config differs in: {', '.join(diff[:10])} "
+                                 "(use another checkpoint_dir, or the same config)")
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:

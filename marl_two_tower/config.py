@@ -9,18 +9,23 @@ rejects unknown keys and wrong types with an error that names the full key
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+from marl_two_tower.errors import UserError
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value or key is invalid; the message names the key."""
 
 
@@ -64,13 +69,6 @@ class DataConfig:
     # keep = split every interaction (a re-consumed target is masked like any train
     # item, so it counts as a miss). docs/metrics.md "Repeats"
     repeats: Literal["drop", "keep"] = "drop"
-    # accepted ratings [lo, hi]: a rating outside (or inf) is an error naming file:line;
-    # [] = the source's scale: MovieLens 1..5, csv/parquet any finite number
-    rating_range: list[float] = field(default_factory=list)
-    # ratings of items missing from the item table (movies.dat, u.item, items_path):
-    # keep (no genres, year 0, title "") or drop; either way a warning gives their count
-    # and first line (ml-1m-ncf: train rows only, the test protocol is kept as given)
-    unknown_items: Literal["keep", "drop"] = "keep"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -317,6 +315,132 @@ class Config:
 
 
 # ---------------------------------------------------------------------------
+# Allowed values (checked at load time, after the types)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed interval of a numeric key: ``lo <= x <= hi`` (``lo < x`` / ``x < hi``
+    when ``open_lo`` / ``open_hi``; ``None`` = unbounded). For a list key every
+    element must lie in the interval and the list must hold at least ``min_len``."""
+
+    lo: float | None = None
+    hi: float | None = None
+    open_lo: bool = False
+    open_hi: bool = False
+    min_len: int = 0
+
+    def describe(self) -> str:
+        """The interval in words, e.g. ``>= 1``, ``> 0``, ``in [0, 1)``."""
+        def num(x: float) -> str:
+            return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+        if self.lo is not None and self.hi is not None:
+            return (f"in {'(' if self.open_lo else '['}{num(self.lo)}, "
+                    f"{num(self.hi)}{')' if self.open_hi else ']'}")
+        if self.lo is not None:
+            return f"{'>' if self.open_lo else '>='} {num(self.lo)}"
+        return f"{'<' if self.open_hi else '<='} {num(self.hi)}"
+
+    def __call__(self, value: Any, key: str) -> None:
+        if isinstance(value, list):
+            if len(value) < self.min_len:
+                raise ConfigError(f"{key}: expected at least {self.min_len} value(s), got {value!r}")
+            for i, v in enumerate(value):
+                self(v, f"{key}[{i}]")
+            return
+        lo_ok = self.lo is None or (value > self.lo if self.open_lo else value >= self.lo)
+        hi_ok = self.hi is None or (value < self.hi if self.open_hi else value <= self.hi)
+        if not (lo_ok and hi_ok):
+            raise ConfigError(f"{key}: expected a value {self.describe()}, got {value!r}")
+
+
+def _run_name(value: str, key: str) -> None:
+    """A run name is a relative path below ``output_dir``: not empty, not absolute,
+    no ``..`` part (either slash), so results can never land outside ``output_dir``."""
+    parts = re.split(r"[/\\]", value)
+    if not value.strip() or Path(value).is_absolute() or value[0] in "/\\" or ".." in parts:
+        raise ConfigError(f"{key}: expected a relative folder name inside output_dir "
+                          f"(no absolute path, no '..'), got {value!r}")
+
+
+_DEVICE = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)?")  # "" = auto
+
+
+def check_device(value: str, key: str = "train.device") -> None:
+    """``auto | cpu | cuda | cuda:N | mps``; anything else is refused before any work."""
+    if not _DEVICE.fullmatch(value):
+        raise ConfigError(f"{key}: expected auto, cpu, cuda, cuda:N or mps, got {value!r}")
+
+
+AT_LEAST_1 = Range(1)
+NON_NEGATIVE = Range(0)
+POSITIVE = Range(0, open_lo=True)
+UNIT = Range(0, 1)
+SEED = Range(0, 2**32 - 1)
+
+Check = Callable[[Any, str], None]
+# Every key with a constraint beyond its type, in one place; keys not listed take any
+# value of their type. A test checks that each entry names a real field.
+CHECKS: dict[type, dict[str, Check]] = {
+    SyntheticConfig: {"n_users": AT_LEAST_1, "n_items": AT_LEAST_1,
+                      "interactions_per_user": POSITIVE, "n_genres": AT_LEAST_1,
+                      "zipf_exponent": NON_NEGATIVE, "genre_affinity": NON_NEGATIVE,
+                      "latent_dim": AT_LEAST_1, "seed": SEED},
+    DataConfig: {"tail_fraction": UNIT},
+    ModelConfig: {"dim": AT_LEAST_1, "id_dim": AT_LEAST_1, "hidden": AT_LEAST_1,
+                  "history_len": AT_LEAST_1, "dropout": Range(0, 1, open_hi=True),
+                  "init_temperature": POSITIVE, "year_buckets": AT_LEAST_1},
+    FairSamplerConfig: {"beta": NON_NEGATIVE, "max_per_batch": AT_LEAST_1},
+    BUHSConfig: {"fanout": AT_LEAST_1, "temperature": POSITIVE, "inference_seed": SEED},
+    GiniConfig: {"tau": POSITIVE, "target": UNIT, "lr_dual": NON_NEGATIVE,
+                 "init_lambda": NON_NEGATIVE, "n_candidates": NON_NEGATIVE,
+                 "exposure_cap": NON_NEGATIVE, "cap_k": AT_LEAST_1,
+                 "cap_candidates": AT_LEAST_1, "cover_floor": NON_NEGATIVE},
+    ContextGNNConfig: {"layers": Range(1, 3), "fanout": AT_LEAST_1,
+                       "familiar_size": NON_NEGATIVE, "recent": NON_NEGATIVE,
+                       "item_neighbours": AT_LEAST_1, "inference_seed": SEED},
+    MARLConfig: {"rl_every": AT_LEAST_1, "rl_batch_users": AT_LEAST_1,
+                 "action_scale": POSITIVE, "entropy_coef": NON_NEGATIVE,
+                 "value_coef": NON_NEGATIVE, "ppo_clip": POSITIVE, "ppo_epochs": AT_LEAST_1,
+                 "lr": POSITIVE, "grad_clip": POSITIVE, "k": AT_LEAST_1,
+                 "alpha": NON_NEGATIVE, "beta": NON_NEGATIVE, "gamma": NON_NEGATIVE,
+                 "delta": NON_NEGATIVE, "eta": NON_NEGATIVE, "jaccard_weight": NON_NEGATIVE,
+                 "jaccard_max_genres": AT_LEAST_1, "hidden": AT_LEAST_1},
+    LossConfig: {"l_sup": NON_NEGATIVE, "l_rl": NON_NEGATIVE, "l_fair": NON_NEGATIVE,
+                 "l_tail": NON_NEGATIVE},
+    TrainConfig: {"epochs": AT_LEAST_1, "batch_size": AT_LEAST_1, "lr": POSITIVE,
+                  "weight_decay": NON_NEGATIVE, "num_negatives": NON_NEGATIVE,
+                  "patience": AT_LEAST_1, "eval_every": AT_LEAST_1, "device": check_device,
+                  "grad_clip": POSITIVE, "max_steps_per_epoch": NON_NEGATIVE,
+                  "num_threads": NON_NEGATIVE},
+    EvalConfig: {"ks": Range(1, min_len=1), "batch_size": AT_LEAST_1,
+                 "sampled_negatives": AT_LEAST_1, "sampled_seed": SEED},
+    ServingConfig: {"port": Range(1, 65535), "ann_threshold": NON_NEGATIVE,
+                    "ivf_nlist": NON_NEGATIVE, "ivf_nprobe": AT_LEAST_1, "hnsw_m": AT_LEAST_1,
+                    "hnsw_ef_search": AT_LEAST_1, "max_k": AT_LEAST_1, "max_batch": AT_LEAST_1,
+                    "cold_start_beta": UNIT, "cold_start_tail_quota": UNIT,
+                    "cold_start_prior": NON_NEGATIVE, "exposure_cap": NON_NEGATIVE,
+                    "exposure_window": AT_LEAST_1},
+    Config: {"name": _run_name, "seed": SEED},
+}
+
+
+def validate(obj: Any, prefix: str = "") -> None:
+    """Check every constrained key of the dataclass ``obj`` (and its nested sections)
+    against :data:`CHECKS`; raises :class:`ConfigError` naming the first bad key and
+    its allowed values. Types are checked earlier, by :func:`config_from_dict`."""
+    checks = CHECKS.get(type(obj), {})
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            validate(value, f"{prefix}{f.name}.")
+        elif f.name in checks:
+            checks[f.name](value, prefix + f.name)
+
+
+# ---------------------------------------------------------------------------
 # Validation
 # ---------------------------------------------------------------------------
 
@@ -355,6 +479,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected float, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite float, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -387,9 +513,12 @@ def _upgrade_legacy(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
-    """Build a validated :class:`Config` from a (partial) nested dict (legacy dicts
-    upgraded first, :func:`_upgrade_legacy`)."""
-    return _build(Config, _upgrade_legacy(data or {}))
+    """Build a validated :class:`Config` from a (partial) nested dict: types first,
+    then the allowed values of :data:`CHECKS` (legacy dicts upgraded first,
+    :func:`_upgrade_legacy`)."""
+    cfg = _build(Config, _upgrade_legacy(data or {}))
+    validate(cfg)
+    return cfg
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -413,21 +542,40 @@ def resolve_config_path(path: str | Path) -> Path:
     raise ConfigError(f"config file not found: {path} (also looked in {CONFIG_DIR})")
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; ``extends: other.yaml`` merges a parent file first."""
+def load_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML mapping; ``extends: other.yaml`` merges a parent file first
+    (a chain that comes back to a file already on it is refused)."""
     p = resolve_config_path(path)
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a folder, expected a YAML config file")
+    if p.resolve() in _chain:
+        names = " -> ".join(str(c.name) for c in (*_chain, p.resolve()))
+        raise ConfigError(f"{p}: 'extends' cycle: {names}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not a text (UTF-8) YAML file (byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{p}:{mark.line + 1}" if mark else str(p)
-        raise ConfigError(f"{where}: invalid YAML: {exc}") from exc
+        raise ConfigError(f"{where}: invalid YAML: {_one_line(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping at top level")
     parent = data.pop("extends", None)
     if parent:
-        data = _deep_merge(load_yaml(p.parent / parent), data)
+        if not isinstance(parent, str):
+            raise ConfigError(f"{p}: extends: expected a file name, got {parent!r}")
+        data = _deep_merge(load_yaml(p.parent / parent, (*_chain, p.resolve())), data)
     return data
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (YAML errors span several)."""
+    return " ".join(str(exc).split())
 
 
 def parse_override(text: str) -> dict[str, Any]:
@@ -435,7 +583,14 @@ def parse_override(text: str) -> dict[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override '{text}': expected key=value")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else ""
+    if not key.strip() or "" in key.strip().split("."):
+        raise ConfigError(f"override '{text}': expected key=value with a dotted key (train.lr=1e-3)")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{text}': the value is not valid YAML "
+                          f"({getattr(exc, 'problem', None) or _one_line(exc)})") from None
+
     if isinstance(value, str) and raw.strip() != "":
         # YAML reads 1e-3 as a string; accept plain float literals too.
         try:
@@ -449,6 +604,14 @@ def parse_override(text: str) -> dict[str, Any]:
         cur = cur.setdefault(p, {})
     cur[parts[-1]] = value
     return out
+
+
+def with_overrides(base: Config | dict[str, Any], overrides: list[str] | None) -> Config:
+    """``base`` (a config or its dict) with ``key=value`` overrides applied, validated."""
+    data = base.to_dict() if isinstance(base, Config) else dict(base)
+    for o in overrides or []:
+        data = _deep_merge(data, parse_override(o))
+    return config_from_dict(data)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -6,6 +6,7 @@
 #        --ablation-study  --seeds N  --no-fair-sampling  --no-buhs  --no-gini-agent
 #        --no-marl  --no-context-gnn  --no-tail-loss  --no-exposure-budget
 #        --set KEY=VALUE (repeatable)
+#        (ablation: the study always resumes; --name NAME = study folder runs/NAME)
 set -euo pipefail
 source "$(dirname "$0")/_common.sh"
 
@@ -42,11 +43,20 @@ while [ $# -gt 0 ]; do
   esac
 done
 if [ "$cmd" = ablate ]; then
-  # the study runs its own fixed variants: drop the per-run --mode
-  filtered=(); skip=0
+  # the study runs its own fixed variants and always resumes: drop the per-run --mode
+  # and --resume; --name NAME names the study folder (runs/NAME), whose runs are
+  # <variant>/seed<S>
+  filtered=(); skip=0; prev=""
   for a in "${args[@]}"; do
-    if [ $skip = 1 ]; then skip=0; continue; fi
-    if [ "$a" = --mode ]; then skip=1; continue; fi
+    if [ $skip = 1 ]; then
+      skip=0
+      if [ "$prev" = --name ]; then filtered+=(--output-dir "runs/$a"); fi
+      continue
+    fi
+    case "$a" in
+      --mode|--name) skip=1; prev="$a"; continue ;;
+      --resume) continue ;;
+    esac
     filtered+=("$a")
   done
   args=("${filtered[@]}")

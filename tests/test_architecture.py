@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent / PKG
 
 # Bottom to top; a module may import from its own layer or any lower one.
 LAYERS: list[set[str]] = [
-    {"", "config", "checkpoint", "utils"},
+    {"", "errors", "config", "checkpoint", "utils"},
     {"data"},
     {"metrics"},
     {"fairness"},

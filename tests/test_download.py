@@ -143,7 +143,7 @@ def test_foreign_folder_is_not_replaced_without_force(tmp_path: Path, server: Se
     mine.parent.mkdir()
     mine.write_text("keep me")
     url = server.url("ml-100k.zip")
-    with pytest.raises(DownloadError, match="pass force=True"):
+    with pytest.raises(DownloadError, match="re-run with --force"):
         download("ml-100k", root=tmp_path, url=url, md5=md5, progress=False)
     assert mine.read_text() == "keep me" and server.requests == 0
     out = download("ml-100k", root=tmp_path, url=url, md5=md5, force=True, progress=False)

@@ -14,7 +14,15 @@ import sys
 from pathlib import Path
 
 from marl_two_tower.cli.common import NO_FLAGS, add_config_args, config_from_args
-from marl_two_tower.config import ConfigError
+from marl_two_tower.data.download import DownloadError
+from marl_two_tower.errors import UserError
+
+# What a user can fix: printed as one ``error:`` line, exit status 2. UserError covers
+# ConfigError, CheckpointError/CheckpointMismatch and UsageError; data errors
+# (DataError) are ValueErrors; OSError = a file or folder the user named. Anything
+# else is a bug and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, DownloadError, OSError, ValueError,
+                                                NotImplementedError)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -78,14 +86,18 @@ _EVAL_MODES = {"comprehensive": ("both", True), "quick": ("full", False),
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from marl_two_tower.config import check_device
     from marl_two_tower.eval import modes as eval_modes
     from marl_two_tower.model.build import load_trained
     from marl_two_tower.study.results import build_results, write_results
-    from marl_two_tower.study.run import evaluate_model
+    from marl_two_tower.study.run import check_output_folder, evaluate_model
 
-    cfg = config_from_args(args) if args.config else None
-    model, stored, split = load_trained(args.checkpoint, cfg, device=args.device)
-    cfg = cfg or stored
+    check_device(args.device, "--device")
+    if args.output:
+        check_output_folder(args.output, "--output")
+    # --set applies to the -c config when given, else to the checkpoint's stored config
+    cfg = config_from_args(args) if args.config else stored_config(args.checkpoint, args.overrides)
+    model, _, split = load_trained(args.checkpoint, cfg, device=args.device)
     device = next(model.parameters()).device
     score_fn = model.scorer(device)
     metrics: dict = {}
@@ -115,6 +127,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def stored_config(checkpoint: str | Path, overrides: list[str] | None = None):
+    """The config stored in a training checkpoint with ``key=value`` overrides applied
+    (and validated)."""
+    import json
+
+    from marl_two_tower import checkpoint as ckpt_io
+    from marl_two_tower.config import with_overrides
+
+    ck = ckpt_io.load(checkpoint)
+    try:
+        stored = json.loads(ck["config"])
+    except (TypeError, ValueError) as exc:
+        raise ckpt_io.CheckpointError(f"{checkpoint}: unreadable stored config ({exc})") from None
+    return with_overrides(stored, overrides)
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     from marl_two_tower.data.download import download
 
@@ -124,12 +152,15 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from marl_two_tower.config import SyntheticConfig
+    from marl_two_tower.config import SyntheticConfig, validate
     from marl_two_tower.data.synthetic_parquet import write_synthetic_parquet
 
     cfg = SyntheticConfig(n_users=args.users, n_items=args.items,
                           interactions_per_user=args.interactions_per_user, n_genres=args.genres,
-                          seed=args.seed, exact_lengths=args.exact_lengths)
+                          seed=args.seed)
+    if args.exact_lengths is not None:  # default: the config's data.synthetic.exact_lengths
+        cfg.exact_lengths = args.exact_lengths
+    validate(cfg, "data.synthetic.")
     info = write_synthetic_parquet(cfg, args.output,
                                    log=None if args.quiet else lambda m: print(m, file=sys.stderr))
     print(f"{info['path']}: {info['n_users']} users, {info['n_items']} items, "
@@ -153,6 +184,12 @@ def _print_summary(doc: dict) -> None:
     print(" | ".join(f"{k} {full[k]:.4f}" for k in keys if isinstance(full.get(k), float)))
     if "sampled" in test:
         print(f"sampled HR@10 {test['sampled'].get('HR@10', float('nan')):.4f}")
+
+
+def _synthetic_default() -> bool:
+    from marl_two_tower.config import SyntheticConfig
+
+    return SyntheticConfig().exact_lengths
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,9 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interactions-per-user", type=float, default=55.0, help="mean history length")
     p.add_argument("--genres", type=int, default=12)
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--exact-lengths", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--exact-lengths", action=argparse.BooleanOptionalAction, default=None,
                    help="redraw repeated (user, item) draws so histories have their drawn "
-                        "length (default); --no-exact-lengths keeps first occurrences only")
+                        "length; --no-exact-lengths keeps first occurrences only (default: "
+                        f"data.synthetic.exact_lengths = {str(_synthetic_default()).lower()})")
     p.add_argument("--output", required=True, help="interactions file (.parquet); side tables "
                                                    "<stem>.items.parquet / <stem>.users.parquet")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-chunk progress")
@@ -243,6 +281,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_message(exc: BaseException) -> str:
+    """The one-line text of a user error (an OSError as ``path: reason``)."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename:
+        text = f"{exc.filename}: {exc.strerror}"
+        if exc.filename2:
+            text += f" ({exc.filename2})"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``marl-two-tower`` console script."""
     parser = build_parser()
@@ -251,8 +300,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, FileNotFoundError, ValueError, NotImplementedError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:
+        if args.verbose:  # -v: the traceback too, for bug reports
+            logging.exception("traceback of the error below")
+        print(f"error: {error_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; resume with --resume", file=sys.stderr)

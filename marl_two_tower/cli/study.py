@@ -91,7 +91,9 @@ def add_subparsers(sub: argparse._SubParsersAction) -> None:
     """Register ``ablate``, ``report`` and ``simulate``."""
     from marl_two_tower.cli.common import NO_FLAGS, add_config_args
 
-    p = sub.add_parser("ablate", help="run the six-variant ablation study (resumable)")
+    # no --resume (a study always resumes its finished and interrupted runs) and no
+    # --name (runs are named <variant>/seed<S> inside --output-dir)
+    p = sub.add_parser("ablate", help="run the six-variant ablation study (always resumes)")
     add_config_args(p)
     p.add_argument("--seeds", type=int, default=3, help="number of seeds: seed, seed+1, ... (3)")
     p.add_argument("--output-dir", default="runs/ablation", help="study folder (runs/ablation)")
@@ -105,9 +107,6 @@ def add_subparsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--mixed-precision", choices=["none", "bf16", "fp16"])
     p.add_argument("--seed", type=int, help="first seed (default: the config's seed)")
-    p.add_argument("--resume", action="store_true",
-                   help="accepted for compatibility: the study always resumes")
-    p.add_argument("--name", help="ignored: runs are named <variant>/seed<S>")
     for flag, comp in NO_FLAGS.items():
         p.add_argument("--" + flag.replace("_", "-"), action="store_true",
                        help=f"leave {comp} out of the whole study")

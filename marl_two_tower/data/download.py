@@ -98,7 +98,7 @@ def download(
         # Not ours (e.g. unpacked by hand): never delete it without being asked.
         raise DownloadError(
             f"{target} exists but was not completed by download(); "
-            "remove it or pass force=True to replace it"
+            "remove it or re-run with --force (force=True from Python) to replace it"
         )
     root.mkdir(parents=True, exist_ok=True)
 

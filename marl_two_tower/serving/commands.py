@@ -33,6 +33,17 @@ def build_recommender(bundle: str | None = None, checkpoint: str | None = None,
     return Recommender(b, b.cfg.serving)
 
 
+def display_name(path: str) -> str:
+    """What ``/health`` calls a bundle or checkpoint: its folder or file name, never the
+    path (``bundles/ml100k/`` and ``bundles/ml100k/bundle.pt`` -> ``ml100k``)."""
+    from pathlib import Path
+
+    from marl_two_tower.serving.export import BUNDLE_FILE
+
+    p = Path(path).resolve()
+    return p.parent.name if p.name == BUNDLE_FILE else p.name
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from marl_two_tower.serving.export import export_checkpoint
 
@@ -45,8 +56,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import faiss
     import torch
 
+    from marl_two_tower.config import AT_LEAST_1, CHECKS, ServingConfig
     from marl_two_tower.serving.service import create_app, run
 
+    # flags first: a bad value must not wait for the bundle to load
+    AT_LEAST_1(args.threads, "--threads")
+    if args.port is not None:
+        CHECKS[ServingConfig]["port"](args.port, "--port")
     # one request is a few small matrix products: extra threads only add contention
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
@@ -56,7 +72,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else cfg.port
     log.info("serving %s (%d users, %d items, index %s) on http://%s:%d", rec.bundle.source,
              rec.bundle.n_users, rec.bundle.n_items, rec.index.describe(), host, port)
-    run(create_app(rec, cfg), host=host, port=port, access_log=args.access_log)
+    run(create_app(rec, cfg, name=display_name(args.bundle or args.checkpoint)), host=host, port=port,
+        access_log=args.access_log)
     return 0
 
 

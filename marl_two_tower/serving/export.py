@@ -41,7 +41,7 @@ import scipy.sparse as sp
 import torch
 
 from marl_two_tower import checkpoint as ckpt_io
-from marl_two_tower.config import Config, _deep_merge, config_from_dict, parse_override
+from marl_two_tower.config import Config, config_from_dict, with_overrides
 from marl_two_tower.data.dataset import Dataset
 from marl_two_tower.data.split import Split, build_split
 from marl_two_tower.utils.io import write_text_atomic
@@ -205,10 +205,7 @@ def export_bundle(model: torch.nn.Module, cfg: Config, split: Split, out_dir: st
 
 def config_with_overrides(stored: Config | dict[str, Any], overrides: list[str] | None) -> Config:
     """``stored`` config with ``key=value`` overrides applied and validated."""
-    data = stored.to_dict() if isinstance(stored, Config) else dict(stored)
-    for o in overrides or []:
-        data = _deep_merge(data, parse_override(o))
-    return config_from_dict(data)
+    return with_overrides(stored, overrides)
 
 
 def load_checkpoint_for_serving(path: str | Path, overrides: list[str] | None = None,
@@ -385,7 +382,7 @@ def load_bundle(path: str | Path) -> Bundle:
     f = p / BUNDLE_FILE if p.is_dir() else p
     if not f.exists():
         raise FileNotFoundError(f"serving bundle not found: {f}")
-    obj = torch.load(f, map_location="cpu", weights_only=True)
+    obj = ckpt_io.load(f)  # weights_only=True; clear errors for refused or truncated files
     return Bundle.from_dict(obj)
 
 

@@ -2,7 +2,8 @@
 
 Endpoints (OpenAPI docs at ``/docs``, schema at ``/openapi.json``):
 
-* ``GET /health``: status, catalogue size, index kind and parameters, bundle source.
+* ``GET /health``: status, catalogue size, index kind and parameters, the bundle's
+  name and fingerprint (never a filesystem path).
 * ``GET /recommend?user_id=&k=[&exclude=ID...][&feature=name:label...]``: top-K
   for one user. User and item ids are the dataset's **original** ids. An unknown
   user gets the cold-start list (see :mod:`.recommender`; ``feature`` gives
@@ -15,20 +16,29 @@ Endpoints (OpenAPI docs at ``/docs``, schema at ``/openapi.json``):
   genre-agent boost, tail boost, familiar-item correction), which sum to the score.
 
 Bad input never reaches the model: k outside [1, ``serving.max_k``], a non-integer
-k, malformed JSON, unknown demographics -> 422 with a reason; unknown items in
-/items and /explain -> 404; unknown users in /explain -> 404 (cold-start lists are
-not model scores). Exclusions naming unknown items are ignored (a client may know
-a newer catalogue).
+k, malformed JSON, a non-finite number (``NaN``, ``Infinity``, ``1e400``: not JSON),
+unknown demographics -> 422 with a reason; unknown items in /items and /explain ->
+404; unknown users in /explain -> 404 (cold-start lists are not model scores); an
+invalid Content-Length -> 400; a body that cannot be decoded -> 400. Exclusions
+naming unknown items are ignored (a client may know a newer catalogue).
+
+Every error body has one shape, :class:`ErrorOut`: ``{"detail": "<reason>"}``, plus
+``"errors": [{"loc": [...], "msg": ..., "type": ...}]`` for request validation
+(422). Each route documents in the OpenAPI schema every status it can send.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
+from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictInt, StrictStr
 
@@ -89,6 +99,88 @@ class ExplainOut(BaseModel):
     seen: bool = Field(description="the item is in the user's seen set (never served)")
 
 
+class FieldError(BaseModel):
+    """One failed check of a request field."""
+
+    loc: list[str | int] = Field(description="where: ['body', 'users', 0, 'user_id'], ['query', 'k']")
+    msg: str
+    type: str
+
+
+class ErrorOut(BaseModel):
+    """The body of every error response (400, 404, 413, 422)."""
+
+    detail: str = Field(description="the reason, for people")
+    errors: list[FieldError] | None = Field(
+        default=None, description="request validation (422): each failed field")
+
+
+class BundleInfo(BaseModel):
+    name: str = Field(description="bundle folder (or checkpoint file) name, without its path")
+    fingerprint: str = Field(description="16 hex digits identifying the served vectors and config")
+    dataset: str
+    data_fingerprint: str
+
+
+class HealthOut(BaseModel):
+    status: str
+    bundle: BundleInfo
+    n_users: int
+    n_items: int
+    index: dict[str, Any]
+    seen: str
+    familiar_rescoring: bool
+    limits: dict[str, int]
+    cold_start: dict[str, Any]
+
+
+class ItemInfoOut(BaseModel):
+    item_id: IdType
+    title: str | None
+    genres: list[str]
+    year: int | None
+    popularity: int
+    tail: bool
+
+
+def _errors(description: str, *statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {s: {"model": ErrorOut, "description": description if s == 404 else _STATUS[s]}
+            for s in statuses}
+
+
+_STATUS = {400: "invalid Content-Length header, or a body that cannot be decoded",
+           413: "request body over the size limit, or a batch over serving.max_batch",
+           422: "invalid request: the reason in `detail`, each failed field in `errors`"}
+# every request passes BodyLimit, so every route can answer 400 and 413
+COMMON = _errors("", 400, 413)
+
+
+def bundle_fingerprint(b: Any) -> str:
+    """16 hex digits of SHA-256 over the data fingerprint, the stored config (serving
+    settings aside) and the item vectors: equal for equal bundles, and no path in it."""
+    cfg = b.cfg.to_dict()
+    cfg.pop("serving", None)
+    h = hashlib.sha256(f"{b.data_fingerprint}\n{json.dumps(cfg, sort_keys=True)}\n".encode())
+    h.update(np.ascontiguousarray(b.item_vectors, dtype=np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 with a readable reason; never echoes the input (a NaN in it cannot be
+    written as JSON, which is what turned these into 500s)."""
+    errors = []
+    for e in exc.errors():
+        loc = [x if isinstance(x, (str, int)) else str(x) for x in e.get("loc", ())]
+        value = e.get("input")
+        if isinstance(value, float) and not math.isfinite(value):
+            msg, kind = "non-finite number (NaN, Infinity or out of range): not valid JSON", "non_finite"
+        else:
+            msg, kind = str(e.get("msg", "invalid value")), str(e.get("type", "value_error"))
+        errors.append({"loc": loc, "msg": msg, "type": kind})
+    detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors) or "invalid request"
+    return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
+
+
 class BodyLimit:
     """ASGI middleware: 413 for a request body over ``max_bytes``, by its declared
     Content-Length or, for chunked bodies, as soon as the bytes received exceed it.
@@ -143,14 +235,20 @@ def _parse_features(raw: list[str]) -> dict[str, str]:
     return out
 
 
-def create_app(rec: Recommender, cfg: ServingConfig | None = None) -> FastAPI:
-    """The FastAPI application serving ``rec``."""
+def create_app(rec: Recommender, cfg: ServingConfig | None = None,
+               name: str | None = None) -> FastAPI:
+    """The FastAPI application serving ``rec``; ``name`` is what ``/health`` calls the
+    bundle (default: the file name of the bundle's source, without its folders)."""
     cfg = cfg or rec.cfg
     b = rec.bundle
     titles = b.item_titles
     tail = b.tail_mask.astype(bool)
     app = FastAPI(title="marl-two-tower recommender",
-                  description=__doc__.split("\n\n", 1)[1] if __doc__ else "", version="1")
+                  description=__doc__.split("\n\n", 1)[1] if __doc__ else "", version="1",
+                  exception_handlers={RequestValidationError: _validation_error})
+    info = {"name": name or (Path(b.source).name if b.source else b.dataset_name),
+            "fingerprint": bundle_fingerprint(b), "dataset": b.dataset_name,
+            "data_fingerprint": b.data_fingerprint}
 
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     # The list endpoints return a JSONResponse built from plain dicts: their response
@@ -194,11 +292,10 @@ def create_app(rec: Recommender, cfg: ServingConfig | None = None) -> FastAPI:
                             "items": items_out(lst)}
         return out  # type: ignore[return-value]
 
-    @app.get("/health")
+    @app.get("/health", response_model=HealthOut, responses=COMMON)
     async def health() -> dict[str, Any]:
         """Liveness and what is being served."""
-        return {"status": "ok", "dataset": b.dataset_name, "data_fingerprint": b.data_fingerprint,
-                "source": b.source, "n_users": b.n_users, "n_items": b.n_items,
+        return {"status": "ok", "bundle": info, "n_users": b.n_users, "n_items": b.n_items,
                 "index": rec.index.describe(), "seen": cfg.seen,
                 "familiar_rescoring": rec.overrides_fn is not None,
                 "limits": {"max_k": cfg.max_k, "max_batch": cfg.max_batch,
@@ -207,7 +304,7 @@ def create_app(rec: Recommender, cfg: ServingConfig | None = None) -> FastAPI:
                                "prior": cfg.cold_start_prior,
                                "features": {f: rec.cold.labels.get(f, []) for f in rec.cold.counts}}}
 
-    @app.get("/recommend", response_model=RecommendOut)
+    @app.get("/recommend", response_model=RecommendOut, responses=COMMON | _errors("", 422))
     async def recommend(
         user_id: Annotated[str, Query(min_length=1, max_length=MAX_ID_LEN,
                                       description="original user id")],
@@ -221,7 +318,7 @@ def create_app(rec: Recommender, cfg: ServingConfig | None = None) -> FastAPI:
         check_k(k)
         return JSONResponse(serve([(user_id, exclude or [], _parse_features(feature or []))], k)[0])
 
-    @app.post("/recommend", response_model=BatchOut)
+    @app.post("/recommend", response_model=BatchOut, responses=COMMON | _errors("", 422))
     async def recommend_batch(body: BatchRequest) -> JSONResponse:
         """Top-k items for a batch of users, with optional per-user exclusions."""
         check_k(body.k)
@@ -234,7 +331,8 @@ def create_app(rec: Recommender, cfg: ServingConfig | None = None) -> FastAPI:
         reqs = [(r.user_id, r.exclude, r.features) for r in body.users]
         return JSONResponse({"k": body.k, "results": serve(reqs, body.k)})
 
-    @app.get("/items/{item_id}")
+    @app.get("/items/{item_id}", response_model=ItemInfoOut,
+             responses=COMMON | _errors("unknown item", 404) | _errors("", 422))
     async def item(item_id: str) -> dict[str, Any]:
         """Catalogue entry of an item (original id)."""
         i = rec.item_index(item_id)
@@ -245,7 +343,8 @@ def create_app(rec: Recommender, cfg: ServingConfig | None = None) -> FastAPI:
                 "year": int(b.item_year[i]) or None, "popularity": int(b.item_pop[i]),
                 "tail": bool(tail[i])}
 
-    @app.get("/explain", response_model=ExplainOut)
+    @app.get("/explain", response_model=ExplainOut,
+             responses=COMMON | _errors("unknown user or item", 404) | _errors("", 422))
     async def explain(
         user_id: Annotated[str, Query(min_length=1, max_length=MAX_ID_LEN)],
         item_id: Annotated[str, Query(min_length=1, max_length=MAX_ID_LEN)],

@@ -6,16 +6,21 @@ scripts, notebooks and the CLI all run exactly the same code.
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
-from marl_two_tower.config import Config
+from marl_two_tower import checkpoint as ckpt_io
+from marl_two_tower.config import Config, ConfigError, fingerprint_config
 from marl_two_tower.data import load_split
 from marl_two_tower.data.split import Split
 from marl_two_tower.eval.arrays import compute_eval_arrays, save_eval_arrays
 from marl_two_tower.fairness.exposure import budget_from_config
 from marl_two_tower.study.results import build_results, write_results
 from marl_two_tower.train.trainer import Trainer
+
+log = logging.getLogger(__name__)
 
 
 def evaluate_model(split: Split, score_fn, cfg: Config, part: str = "test",
@@ -34,9 +39,22 @@ def train_and_evaluate(cfg: Config, resume: bool = False, progress: bool = True,
                        split: Split | None = None) -> tuple[Trainer, dict[str, Any]]:
     """Train with early stopping on validation, then evaluate the best model on test
     (the only time test is touched) and write ``<output_dir>/<name>/results.*``."""
+    check_run_paths(cfg)  # a bad folder fails now, not after training
     split = split or load_split(cfg.data)
+    last = Path(cfg.checkpoint_dir) / "last.pt"
+    if resume and not last.exists():
+        log.warning("no last.pt in %s: starting from scratch", cfg.checkpoint_dir)
+    elif resume:  # refuse another run's checkpoint before building anything, naming the file
+        ckpt_io.check_compatible(ckpt_io.load(last), split.dataset.fingerprint(),
+                                 fingerprint_config(cfg), path=last)
     trainer = Trainer(cfg, split, progress=progress, run_dir=Path(cfg.output_dir) / cfg.name)
     state = trainer.fit(resume=resume)
+    if state.best_epoch < 1 and (Path(cfg.checkpoint_dir) / "model_best.pt").exists():
+        # this run saved no best model, so the trainer restored another run's model_best.pt
+        raise ckpt_io.CheckpointError(
+            f"{cfg.checkpoint_dir}: this run saved no best model (validation NDCG@10 was never "
+            f"a number above -1 in {state.epoch} epoch(s)); refusing to report another run's "
+            "model_best.pt")
     score_fn = trainer.model.scorer(trainer.device)
     metrics = {"test": evaluate_model(split, score_fn, cfg, "test"),
                "val": evaluate_model(split, score_fn, cfg, "val", protocol="full",
@@ -56,4 +74,27 @@ def train_and_evaluate(cfg: Config, resume: bool = False, progress: bool = True,
     return trainer, doc
 
 
+def check_output_folder(path: str | Path, key: str) -> None:
+    """Refuse ``path`` as an output folder when it, or the nearest existing folder
+    above it, is a file or not writable (found before any work, not at the end)."""
+    p = Path(path)
+    probe = p
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        where = "" if probe == p else f" (on the way to {p})"
+        raise ConfigError(f"{key}: {probe} is a file, expected a folder{where}")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}: folder {probe} is not writable")
 
+
+def check_run_paths(cfg: Config) -> None:
+    """The run's results folder ``<output_dir>/<name>`` and ``checkpoint_dir`` can be
+    written, and the results folder stays inside ``output_dir`` (``name`` has no
+    ``..`` and is not absolute: the config checks that, this re-checks resolved paths)."""
+    out, run_dir = Path(cfg.output_dir), Path(cfg.output_dir) / cfg.name
+    if not run_dir.resolve().is_relative_to(out.resolve()):
+        raise ConfigError(f"name: {cfg.name!r} would write outside output_dir {cfg.output_dir}")
+    check_output_folder(cfg.output_dir, "output_dir")
+    check_output_folder(run_dir, "name")
+    check_output_folder(cfg.checkpoint_dir, "checkpoint_dir")
