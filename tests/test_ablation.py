@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from _tiny_study import SEEDS, VARIANTS, tiny_config
 
+from marl_two_tower.config import config_from_dict
 from marl_two_tower.data import load_split
 from marl_two_tower.study.ablation import plan_variants, run_study
 from marl_two_tower.study.results import read_results
@@ -16,11 +18,25 @@ from marl_two_tower.train import trainer as trainer_mod
 
 def test_plan_excludes_components_from_the_whole_study():
     plan = {p.variant.key: p for p in plan_variants(STUDY_VARIANTS)}
+    assert list(plan) == ["base", "context_gnn", "marl", "fair_sampler", "buhs", "gini",
+                          "tail_loss", "exposure_budget"]
     assert plan["base"].available and plan["base"].components == []
-    assert plan["gini"].components == ["context_gnn", "marl", "fair_sampler", "buhs", "gini", "tail_loss"]
+    # the GINI loss, the tail loss and the exposure budget are separate steps
+    assert plan["gini"].components == ["context_gnn", "marl", "fair_sampler", "buhs", "gini"]
+    assert plan["tail_loss"].components == plan["gini"].components + ["tail_loss"]
+    full = plan["gini"].components + ["tail_loss", "exposure_budget"]
+    assert plan["exposure_budget"].components == full
+    # the budget trains nothing: it evaluates the +Tail loss models
+    assert plan["exposure_budget"].evaluates == "tail_loss"
+    assert all(p.evaluates is None for k, p in plan.items() if k != "exposure_budget")
     plan = {p.variant.key: p for p in plan_variants(STUDY_VARIANTS, exclude=["buhs"])}
     assert not plan["buhs"].available and "--no-buhs" in plan["buhs"].reason
-    assert plan["gini"].components == ["context_gnn", "marl", "fair_sampler", "gini", "tail_loss"]
+    assert plan["gini"].components == ["context_gnn", "marl", "fair_sampler", "gini"]
+    # without the tail loss the budget evaluates the latest model with the same training
+    plan = {p.variant.key: p for p in plan_variants(STUDY_VARIANTS, exclude=["tail_loss"])}
+    assert not plan["tail_loss"].available and plan["exposure_budget"].evaluates == "gini"
+    plan = {p.variant.key: p for p in plan_variants(STUDY_VARIANTS, exclude=["exposure_budget"])}
+    assert not plan["exposure_budget"].available
     # a subset keeps the cumulative stack of the whole study
     (buhs,) = plan_variants(STUDY_VARIANTS, only=["buhs"])
     assert buhs.components == ["context_gnn", "marl", "fair_sampler", "buhs"]
@@ -133,3 +149,62 @@ def test_a_run_claimed_by_a_live_worker_is_skipped(tmp_path, monkeypatch):
     assert not (busy / ".lock").exists()
     assert claim(busy) and (busy / ".lock").read_text() == str(os.getpid())
     release(busy)
+
+
+def test_the_exposure_budget_step_evaluates_the_previous_steps_models(tmp_path, monkeypatch):
+    from marl_two_tower.eval.arrays import load_eval_arrays
+    from marl_two_tower.eval.frontier import load_candidates
+    from marl_two_tower.eval.protocols import evaluate
+    from marl_two_tower.fairness.exposure import budget_from_config
+    from marl_two_tower.model.build import load_trained
+    from marl_two_tower.study.ablation import Variant
+
+    cfg = tiny_config("train.epochs=1", "gini.exposure_cap=1.5")
+    split = load_split(cfg.data)
+    out = tmp_path / "s"
+    variants = (*VARIANTS, Variant("budget", "+Exposure budget", ("exposure_budget",)))
+    counter = Counter(monkeypatch)
+    study = run_study(cfg, (1,), out, variants=variants, baselines=False, progress=False,
+                      report=False, split=split)
+    assert counter.calls == [("base", 1, 0), ("tail", 1, 0)]  # the budget step trains nothing
+    status = {v["key"]: (v["evaluates"], v["runs"][0]["status"]) for v in study["variants"]}
+    assert status["budget"] == ("tail", "evaluated")
+    doc = read_results(out / "budget" / "seed1")
+    tail_ckpt = out / "tail" / "seed1" / "checkpoints" / "model_best.pt"
+    assert doc["extra"]["checkpoint"] == str(tail_ckpt) and doc["extra"]["evaluation_only"]
+    assert doc["config"]["exposure_budget"]["enabled"] and doc["config"]["tail_loss"]["enabled"]
+    assert not read_results(out / "tail" / "seed1")["config"]["exposure_budget"]["enabled"]
+    # its numbers are the tail model's under the budget, and the budget changed the lists
+    model, _, _ = load_trained(tail_ckpt, split=split)
+    budget = budget_from_config(config_from_dict(doc["config"]))
+    ref = evaluate(split, model.scorer(), "test", ks=(5, 10), groups=False, budget=budget)
+    assert doc["metrics"]["test"]["full"]["Gini@10"] == pytest.approx(ref["full"]["Gini@10"])
+    assert doc["metrics"]["test"]["full"]["HR@10"] == pytest.approx(ref["full"]["HR@10"])
+    tail_arr, budget_arr = (load_eval_arrays(out / k / "seed1") for k in ("tail", "budget"))
+    assert not np.array_equal(tail_arr.recs, budget_arr.recs)
+    # both runs carry the frontier candidates, identical (same model)
+    a, b = load_candidates(out / "tail" / "seed1"), load_candidates(out / "budget" / "seed1")
+    assert np.array_equal(a["test"].cand, b["test"].cand) and np.array_equal(a["val"].logp, b["val"].logp)
+    # nothing left to do; a run finished before the candidates existed gets them back
+    (out / "base" / "seed1" / "frontier.npz").unlink()
+    counter = Counter(monkeypatch)
+    study = run_study(cfg, (1,), out, variants=variants, baselines=False, progress=False,
+                      report=False, split=split)
+    assert counter.calls == [] and {v["runs"][0]["status"] for v in study["variants"]} == {"done"}
+    assert (out / "base" / "seed1" / "frontier.npz").exists()
+
+
+def test_a_run_stored_before_the_budget_switch_stays_done(tmp_path):
+    from marl_two_tower.study.ablation import PlannedVariant, run_config, run_status
+
+    cfg = tiny_config("train.epochs=1")
+    split = load_split(cfg.data)
+    out = tmp_path / "s"
+    run_study(cfg, (1,), out, variants=VARIANTS[:1], baselines=False, progress=False, report=False,
+              split=split)
+    path = out / "base" / "seed1" / "results.json"
+    doc = json.loads(path.read_text())
+    del doc["config"]["exposure_budget"]  # the layout of older results
+    path.write_text(json.dumps(doc))
+    rc = run_config(cfg, PlannedVariant(VARIANTS[0], [], True), 1, out)
+    assert run_status(rc, split, clean=False) == "done"

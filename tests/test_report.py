@@ -150,3 +150,32 @@ def test_readers_refuse_foreign_and_newer_files(tmp_path) -> None:
     newer["schema_version"] = REPORT_SCHEMA_VERSION
     (tmp_path / "ablation.json").write_text(json.dumps(newer))
     assert read_report(tmp_path / "ablation.json") == newer
+
+
+def test_frontier_section_recomputed_from_the_runs_candidates(study):
+    from marl_two_tower.eval import frontier as F
+
+    doc = read_report(study / "report")
+    fr = doc["frontier"]
+    rows = {r["label"]: r for r in fr["rows"]}
+    assert {"Base", "Base + popularity penalty", "+Tail loss", "ease", "mostpop"} <= set(rows)
+    assert fr["missing"] == [] and fr["knob"]["floor"] == 1
+    runs = {key: [F.load_candidates(study / key / f"seed{s}") for s in SEEDS] for key in ("base", "tail")}
+    settings = F.budget_curve(F.BUDGET_FACTORS, floor=1, k=10)
+    base, tail = (F.frontier_of(key, runs[key], settings) for key in ("base", "tail"))
+    for t in F.GINI_TARGETS:
+        want = F.matched_summary(tail.matched[t], n_boot=doc["tests"]["n_boot"])
+        got = rows["+Tail loss"]["matched"][f"{t:.2f}"]["HR@10"]
+        assert got["value"] == pytest.approx(want["HR@10"]["value"], abs=1e-12)
+        vs = rows["+Tail loss"]["vs_previous"][f"{t:.2f}"]
+        ref = F.paired_matched(tail.matched[t], base.matched[t])
+        assert vs["delta"] == pytest.approx(ref["delta"], abs=1e-12)
+        assert vs["p_wilcoxon"] == pytest.approx(ref["p_wilcoxon"], abs=1e-12)
+    assert "vs_previous" not in rows["Base"] and "vs_previous" not in rows["ease"]
+    # every curve starts at the plain evaluation: the seed mean of the runs' own HR@10
+    hr = [read_results(study / "base" / f"seed{s}")["metrics"]["test"]["full"]["HR@10"] for s in SEEDS]
+    assert rows["Base"]["test"][0]["HR@10"] == pytest.approx(np.mean(hr), abs=1e-12)
+    assert rows["Base + popularity penalty"]["test"][0] == rows["Base"]["test"][0]
+    md = (study / "report" / "ablation.md").read_text()
+    assert "HR@10 at matched Gini@10" in md and "| +Tail loss |" in md.split("matched Gini")[1]
+    assert (study / "report" / "frontier_curves.png").read_bytes()[:8] == PNG

@@ -1,10 +1,15 @@
-"""Ablation study (DESIGN §6): six cumulative variants on the same data, split and seeds.
+"""Ablation study (DESIGN §6): eight cumulative variants on the same data, split and seeds.
 
-    Base two-tower -> +ContextGNN -> +MARL -> +Fair Sampler -> +BUHS -> +GINI (= full)
+    Base two-tower -> +ContextGNN -> +MARL -> +Fair Sampler -> +BUHS -> +GINI loss
+    -> +Tail loss -> +Exposure budget (= full)
 
-Each variant switches on the components of the previous one plus its own. The last
-step also switches on ``tail_loss`` (L_Tail): the full model of DESIGN §4 has both
-fairness terms, and the GINI step is where the objective turns fairness-aware.
+Each variant switches on the components of the previous one plus its own. The GINI
+training loss, the tail loss and the evaluation-time exposure budget are separate
+steps (they were one "+GINI (full)" step before). A step that only adds
+evaluation-time components (:data:`EVAL_ONLY_COMPONENTS`: the exposure budget) trains
+nothing: its runs evaluate the ``model_best.pt`` of the latest earlier step with the
+same trained components, seed by seed (:func:`study.run.evaluate_checkpoint`), so its
+difference to that step is the budget alone, on the same models.
 
 Exclusions. ``--no-X`` removes component X from the whole study: its own variant is
 skipped (reported as *not available*), later variants run without it.
@@ -45,10 +50,10 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from marl_two_tower import checkpoint as ckpt_io
-from marl_two_tower.config import Config, fingerprint_config
+from marl_two_tower.config import Config, config_from_dict, fingerprint_config
 from marl_two_tower.data import load_split
 from marl_two_tower.data.split import Split
-from marl_two_tower.model.build import COMPONENTS
+from marl_two_tower.model.build import COMPONENTS, EVAL_ONLY_COMPONENTS
 from marl_two_tower.study.results import git_commit, read_results
 from marl_two_tower.study.variants import VARIANTS, Variant
 from marl_two_tower.utils.io import write_text_atomic
@@ -72,6 +77,8 @@ class PlannedVariant:
     available: bool
     reason: str = ""
     runs: list[dict[str, Any]] = field(default_factory=list)
+    # evaluation-only step: the key of the earlier variant whose checkpoints it evaluates
+    evaluates: str | None = None
 
 
 def plan_variants(variants: Sequence[Variant] = VARIANTS, exclude: Sequence[str] = (),
@@ -85,13 +92,21 @@ def plan_variants(variants: Sequence[Variant] = VARIANTS, exclude: Sequence[str]
     """
     out: list[PlannedVariant] = []
     stack: list[str] = []
+    trained: dict[tuple[str, ...], str] = {}  # trained components -> latest variant key
     for v in variants:
         stack += [c for c in v.adds if c not in stack]
         on = [c for c in stack if c not in exclude]
         own_excluded = [c for c in v.adds if c in exclude]
         reason = f"excluded by --no-{own_excluded[0].replace('_', '-')}" if own_excluded else ""
+        train_key = tuple(c for c in on if c not in EVAL_ONLY_COMPONENTS)
+        evaluates = None
+        if not reason and v.adds and all(c in EVAL_ONLY_COMPONENTS for c in v.adds):
+            evaluates = trained.get(train_key)
+        if not reason and evaluates is None:
+            trained[train_key] = v.key
         if only is None or v.key in only:
-            out.append(PlannedVariant(v, on, available=not reason, reason=reason))
+            out.append(PlannedVariant(v, on, available=not reason, reason=reason,
+                                      evaluates=evaluates))
     return out
 
 
@@ -108,8 +123,10 @@ def run_config(cfg: Config, pv: PlannedVariant, seed: int, output_dir: Path) -> 
 
 
 def _comparable(d: dict[str, Any]) -> dict[str, Any]:
-    """Config dict without the keys that do not change a run's numbers."""
-    d = copy.deepcopy(d)
+    """Config dict without the keys that do not change a run's numbers (a stored config
+    of an older version is read through :func:`config_from_dict` first, so that its
+    legacy keys mean what they meant then)."""
+    d = config_from_dict(d).to_dict()
     for k in ("name", "output_dir", "checkpoint_dir"):
         d.pop(k, None)
     for k in ("device", "num_threads"):
@@ -189,10 +206,53 @@ def release(run_dir: Path) -> None:
     (run_dir / ".lock").unlink(missing_ok=True)
 
 
+def _ensure_candidates(rc: Config, pv: PlannedVariant, split: Split) -> None:
+    """A finished run from before ``frontier.npz`` existed gets it from its checkpoint
+    (the frontier report needs it; a few seconds on ML-100K)."""
+    from marl_two_tower.eval.frontier import FRONTIER_FILE
+    from marl_two_tower.study.run import backfill_candidates
+
+    run_dir = Path(rc.output_dir) / rc.name
+    if (run_dir / FRONTIER_FILE).exists():
+        return
+    ckpt = Path(read_results(run_dir).get("extra", {}).get("checkpoint")
+                or Path(rc.checkpoint_dir) / "model_best.pt")
+    if ckpt.exists():
+        backfill_candidates(rc, split, ckpt)
+    else:
+        log.warning("%s: no %s and no checkpoint to compute it from; the report leaves this "
+                    "run off the frontier", run_dir, FRONTIER_FILE)
+
+
+def source_config(cfg: Config, pv: PlannedVariant, seed: int, output_dir: Path) -> Config:
+    """The config of the trained run an evaluation-only variant ``pv`` evaluates."""
+    trained = [c for c in pv.components if c not in EVAL_ONLY_COMPONENTS]
+    src = PlannedVariant(Variant(pv.evaluates or "", ""), trained, available=True)
+    return run_config(cfg, src, seed, output_dir)
+
+
+def _evaluate_only(cfg: Config, pv: PlannedVariant, seed: int, rc: Config, output_dir: Path,
+                   split: Split) -> dict[str, Any]:
+    """Evaluate the source run's ``model_best.pt`` under ``rc`` (an evaluation-only
+    step); ``{"status": "waiting"}`` while the source run is not finished."""
+    from marl_two_tower.study.run import evaluate_checkpoint
+
+    src = source_config(cfg, pv, seed, output_dir)
+    ckpt = Path(src.checkpoint_dir) / "model_best.pt"
+    if run_status(src, split, clean=False) != "done" or not ckpt.exists():
+        log.warning("%s seed %d: waiting for %s/seed%d to finish (its model is evaluated "
+                    "here)", pv.variant.key, seed, pv.evaluates, seed)
+        return {"status": "waiting", "evaluates": str(ckpt)}
+    evaluate_checkpoint(rc, ckpt, split=split,
+                        source=read_results(Path(src.output_dir) / src.name))
+    return {"status": "evaluated", "evaluates": str(ckpt)}
+
+
 def _run_baselines(cfg: Config, split: Split, output_dir: Path) -> list[dict[str, Any]]:
     """Fit and evaluate the classical baselines once (resumable by results.json)."""
     from marl_two_tower.baselines import BASELINES
     from marl_two_tower.eval.arrays import write_for_run
+    from marl_two_tower.eval.frontier import compute_candidates, save_candidates
     from marl_two_tower.study.results import build_results, write_results
     from marl_two_tower.study.run import evaluate_model
 
@@ -204,11 +264,17 @@ def _run_baselines(cfg: Config, split: Split, output_dir: Path) -> list[dict[str
             getattr(c, comp).enabled = False
         c.name, c.output_dir = name, str(output_dir / "baselines")
         status = run_status(c, split) if (run_dir / "results.json").exists() else "todo"
+        if not (run_dir / "frontier.npz").exists():
+            status = "todo"  # predates the frontier candidates: refit (deterministic)
         t0 = time.perf_counter()
         if status != "done":
             model = cls().fit(split)
             metrics = {"test": evaluate_model(split, model.score, c, "test")}
             write_for_run(run_dir, split, model.score, c.eval.ks, c.eval.batch_size)
+            # candidates for the frontier plot (the baselines under the same knobs)
+            save_candidates(run_dir, {part: compute_candidates(
+                split, model.score, part, c.gini.cap_candidates, max(c.eval.ks),
+                c.eval.batch_size) for part in ("val", "test")})
             write_results(run_dir, build_results(c, split, metrics,
                                                  extra={"model": name, "kind": "baseline"}))
         rows.append({"name": name, "run_dir": str(run_dir), "status": status,
@@ -250,6 +316,7 @@ def run_study(cfg: Config, seeds: Sequence[int], output_dir: str | Path,
         entry: dict[str, Any] = {"seed": seed, "run_dir": str(run_dir), "status": status}
         pv.runs.append(entry)
         if status == "done":
+            _ensure_candidates(rc, pv, split)
             continue
         if not claim(run_dir):
             entry["status"] = "busy"  # another worker is training it
@@ -263,6 +330,11 @@ def run_study(cfg: Config, seeds: Sequence[int], output_dir: str | Path,
                 continue
             bar.set_postfix_str(f"{pv.variant.key} seed {seed}")
             t0 = time.perf_counter()
+            if pv.evaluates is not None:
+                entry |= _evaluate_only(cfg, pv, seed, rc, output_dir, split)
+                entry["wall_s"] = time.perf_counter() - t0
+                bar.update(1)
+                continue
             try:
                 train_and_evaluate(rc, resume=status == "resume", progress=progress, split=split)
             except RuntimeError as exc:
@@ -285,11 +357,13 @@ def run_study(cfg: Config, seeds: Sequence[int], output_dir: str | Path,
         "git_commit": git_commit(), "seeds": list(seeds),
         "data": {"name": split.dataset.name, "fingerprint": split.dataset.fingerprint()},
         "config": cfg.to_dict(),
-        "note": "the +GINI variant also switches on tail_loss (L_Tail), completing the "
-                "full objective of DESIGN §4",
+        "note": "the GINI loss, the tail loss and the exposure budget are separate steps; "
+                "the exposure-budget step trains nothing and evaluates the previous step's "
+                "checkpoints under the budget",
         "variants": [{"key": pv.variant.key, "label": pv.variant.label,
                       "adds": list(pv.variant.adds), "components": pv.components,
                       "available": pv.available, "reason": pv.reason,
+                      "evaluates": pv.evaluates,
                       "runs": pv.runs} for pv in planned],
         "baselines": base_rows,
         "wall_s_this_invocation": time.perf_counter() - t_start,

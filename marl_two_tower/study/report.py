@@ -7,8 +7,11 @@
   version ``REPORT_SCHEMA_VERSION`` (documented in ``docs/reports.md``);
 * ``ablation.csv``: one row per (variant, metric);
 * ``ablation.md``: the Markdown tables (mean +- std over seeds; delta vs Base with
-  its 95% CI and p-value);
-* PNG plots: ``frontier.png`` (HR@K vs Gini@K, baselines included when present),
+  its 95% CI and p-value; HR@10 at matched Gini per variant and the paired
+  difference vs the previous step, :mod:`marl_two_tower.study.frontier_report`);
+* PNG plots: ``frontier_curves.png`` (each variant's and baseline's HR@10 vs Gini@10
+  and vs Coverage@10 as the exposure budget is swept, from the runs' ``frontier.npz``),
+  ``frontier.png`` (HR@K vs Gini@K of the evaluated lists, baselines included when present),
   ``ablation_bars.png`` (bars with user-bootstrap 95% CIs), ``lorenz.png`` (item
   exposure Lorenz curves), ``group_hr.png`` (HR@K per demographic group) and
   ``learning_curves.png`` (validation NDCG@10 and training loss per epoch).
@@ -37,11 +40,16 @@ import numpy as np
 from marl_two_tower.eval.arrays import EvalArrays, load_eval_arrays
 from marl_two_tower.eval.significance import compare, metric_names, seed_summary
 from marl_two_tower.model.build import COMPONENTS
+from marl_two_tower.study.frontier_report import (
+    build_frontier_section,
+    frontier_markdown,
+    plot_frontier_curves,
+)
 from marl_two_tower.study.results import git_commit, read_results, read_versioned_json
 from marl_two_tower.utils.io import to_jsonable, write_text_atomic
 
 REPORT_SCHEMA = "marl-two-tower/ablation-report"
-REPORT_SCHEMA_VERSION = 1
+REPORT_SCHEMA_VERSION = 2  # 2: adds "frontier" (null when no run has frontier.npz)
 
 # Metrics shown in the Markdown tables and bar plots (at the report's K).
 HEADLINE = ("HR", "NDCG", "TailHR", "Coverage", "Gini", "Redundancy", "AvgPop")
@@ -167,8 +175,10 @@ def _history(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 def build_report(groups: Sequence[Group], unavailable: Sequence[dict[str, Any]] = (),
                  base: str | None = None, k: int | None = None, n_boot: int = 1000,
-                 seed: int = 0, sources: Sequence[str | Path] = ()) -> dict[str, Any]:
-    """The report document (schema in docs/reports.md) for loaded ``groups``."""
+                 seed: int = 0, sources: Sequence[str | Path] = (),
+                 frontier: bool = True) -> dict[str, Any]:
+    """The report document (schema in docs/reports.md) for loaded ``groups``; with
+    ``frontier`` also the frontier section (:func:`frontier_report.build_frontier_section`)."""
     if not groups:
         raise ValueError("no finished runs to report on")
     k = _report_k(groups, k)
@@ -227,6 +237,7 @@ def build_report(groups: Sequence[Group], unavailable: Sequence[dict[str, Any]] 
                   "list_level": "paired user bootstrap, percentile 95% CI, p by CI inversion",
                   "n_boot": n_boot, "bootstrap_seed": seed},
         "rows": rows, "unavailable": list(unavailable),
+        "frontier": build_frontier_section(groups, k, n_boot=n_boot, seed=seed) if frontier else None,
     })
 
 
@@ -312,6 +323,8 @@ def markdown(doc: dict[str, Any]) -> str:
     notes = [f"- {u['label']}: not available ({u['reason']})" for u in doc["unavailable"]]
     if notes:
         lines += ["", "Notes:", *notes]
+    if doc.get("frontier"):
+        lines += ["", frontier_markdown(doc["frontier"]).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
@@ -492,17 +505,21 @@ PLOTS = {"frontier": plot_frontier, "ablation_bars": plot_ablation_bars, "lorenz
 
 
 def write_report(paths: Sequence[str | Path], output: str | Path, base: str | None = None,
-                 k: int | None = None, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+                 k: int | None = None, n_boot: int = 1000, seed: int = 0,
+                 frontier: bool = True) -> dict[str, Any]:
     """Collect runs under ``paths``, write JSON/CSV/Markdown and the PNG plots."""
     out = Path(output)
     groups, unavailable = collect(paths)
     doc = build_report(groups, unavailable, base=base, k=k, n_boot=n_boot, seed=seed,
-                       sources=paths)
+                       sources=paths, frontier=frontier)
     write_text_atomic(out / "ablation.json", json.dumps(doc, indent=2))
     write_text_atomic(out / "ablation.csv", to_csv(doc))
     write_text_atomic(out / "ablation.md", markdown(doc))
     for name, fn in PLOTS.items():
         fn(doc).savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
+    if doc.get("frontier"):
+        plot_frontier_curves(doc["frontier"]).savefig(out / "frontier_curves.png", dpi=110,
+                                                      bbox_inches="tight")
     return doc
 
 

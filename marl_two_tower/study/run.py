@@ -16,6 +16,7 @@ from marl_two_tower.config import Config, ConfigError, fingerprint_config
 from marl_two_tower.data import load_split
 from marl_two_tower.data.split import Split
 from marl_two_tower.eval.arrays import compute_eval_arrays, save_eval_arrays
+from marl_two_tower.eval.frontier import Candidates, compute_candidates, save_candidates
 from marl_two_tower.fairness.exposure import budget_from_config
 from marl_two_tower.study.results import build_results, write_results
 from marl_two_tower.train.trainer import Trainer
@@ -56,22 +57,79 @@ def train_and_evaluate(cfg: Config, resume: bool = False, progress: bool = True,
             f"a number above -1 in {state.epoch} epoch(s)); refusing to report another run's "
             "model_best.pt")
     score_fn = trainer.model.scorer(trainer.device)
-    metrics = {"test": evaluate_model(split, score_fn, cfg, "test"),
-               "val": evaluate_model(split, score_fn, cfg, "val", protocol="full",
-                                     groups=False)}
     extra = {"best_epoch": state.best_epoch, "epochs_run": state.epoch,
              "skipped_steps": trainer.skipped_steps,
              "world_size": trainer.dist.world_size if trainer.dist is not None else 1,
              "checkpoint": str(Path(cfg.checkpoint_dir) / "model_best.pt")}
-    doc = build_results(cfg, split, metrics, state.history, extra)
-    # per-user arrays and top-K lists for significance tests and plots (reports never
-    # re-score); written before results.json, which marks a finished run
+    doc = evaluate_and_write(cfg, split, score_fn, state.history, extra,
+                             write=trainer.dist is None or trainer.dist.is_main)
+    return trainer, doc
+
+
+def evaluate_and_write(cfg: Config, split: Split, score_fn, history: list[dict[str, Any]],
+                       extra: dict[str, Any], write: bool = True) -> dict[str, Any]:
+    """Evaluate a trained scorer on test (all protocols) and validation (full) and write
+    the run folder ``<output_dir>/<name>/``: ``per_user.npz`` (test lists and ranks),
+    ``frontier.npz`` (val and test candidates for :mod:`marl_two_tower.eval.frontier`;
+    reports never re-score a model) and, last, ``results.json`` (which marks a finished
+    run). ``write=False`` (DDP ranks other than 0) only computes."""
+    metrics = {"test": evaluate_model(split, score_fn, cfg, "test"),
+               "val": evaluate_model(split, score_fn, cfg, "val", protocol="full",
+                                     groups=False)}
+    doc = build_results(cfg, split, metrics, history, extra)
     arrays = compute_eval_arrays(split, score_fn, cfg.eval.ks, cfg.eval.batch_size,
                                  budget_from_config(cfg))
-    if trainer.dist is None or trainer.dist.is_main:  # DDP: only rank 0 writes
-        save_eval_arrays(Path(cfg.output_dir) / cfg.name, arrays)
-        write_results(Path(cfg.output_dir) / cfg.name, doc)
-    return trainer, doc
+    cands = frontier_candidates(cfg, split, score_fn)
+    if write:
+        run_dir = Path(cfg.output_dir) / cfg.name
+        save_eval_arrays(run_dir, arrays)
+        save_candidates(run_dir, cands)
+        write_results(run_dir, doc)
+    return doc
+
+
+def frontier_candidates(cfg: Config, split: Split, score_fn) -> dict[str, Candidates]:
+    """Val and test candidates of the exposure budget (its ``gini.cap_candidates``),
+    whether the budget is on or not: every run can then be put on the frontier."""
+    return {part: compute_candidates(split, score_fn, part, cfg.gini.cap_candidates,
+                                     max(cfg.eval.ks), cfg.eval.batch_size)
+            for part in ("val", "test")}
+
+
+def backfill_candidates(cfg: Config, split: Split, checkpoint: str | Path) -> Path:
+    """Write ``frontier.npz`` for a finished run that predates it, from its checkpoint."""
+    from marl_two_tower.model.build import load_trained
+
+    model, _, split = load_trained(checkpoint, cfg=cfg, split=split, device=cfg.train.device)
+    score_fn = model.scorer(next(model.parameters()).device)
+    return save_candidates(Path(cfg.output_dir) / cfg.name, frontier_candidates(cfg, split, score_fn))
+
+
+def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, split: Split | None = None,
+                        source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate an already trained ``checkpoint`` under ``cfg`` and write the run folder
+    as :func:`train_and_evaluate` does, without training.
+
+    For an evaluation-only ablation step (the exposure budget on the previous step's
+    model): ``cfg`` may differ from the checkpoint's own config only in what the
+    checkpoint fingerprint ignores (evaluation settings, ``exposure_budget``), which is
+    checked. ``source`` (the trained run's results document) supplies the history,
+    best epoch and epochs run.
+    """
+    from marl_two_tower.model.build import load_trained
+
+    check_run_paths(cfg)
+    model, stored, split = load_trained(checkpoint, cfg=cfg, split=split, device=cfg.train.device)
+    if fingerprint_config(stored) != fingerprint_config(cfg):
+        raise ckpt_io.CheckpointMismatch(
+            f"{checkpoint}: trained with another model or training config than the run "
+            f"{cfg.name!r} asks for; only evaluation settings may differ")
+    device = next(model.parameters()).device
+    src_extra = (source or {}).get("extra", {})
+    extra = {"best_epoch": src_extra.get("best_epoch"), "epochs_run": src_extra.get("epochs_run"),
+             "checkpoint": str(checkpoint), "evaluation_only": True}
+    return evaluate_and_write(cfg, split, model.scorer(device), (source or {}).get("history", []),
+                              extra)
 
 
 def check_output_folder(path: str | Path, key: str) -> None:

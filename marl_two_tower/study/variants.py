@@ -20,5 +20,11 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("marl", "+MARL", ("marl",)),
     Variant("fair_sampler", "+Fair Sampler", ("fair_sampler",)),
     Variant("buhs", "+BUHS", ("buhs",)),
-    Variant("gini", "+GINI (full)", ("gini", "tail_loss")),
+    Variant("gini", "+GINI loss", ("gini",)),
+    Variant("tail_loss", "+Tail loss", ("tail_loss",)),
+    Variant("exposure_budget", "+Exposure budget (full)", ("exposure_budget",)),
 )
+"""Until the frontier work the last step was one row, "+GINI (full)" = gini + tail_loss
++ the exposure budget (``gini.enabled`` switched both the loss and the budget); the
+three are now separate switches and separate rows. The last row trains nothing: it
+evaluates the "+Tail loss" checkpoints under the budget (:data:`EVAL_ONLY_COMPONENTS`)."""
