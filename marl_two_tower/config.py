@@ -69,6 +69,13 @@ class DataConfig:
     # keep = split every interaction (a re-consumed target is masked like any train
     # item, so it counts as a miss). docs/metrics.md "Repeats"
     repeats: Literal["drop", "keep"] = "drop"
+    # accepted ratings [lo, hi]: a rating outside (or inf) is an error naming file:line;
+    # [] = the source's scale: MovieLens 1..5, csv/parquet any finite number
+    rating_range: list[float] = field(default_factory=list)
+    # ratings of items missing from the item table (movies.dat, u.item, items_path):
+    # keep (no genres, year 0, title "") or drop; either way a warning gives their count
+    # and first line (ml-1m-ncf: train rows only, the test protocol is kept as given)
+    unknown_items: Literal["keep", "drop"] = "keep"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
