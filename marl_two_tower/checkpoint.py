@@ -96,16 +96,31 @@ def check_compatible(ckpt: dict[str, Any], data_fingerprint: str,
             f"{where}checkpoint was trained on data {ckpt.get('data_fingerprint')!r}, "
             f"this run uses {data_fingerprint!r}: refusing to resume/evaluate on other data")
     theirs = json.loads(ckpt.get("config_fingerprint", "{}"))
-    if theirs != config_fingerprint:
-        diff = sorted(_diff_keys(theirs, config_fingerprint))
+    diff = sorted(_diff_keys(theirs, config_fingerprint, _default_fingerprint()))
+    if diff:
         raise CheckpointMismatch(f"{where}checkpoint config differs in: {', '.join(diff[:10])} "
                                  "(use another checkpoint_dir, or the same config)")
 
 
-def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+def _default_fingerprint() -> dict[str, Any]:
+    from marl_two_tower.config import Config, fingerprint_config
+
+    return fingerprint_config(Config())
+
+
+_ABSENT = object()
+
+
+def _diff_keys(a: Any, b: Any, default: Any = _ABSENT, prefix: str = "") -> list[str]:
+    """Dotted keys where fingerprints ``a`` (the checkpoint's) and ``b`` differ. A key
+    the checkpoint lacks is no difference when ``b`` holds its default: a key added
+    by a later version, at the value that reproduces the old behaviour."""
     if isinstance(a, dict) and isinstance(b, dict):
         out: list[str] = []
+        d = default if isinstance(default, dict) else {}
         for k in set(a) | set(b):
-            out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+            if k not in a and k in d and b.get(k) == d[k]:
+                continue
+            out += _diff_keys(a.get(k), b.get(k), d.get(k, _ABSENT), f"{prefix}{k}.")
         return out
     return [] if a == b else [prefix.rstrip(".")]
