@@ -613,20 +613,25 @@ def parse_override(text: str) -> dict[str, Any]:
     return out
 
 
+def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """The nested dict ``data`` with each ``key=value`` of ``overrides`` merged in, in
+    order (a later override of the same key wins); ``data`` itself is not modified.
+    The one place overrides are applied: :func:`with_overrides`, :func:`load_config`
+    and the business-case config all go through it."""
+    for o in overrides or []:
+        data = _deep_merge(data, parse_override(o))
+    return data
+
+
 def with_overrides(base: Config | dict[str, Any], overrides: list[str] | None) -> Config:
     """``base`` (a config or its dict) with ``key=value`` overrides applied, validated."""
     data = base.to_dict() if isinstance(base, Config) else dict(base)
-    for o in overrides or []:
-        data = _deep_merge(data, parse_override(o))
-    return config_from_dict(data)
+    return config_from_dict(apply_overrides(data, overrides))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults <- YAML file (optional) <- ``key=value`` overrides, then validate."""
-    data: dict[str, Any] = load_yaml(path) if path else {}
-    for o in overrides or []:
-        data = _deep_merge(data, parse_override(o))
-    return config_from_dict(data)
+    return with_overrides(load_yaml(path) if path else {}, overrides)
 
 
 def fingerprint_config(cfg: Config) -> dict[str, Any]:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from marl_two_tower.config import ConfigError, config_from_dict, load_config, parse_override
+from marl_two_tower.config import (
+    ConfigError,
+    apply_overrides,
+    config_from_dict,
+    load_config,
+    parse_override,
+    with_overrides,
+)
 
 
 def test_defaults_and_nested_override():
@@ -58,3 +65,15 @@ def test_parse_override():
     assert parse_override("x=hello") == {"x": "hello"}
     with pytest.raises(ConfigError):
         parse_override("novalue")
+
+
+def test_overrides_merge_in_order_without_touching_the_input():
+    base = {"train": {"lr": 0.1, "epochs": 3}, "name": "a"}
+    out = apply_overrides(base, ["train.lr=0.5", "model.dim=8", "train.lr=0.25"])
+    assert out == {"train": {"lr": 0.25, "epochs": 3}, "name": "a", "model": {"dim": 8}}
+    assert base == {"train": {"lr": 0.1, "epochs": 3}, "name": "a"}
+    assert apply_overrides(base, None) == base
+    # the stored config of a checkpoint and a fresh load go through the same merge
+    stored = load_config(None, ["train.epochs=3"])
+    assert with_overrides(stored, ["train.lr=0.5"]) == load_config(None, ["train.epochs=3",
+                                                                          "train.lr=0.5"])

@@ -17,14 +17,15 @@ def build_recommender(bundle: str | None = None, checkpoint: str | None = None,
     """A :class:`Recommender` from a bundle folder or straight from a training
     checkpoint; ``overrides`` (``key=value``) apply to the stored config, e.g.
     ``serving.ivf_nprobe=32`` or, for a checkpoint, ``data.path=...``."""
-    from marl_two_tower.serving.export import bundle_from_model, config_with_overrides, load_bundle
+    from marl_two_tower.config import with_overrides
+    from marl_two_tower.serving.export import bundle_from_model, load_bundle
     from marl_two_tower.serving.recommender import Recommender
 
     if (bundle is None) == (checkpoint is None):
         raise ValueError("give exactly one of --bundle and --checkpoint")
     if bundle is not None:
         b = load_bundle(bundle)
-        b.cfg = config_with_overrides(b.cfg, overrides)
+        b.cfg = with_overrides(b.cfg, overrides)
     else:
         from marl_two_tower.serving.export import load_checkpoint_for_serving
 

@@ -44,6 +44,7 @@ from marl_two_tower import checkpoint as ckpt_io
 from marl_two_tower.config import Config, config_from_dict, with_overrides
 from marl_two_tower.data.dataset import Dataset
 from marl_two_tower.data.split import Split, build_split
+from marl_two_tower.model.two_tower import TwoTower
 from marl_two_tower.utils.io import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -58,27 +59,21 @@ FORMAT_VERSION = 1
 # ---------------------------------------------------------------------------
 
 
-def score_blocks(model: torch.nn.Module, n_genres: int) -> dict[str, tuple[int, int]]:
+def score_blocks(model: TwoTower, n_genres: int) -> dict[str, tuple[int, int]]:
     """Coordinate ranges of z_u / y_i per score part: ``{name: (start, end)}``.
 
     The first ``model.cfg.dim`` coordinates are the two-tower part <e_u/T, e_i>.
     Controller dimensions follow (DESIGN §3: z_u = [e_u; b_u; t_u],
-    y_i = [e_i; m_i; m_i * tail(i)]): a controller may name its own ranges through a
-    ``score_blocks()`` method returning ``{name: (start, end)}`` relative to its own
-    features; otherwise 2G extra dimensions are read as the genre boost (first G)
-    and the tail boost (next G), and any other width as one ``controller`` part.
+    y_i = [e_i; m_i; m_i * tail(i)]): 2G extra dimensions are read as the genre boost
+    (first G) and the tail boost (next G), any other width as one ``controller`` part.
     """
     d = int(model.cfg.dim)
     blocks = {"two_tower": (0, d)}
-    ctrl = getattr(model, "controller", None)
+    ctrl = model.controller
     if ctrl is None:
         return blocks
     width = int(ctrl.item_features().shape[1])
-    named = getattr(ctrl, "score_blocks", None)
-    if callable(named):
-        for name, (a, b) in named().items():
-            blocks[str(name)] = (d + int(a), d + int(b))
-    elif width == 2 * n_genres:
+    if width == 2 * n_genres:
         blocks["genre_boost"] = (d, d + n_genres)
         blocks["tail_boost"] = (d + n_genres, d + 2 * n_genres)
     elif width:
@@ -203,11 +198,6 @@ def export_bundle(model: torch.nn.Module, cfg: Config, split: Split, out_dir: st
     return out
 
 
-def config_with_overrides(stored: Config | dict[str, Any], overrides: list[str] | None) -> Config:
-    """``stored`` config with ``key=value`` overrides applied and validated."""
-    return with_overrides(stored, overrides)
-
-
 def load_checkpoint_for_serving(path: str | Path, overrides: list[str] | None = None,
                                 device: str = "cpu"):
     """(model, cfg, split) from a training checkpoint; ``overrides`` apply to the stored
@@ -215,7 +205,7 @@ def load_checkpoint_for_serving(path: str | Path, overrides: list[str] | None = 
     from marl_two_tower.model.build import load_trained
 
     stored = config_from_dict(json.loads(ckpt_io.load(path)["config"]))
-    cfg = config_with_overrides(stored, overrides)
+    cfg = with_overrides(stored, overrides)
     model, _, split = load_trained(path, cfg, device=device)
     return model, cfg, split
 

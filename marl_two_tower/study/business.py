@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from marl_two_tower.config import ConfigError, _build, _deep_merge, load_yaml, parse_override
+from marl_two_tower.config import ConfigError, _build, apply_overrides, load_yaml
 
 LABEL = "SIMULATED"
 
@@ -74,10 +74,7 @@ class BusinessConfig:
 def load_business_config(path: str | Path | None = None,
                          overrides: list[str] | None = None) -> BusinessConfig:
     """Defaults <- YAML (optional) <- ``key=value`` overrides, validated by key and type."""
-    data: dict[str, Any] = load_yaml(path) if path else {}
-    for o in overrides or []:
-        data = _deep_merge(data, parse_override(o))
-    cfg = _build(BusinessConfig, data)
+    cfg = _build(BusinessConfig, apply_overrides(load_yaml(path) if path else {}, overrides))
     if not 0 < cfg.interval < 1:
         raise ConfigError(f"interval: expected a value in (0, 1), got {cfg.interval}")
     if cfg.horizon_months < 1 or cfg.n_samples < 1:
