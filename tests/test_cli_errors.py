@@ -230,4 +230,3 @@ def test_generate_exact_lengths_default_is_the_config(monkeypatch, tmp_path, cap
                         (["--no-exact-lengths"], False)):
         assert cli.main(["generate", "--users", "5", "--items", "5", "--output", out, *flags]) == 0
         assert seen[-1].exact_lengths is want
-    assert SyntheticConfig().exact_lengths is False
