@@ -29,6 +29,11 @@ Every knob value then re-allocates these arrays (numpy only, no model call).
   no penalty), i.e. p'(i | u) ∝ p(i | u) / (1 + pop(i))^w, each user's candidates
   sorted by s' (equivalently by log p(i | u) - w log(1 + pop(i)): the per-user
   logsumexp does not change a user's order); swept over w from 0 upwards;
+* ``online``: what ``serve`` returns under ``serving.exposure_cap`` = f when the
+  evaluated users request once each, in index order, inside one window of
+  ``serving.exposure_window`` = U lists (:func:`~marl_two_tower.fairness.exposure.allocate_in_order`:
+  first come, first served, no coverage floor; docs/serving.md says where this differs
+  from the offline budget); swept over f like the budget;
 * ``off``: the plain evaluation. Every curve starts at it.
 
 **Matched Gini** (:func:`match_gini`). A curve is the sequence of settings in knob
@@ -80,7 +85,12 @@ from marl_two_tower.eval.significance import (
     point_values,
     recentre,
 )
-from marl_two_tower.fairness.exposure import ExposureBudget, rerank_with_budget
+from marl_two_tower.fairness.exposure import (
+    ExposureBudget,
+    allocate_in_order,
+    fair_share_cap,
+    rerank_with_budget,
+)
 from marl_two_tower.metrics import ranking as M
 from marl_two_tower.utils.io import atomic_write
 
@@ -100,6 +110,7 @@ __all__ = [
     "frontier_summary",
     "lists_for",
     "load_candidates",
+    "online_curve",
     "match_gini",
     "matched_summary",
     "paired_matched",
@@ -116,7 +127,7 @@ BUDGET_FACTORS = (64.0, 32.0, 16.0, 12.0, 8.0, 6.0, 5.0, 4.0, 3.5, 3.0, 2.5, 2.0
                   1.25, 1.0)
 POPULARITY_WEIGHTS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0)
 CURVE_METRICS = ("HR", "NDCG", "Gini", "Coverage", "TailHR")  # @K on every curve point
-Arm = Literal["off", "budget", "popularity"]
+Arm = Literal["off", "budget", "popularity", "online"]
 
 
 # ---------------------------------------------------------------------------
@@ -215,7 +226,8 @@ def load_candidates(run_dir: str | Path) -> dict[str, Candidates] | None:
 @dataclass(frozen=True)
 class Setting:
     """One knob value: ``arm`` off, budget (``value`` = cap factor, ``floor`` = coverage
-    floor, ``k`` = the K of the fair share) or popularity (``value`` = weight w)."""
+    floor, ``k`` = the K of the fair share), online (``value`` = cap factor, ``k``) or
+    popularity (``value`` = weight w)."""
 
     arm: Arm
     value: float = math.nan
@@ -228,11 +240,13 @@ class Setting:
             return "off"
         if self.arm == "budget":
             return f"cap {self.value:g}" + (f" + floor {self.floor}" if self.floor else "")
+        if self.arm == "online":
+            return f"online cap {self.value:g}"
         return f"w {self.value:g}"
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"arm": self.arm, "label": self.label}
-        if self.arm == "budget":
+        if self.arm in ("budget", "online"):
             d |= {"factor": self.value, "floor": self.floor, "k": self.k}
         elif self.arm == "popularity":
             d["weight"] = self.value
@@ -244,6 +258,11 @@ def budget_curve(factors: Sequence[float] = BUDGET_FACTORS, floor: int = 1,
     """off, then the budget at each cap factor from loose (large) to tight (small)."""
     return [Setting("off")] + [Setting("budget", float(f), floor, k)
                                for f in sorted(set(factors), reverse=True)]
+
+
+def online_curve(factors: Sequence[float] = BUDGET_FACTORS, k: int = 10) -> list[Setting]:
+    """off, then the online budget (served lists, one window) at each factor, loose to tight."""
+    return [Setting("off")] + [Setting("online", float(f), 0, k) for f in sorted(set(factors), reverse=True)]
 
 
 def popularity_curve(weights: Sequence[float] = POPULARITY_WEIGHTS) -> list[Setting]:
@@ -265,6 +284,9 @@ def lists_for(c: Candidates, s: Setting) -> RankResult:
     if s.arm == "budget":
         budget = ExposureBudget(factor=s.value, k=s.k, n_candidates=c.cand.shape[1], floor=s.floor)
         recs = rerank_with_budget(c.cand, c.logp.astype(np.float64), k_max, budget, c.n_items)
+    elif s.arm == "online":
+        cap = fair_share_cap(s.value, s.k, len(c.cand), c.n_items)  # window = the U users
+        recs = allocate_in_order(c.cand, k_max, cap, c.n_items, s.k)
     elif s.arm == "popularity":
         valid = c.cand >= 0
         pen = np.log1p(c.item_pop[np.where(valid, c.cand, 0)].astype(np.float64))
@@ -275,7 +297,7 @@ def lists_for(c: Candidates, s: Setting) -> RankResult:
         if recs.shape[1] < k_max:
             recs = np.pad(recs, ((0, 0), (0, k_max - recs.shape[1])), constant_values=-1)
     else:
-        raise ValueError(f"unknown knob arm {s.arm!r} (expected off, budget or popularity)")
+        raise ValueError(f"unknown knob arm {s.arm!r} (expected off, budget, online or popularity)")
     # target ranks as for the budget in rank_full: its slot, or beyond the list
     return reallocated(c.plain, recs.astype(np.int64))
 

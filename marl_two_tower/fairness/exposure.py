@@ -194,6 +194,30 @@ def rerank_with_budget(cand: np.ndarray, logp: np.ndarray, k_max: int, budget: E
     return cover_unexposed(recs, cand, logp, budget.k, budget.floor, n_items)
 
 
+def allocate_in_order(cand: np.ndarray, k_max: int, capacity: int, n_items: int,
+                      k: int = 10) -> np.ndarray:
+    """The lists :class:`OnlineExposureBudget` serves when the users of ``cand`` request
+    once each, in row order, within one window (``window`` >= number of users).
+
+    Request r takes its ``k_max`` best candidates among the items that hold fewer than
+    ``capacity`` slots so far, then its first ``k`` items are counted, exactly as
+    ``Recommender.recommend`` does (blocked items are excluded before the search; an
+    item one below its cap may enter the list and reach it). First come, first served:
+    unlike :func:`allocate` (slot by slot, contested items to the highest log p), an
+    earlier request fills all its slots before a later one starts and wins every item
+    it wants. A Python loop over requests, because each list depends on all earlier
+    ones; O(n_users * M) numpy work in total.
+    """
+    counts = np.zeros(n_items, dtype=np.int64)
+    out = np.full((len(cand), k_max), -1, dtype=np.int64)
+    for r, row in enumerate(cand):
+        row = row[row >= 0]
+        take = row[counts[row] < capacity][:k_max]
+        out[r, : len(take)] = take
+        counts[take[:k]] += 1
+    return out
+
+
 def budget_from_config(cfg: Config) -> ExposureBudget | None:
     """The configured budget: on when ``exposure_budget.enabled`` and ``gini.exposure_cap``
     > 0 (the GINI training loss, ``gini.enabled``, is a separate switch)."""
