@@ -267,6 +267,11 @@ class EvalConfig:
     batch_size: int = 1024  # users scored at once
     sampled_negatives: int = 99  # negatives per user in the sampled protocol
     sampled_seed: int = 12345  # fixed seed of the sampled protocol
+    # >= 1. Components whose inference draws a random sample (ContextGNN's neighbourhood
+    # salt, BUHS's history sample) are scored as the mean of the scores of this many
+    # draws (seeds inference_seed + 0..S-1), so a reported number is not one lucky draw;
+    # 1 = the single draw inference_seed. Other models score once. docs/metrics.md
+    inference_samples: int = 4
 
 
 @dataclass

@@ -315,12 +315,14 @@ def assert_same_top_k(got, got_s, want, want_s, k):
 
 
 def fused_equals_retrieve(model, split, users, k=10):
-    """Exhaustive fused scores (scorer, evaluator masking) vs two-stage retrieve."""
+    """Exhaustive fused scores (scorer, evaluator masking) vs two-stage retrieve, both
+    at the single inference draw (retrieve scores draw 0; the evaluator's default
+    averages eval.inference_samples draws)."""
     model.eval()
     excl = split.exclusion_matrix("val")
     u = torch.as_tensor(users)
     with torch.no_grad():
-        full = model.scorer()(users)
+        full = model.scorer(samples=1)(users)
         rows, cols = excl[users].nonzero()
         full[rows, cols] = -np.inf
         want_s, want = torch.topk(full, k + 1, dim=1)
@@ -329,7 +331,7 @@ def fused_equals_retrieve(model, split, users, k=10):
     assert_same_top_k(got.numpy(), got_s.numpy(), want.numpy(), want_s.numpy(), k)
     # without exclusions there is no slack from masked items: stage 1 needs k + |F|
     with torch.no_grad():
-        all_s, all_i = torch.topk(model.scorer()(users), k + 1, dim=1)
+        all_s, all_i = torch.topk(model.scorer(samples=1)(users), k + 1, dim=1)
         got0, got0_s = model.retrieve(u, k)
     assert_same_top_k(got0.numpy(), got0_s.numpy(), all_i.numpy(), all_s.numpy(), k)
     want = want[:, :k]
@@ -358,10 +360,10 @@ def test_retrieve_then_rescore_equals_exhaustive_on_ml100k(ml100k_dir):
     share = fused_equals_retrieve(model, split, users)
     assert 0.1 < share < 0.9, share
     # and the evaluator's lists (batches of 1024, target unmasked) agree
-    res = rank_full(split, model.scorer(), "val", k_max=11)
+    res = rank_full(split, model.scorer(samples=1), "val", k_max=11)
     got, got_s = model.retrieve(torch.as_tensor(res.users), 10, exclude=split.exclusion_matrix("val"))
     with torch.no_grad():
-        full = model.scorer()(res.users)
+        full = model.scorer(samples=1)(res.users)
     want_s = np.take_along_axis(full.numpy(), res.recs, 1)
     assert_same_top_k(got.numpy(), got_s.numpy(), res.recs, want_s, 10)
 

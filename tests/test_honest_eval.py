@@ -343,3 +343,76 @@ def test_external_scorer_still_finds_real_duplicates(tmp_path) -> None:
     (tmp_path / "recs.csv").write_text("user,item,rank\n1,42,1\n14,2,1\n1,2,1\n")
     with pytest.raises(DataError, match=r"recs.csv:4: user '1' has rank '1' twice"):
         metrics_from_files(tmp_path / "train.csv", tmp_path / "test.csv", tmp_path / "recs.csv")
+
+
+# ---------------------------------------------------------------------------
+# Point 4: inference randomness is averaged over eval.inference_samples draws
+# ---------------------------------------------------------------------------
+
+TINY = ["model.dim=8", "model.id_dim=8", "model.hidden=16", "context_gnn.fanout=3",
+        "context_gnn.familiar_size=6", "buhs.fanout=3"]
+STOCHASTIC = ["context_gnn.enabled=true", "context_gnn.familiar=true", "buhs.enabled=true",
+              "buhs.temperature=1.0"]
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Split:
+    rng = np.random.default_rng(21)
+    return leave_one_out(make_dataset([rng.permutation(90)[: rng.integers(5, 30)].tolist()
+                                       for _ in range(120)], 90))
+
+
+def _model(split: Split, *extra: str, seed_offset: int = 0):
+    """A random-weight model; ``seed_offset`` shifts both components' inference seeds."""
+    from marl_two_tower.config import load_config
+    from marl_two_tower.model.build import build_model
+
+    cfg = load_config(None, [*TINY, *STOCHASTIC, f"context_gnn.inference_seed={seed_offset}",
+                             f"buhs.inference_seed={seed_offset}", *extra])
+    torch.manual_seed(0)  # the same weights for every offset
+    return build_model(cfg, split).eval()
+
+
+def _todays_single_draw(model, users: np.ndarray) -> torch.Tensor:
+    """The scorer body before issue 13.4: one pass at the configured seeds."""
+    from marl_two_tower.model.two_tower import apply_overrides
+
+    with torch.no_grad():
+        u = torch.as_tensor(users)
+        z = model.user_vectors(u)
+        s = z @ model.item_vectors().T
+        return apply_overrides(s, *model.score_adjuster.overrides(u, model, z=z)).float()
+
+
+def test_reported_score_is_the_mean_of_the_single_draw_scores(tiny: Split) -> None:
+    users = np.arange(tiny.n_users)
+    S = 3
+    model = _model(tiny)
+    assert model.inference_samples == 4  # the config default reaches the model
+    assert len(model.stochastic_modules()) == 2  # ContextGNN and BUHS
+    singles = [_model(tiny, seed_offset=d).scorer(samples=1)(users) for d in range(S)]
+    assert not torch.allclose(singles[0], singles[1])  # the draws really differ
+    mean = model.scorer(samples=S)(users)
+    torch.testing.assert_close(mean, torch.stack(singles).mean(0), rtol=1e-5, atol=1e-6)
+    # S = 1 is today's single fixed-seed draw, bit for bit
+    assert torch.equal(model.scorer(samples=1)(users), _todays_single_draw(model, users))
+    # the configured value is the default; a batch gives the rows of the whole call
+    cfg3 = _model(tiny, "eval.inference_samples=3").scorer()
+    torch.testing.assert_close(cfg3(users[:50]), mean[:50], rtol=1e-5, atol=1e-6)
+
+
+def test_deterministic_models_score_once(tiny: Split) -> None:
+    from marl_two_tower.config import load_config
+    from marl_two_tower.model.build import build_model
+
+    model = build_model(load_config(None, TINY), tiny).eval()
+    assert model.stochastic_modules() == []
+    calls = []
+    orig = model.user_vectors
+    model.user_vectors = lambda u, exclude=None: calls.append(1) or orig(u, exclude)
+    users = np.arange(10)
+    out = model.scorer(samples=8)(users)
+    assert len(calls) == 1
+    assert torch.equal(out, model.scorer(samples=1)(users))
+    with pytest.raises(ValueError, match="inference_samples"):
+        model.scorer(samples=0)

@@ -198,17 +198,22 @@ class BUHS(nn.Module):
         self.synthesis = Synthesis(cfg.synthesis, user_dim, mcfg.dim, mcfg.dim, mcfg.hidden,
                                    mcfg.dropout)
         self.inference_seed = int(cfg.inference_seed)
-        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        # draw index d at inference: seed inference_seed + d (TwoTower.scorer averages
+        # over eval.inference_samples draws); one cached sample per draw seen
+        self.inference_draw = 0
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def sample(self, users: torch.Tensor, exclude: torch.Tensor | None = None) -> tuple[torch.Tensor,
                                                                                          torch.Tensor]:
         """Training (or ``exclude`` given): a fresh draw from torch's RNG.
-        Inference (eval mode, no exclusion): the fixed-seed per-user sample."""
+        Inference (eval mode, no exclusion): the per-user sample of seed
+        ``inference_seed + inference_draw``, drawn once and cached."""
         if self.training or exclude is not None:
             return self.sampler(users, exclude)
-        if self._cache is None:
-            self._cache = self.sampler.sample_all(self.inference_seed)
-        items, valid = self._cache
+        seed = self.inference_seed + self.inference_draw
+        if seed not in self._cache:
+            self._cache[seed] = self.sampler.sample_all(seed)
+        items, valid = self._cache[seed]
         dev = users.device
         idx = users.cpu()
         return items[idx].to(dev), valid[idx].to(dev)

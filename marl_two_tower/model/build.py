@@ -61,6 +61,7 @@ def build_model(cfg: Config, split: Split) -> TwoTower:
         from marl_two_tower.model.marl.agents import build_genre_agents
 
         model.set_controller(build_genre_agents(cfg, split, model))
+    model.inference_samples = cfg.eval.inference_samples  # draws averaged by model.scorer()
     return model
 
 

@@ -477,6 +477,9 @@ class ContextGNN(ScoreAdjuster):
         if cfg.fanout < 1 or cfg.familiar_size < 0:
             raise ValueError("context_gnn.fanout must be >= 1 and familiar_size >= 0")
         self.cfg = cfg
+        # draw index d at inference: the salt is inference_seed + d (set by
+        # TwoTower.scorer to average over eval.inference_samples draws)
+        self.inference_draw = 0
         self.graph = BipartiteGraph.from_split(split)
         # hop 3 (familiar items, layer 3): exact two-hop item walks, top item_neighbours
         self.item_item = (two_hop_items(self.graph, cfg.item_neighbours)
@@ -508,19 +511,21 @@ class ContextGNN(ScoreAdjuster):
         version = (self.user_emb.weight._version, self.item_emb.weight._version,
                    torch.is_grad_enabled())
         c = self._cache
-        if c is not None and c[0] is users and c[1] is exclude and c[2] == self.training:
+        mode = (self.training, self.inference_draw)
+        if c is not None and c[0] is users and c[1] is exclude and c[2] == mode:
             nb = c[3]
             if c[5] == version:
                 return nb, c[4]
         else:
-            salt = int(torch.randint(0, 2**62, ()).item()) if self.training else self.cfg.inference_seed
+            salt = (int(torch.randint(0, 2**62, ()).item()) if self.training
+                    else self.cfg.inference_seed + self.inference_draw)
             ex = None if exclude is None else exclude.detach().cpu().numpy().astype(np.int64)
             nb = sample_neighbourhood(self.graph, users.detach().cpu().numpy(), ex, self.cfg.fanout,
                                       self.max_items, salt,
                                       need_hop3=self.cfg.layers >= 3 or self.max_items > 0,
                                       recent=self.cfg.recent, item_item=self.item_item)
         ctx = self.context(users, nb)
-        self._cache = (users, exclude, self.training, nb, ctx, version)
+        self._cache = (users, exclude, mode, nb, ctx, version)
         return nb, ctx
 
     # --- context ----------------------------------------------------------

@@ -254,6 +254,9 @@ class TwoTower(nn.Module):
         self.fusions = nn.ModuleDict()
         self.controller: Controller | None = None
         self.score_adjuster: ScoreAdjuster | None = None
+        # draws averaged by scorer() for components with inference randomness
+        # (eval.inference_samples; build_model sets it from the config)
+        self.inference_samples = 1
         if cfg.normalize:
             self.log_inv_temp = nn.Parameter(torch.tensor(float(np.log(1.0 / cfg.init_temperature))))
 
@@ -354,7 +357,8 @@ class TwoTower(nn.Module):
 
         Exact: a non-F item in the fused top-k has at most k - 1 + |F(u)| + |exclude_u|
         items above it in dot-product order. Returns (items, scores) ``[B, k]``; slots
-        without a rankable item hold -1 / -inf.
+        without a rankable item hold -1 / -inf. Components that sample at inference
+        use their single draw 0 here (:meth:`scorer` can average several draws).
         """
         self.eval()
         z = self.user_vectors(users)
@@ -383,19 +387,57 @@ class TwoTower(nn.Module):
         top_i = torch.gather(cand_i, 1, pos).masked_fill(torch.isneginf(top_s), -1)
         return top_i, top_s
 
+    def stochastic_modules(self) -> list[nn.Module]:
+        """Components whose inference draws a random sample (an ``inference_draw``
+        attribute: ContextGNN's neighbourhood salt, BUHS's history sample)."""
+        return [m for m in self.modules() if hasattr(m, "inference_draw")]
+
     @torch.no_grad()
-    def scorer(self, device: torch.device | str = "cpu", batch_size: int = 4096):
-        """A ``ScoreFn`` for the evaluator: item vectors are computed once."""
+    def scorer(self, device: torch.device | str = "cpu", batch_size: int = 4096,
+               samples: int | None = None):
+        """A ``ScoreFn`` for the evaluator: item vectors are computed once.
+
+        With components that sample at inference (:meth:`stochastic_modules`), s(u, i)
+        depends on the draw; the score is then the mean over ``samples`` draws
+        d = 0..S-1 (each component's seed + d),
+
+            s(u, i) = (1/S) sum_d s_d(u, i),
+
+        a Monte Carlo estimate of the expected score E_d[s_d(u, i)], so the ranking
+        (and every number computed from it) is not one lucky draw. ``samples``
+        defaults to ``self.inference_samples`` (``eval.inference_samples``); S = 1 is
+        draw 0, the single fixed-seed draw. Models without such components score once
+        whatever S is.
+        """
         self.eval()
         items = self.item_vectors()
+        n_draws = int(self.inference_samples if samples is None else samples)
+        if n_draws < 1:
+            raise ValueError(f"eval.inference_samples must be >= 1, got {n_draws}")
+        stochastic = self.stochastic_modules()
+        draws = range(n_draws) if stochastic else range(1)
+
+        def one(u: torch.Tensor) -> torch.Tensor:
+            z = self.user_vectors(u)
+            s = z @ items.T
+            if self.score_adjuster is not None:
+                s = apply_overrides(s, *self.score_adjuster.overrides(u, self, z=z))
+            return s.float()
 
         def score_fn(users: np.ndarray) -> torch.Tensor:
             with torch.no_grad():
                 u = torch.as_tensor(users, dtype=torch.long, device=device)
-                z = self.user_vectors(u)
-                s = z @ items.T
-                if self.score_adjuster is not None:
-                    s = apply_overrides(s, *self.score_adjuster.overrides(u, self, z=z))
-                return s.float().cpu()
+                total = None
+                try:
+                    for d in draws:
+                        for m in stochastic:
+                            m.inference_draw = d
+                        s = one(u)
+                        total = s if total is None else total + s
+                finally:
+                    for m in stochastic:
+                        m.inference_draw = 0
+                assert total is not None
+                return (total if len(draws) == 1 else total / len(draws)).cpu()
 
         return score_fn
