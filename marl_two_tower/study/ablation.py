@@ -251,13 +251,10 @@ def _evaluate_only(cfg: Config, pv: PlannedVariant, seed: int, rc: Config, outpu
 def _run_baselines(cfg: Config, split: Split, output_dir: Path) -> list[dict[str, Any]]:
     """Fit and evaluate the classical baselines once (resumable by results.json)."""
     from marl_two_tower.baselines import BASELINES
-    from marl_two_tower.eval.arrays import write_for_run
-    from marl_two_tower.eval.frontier import compute_candidates, save_candidates
-    from marl_two_tower.study.results import build_results, write_results
-    from marl_two_tower.study.run import evaluate_model
+    from marl_two_tower.study.run import fit_and_evaluate_baseline
 
     rows = []
-    for name, cls in BASELINES.items():
+    for name in BASELINES:
         run_dir = output_dir / "baselines" / name
         c = copy.deepcopy(cfg)
         for comp in COMPONENTS:
@@ -268,15 +265,7 @@ def _run_baselines(cfg: Config, split: Split, output_dir: Path) -> list[dict[str
             status = "todo"  # predates the frontier candidates: refit (deterministic)
         t0 = time.perf_counter()
         if status != "done":
-            model = cls().fit(split)
-            metrics = {"test": evaluate_model(split, model.score, c, "test")}
-            write_for_run(run_dir, split, model.score, c.eval.ks, c.eval.batch_size)
-            # candidates for the frontier plot (the baselines under the same knobs)
-            save_candidates(run_dir, {part: compute_candidates(
-                split, model.score, part, c.gini.cap_candidates, max(c.eval.ks),
-                c.eval.batch_size) for part in ("val", "test")})
-            write_results(run_dir, build_results(c, split, metrics,
-                                                 extra={"model": name, "kind": "baseline"}))
+            fit_and_evaluate_baseline(name, c, split)
         rows.append({"name": name, "run_dir": str(run_dir), "status": status,
                      "wall_s": time.perf_counter() - t0})
     return rows

@@ -3,8 +3,10 @@
 On the embedded synthetic MovieLens-like data it fits the baselines (MostPop,
 ItemKNN, BPR-MF, EASE), trains the base two-tower and the full model (every
 implemented component on), evaluates everything once on test with the same
-harness, and writes ``results.json``/``results.csv`` per model plus a Markdown
-summary table into the output folder.
+harness, and writes a run folder per model (``results.json``/``results.csv``, the
+per-user arrays and frontier candidates) plus a Markdown summary table into the
+output folder. Baselines go through :func:`study.run.fit_and_evaluate_baseline`, the
+same function the ablation study uses.
 """
 
 from __future__ import annotations
@@ -17,8 +19,7 @@ from marl_two_tower.baselines import BASELINES
 from marl_two_tower.config import Config, load_config
 from marl_two_tower.data import load_split
 from marl_two_tower.model.build import COMPONENTS
-from marl_two_tower.study.results import build_results, write_results
-from marl_two_tower.study.run import evaluate_model, train_and_evaluate
+from marl_two_tower.study.run import fit_and_evaluate_baseline, train_and_evaluate
 from marl_two_tower.utils.io import write_text_atomic
 
 TABLE_KEYS = ["HR@10", "NDCG@10", "Coverage@10", "Gini@10", "TailHR@10", "Redundancy@10"]
@@ -66,16 +67,12 @@ def run_demo(output_dir: Path, quick: bool = False) -> list[dict[str, Any]]:
           f"{split.dataset.n_interactions} interactions; tail = {int(split.tail_mask.sum())} "
           f"items ({split.tail_by}, {split.tail_fraction:.0%})")
     rows: list[dict[str, Any]] = []
-    for name, cls in BASELINES.items():
+    for name in BASELINES:
         t0 = time.perf_counter()
-        model = cls().fit(split)
-        metrics = {"test": evaluate_model(split, model.score, base_cfg, "test")}
-        cfg = demo_config(output_dir, quick, name)
-        write_results(output_dir / name, build_results(cfg, split, metrics,
-                                                       extra={"model": name, "kind": "baseline"}))
-        rows.append({"model": name, **metrics["test"]["full"],
+        doc = fit_and_evaluate_baseline(name, demo_config(output_dir, quick, name), split)
+        rows.append({"model": name, **doc["metrics"]["test"]["full"],
                      "time_s": time.perf_counter() - t0})
-        print(f"  {name:10s} HR@10 {metrics['test']['full']['HR@10']:.4f}")
+        print(f"  {name:10s} HR@10 {doc['metrics']['test']['full']['HR@10']:.4f}")
     variants = {"two-tower (base)": [], "two-tower (full)": [f"{c}.enabled=true" for c in COMPONENTS]}
     for label, extra in variants.items():
         run = "two_tower_base" if "base" in label else "two_tower_full"

@@ -6,18 +6,21 @@ scripts, notebooks and the CLI all run exactly the same code.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from marl_two_tower import checkpoint as ckpt_io
+from marl_two_tower.baselines import BASELINES
 from marl_two_tower.config import Config, ConfigError, fingerprint_config
 from marl_two_tower.data import load_split
 from marl_two_tower.data.split import Split
 from marl_two_tower.eval.arrays import compute_eval_arrays, save_eval_arrays
 from marl_two_tower.eval.frontier import Candidates, compute_candidates, save_candidates
 from marl_two_tower.fairness.exposure import budget_from_config
+from marl_two_tower.model.build import COMPONENTS
 from marl_two_tower.study.results import build_results, write_results
 from marl_two_tower.train.trainer import Trainer
 
@@ -85,6 +88,31 @@ def evaluate_and_write(cfg: Config, split: Split, score_fn, history: list[dict[s
         save_eval_arrays(run_dir, arrays)
         save_candidates(run_dir, cands)
         write_results(run_dir, doc)
+    return doc
+
+
+def fit_and_evaluate_baseline(name: str, cfg: Config, split: Split) -> dict[str, Any]:
+    """Fit the baseline ``name`` (:data:`~marl_two_tower.baselines.BASELINES`, default
+    hyperparameters) on the train part of ``split``, evaluate it once on test with the
+    same harness as the two-tower runs (:func:`evaluate_model`, every protocol), and
+    write its run folder ``<output_dir>/<name>/``: ``per_user.npz``, ``frontier.npz``
+    and, last, ``results.json``/``.csv`` (``extra``: model name, kind ``baseline``).
+
+    The run's config is ``cfg`` with ``name`` set and every component switched off (a
+    baseline has none, so no exposure budget either). Returns the results document.
+    """
+    c = copy.deepcopy(cfg)
+    c.name = name
+    for comp in COMPONENTS:
+        getattr(c, comp).enabled = False
+    model = BASELINES[name]().fit(split)
+    metrics = {"test": evaluate_model(split, model.score, c, "test")}
+    doc = build_results(c, split, metrics, extra={"model": name, "kind": "baseline"})
+    run_dir = Path(c.output_dir) / c.name
+    save_eval_arrays(run_dir, compute_eval_arrays(split, model.score, c.eval.ks, c.eval.batch_size,
+                                                  budget_from_config(c)))
+    save_candidates(run_dir, frontier_candidates(c, split, model.score))
+    write_results(run_dir, doc)
     return doc
 
 
