@@ -393,9 +393,9 @@ class TwoTower(nn.Module):
         return [m for m in self.modules() if hasattr(m, "inference_draw")]
 
     @torch.no_grad()
-    def scorer(self, device: torch.device | str = "cpu", batch_size: int = 4096,
-               samples: int | None = None):
-        """A ``ScoreFn`` for the evaluator: item vectors are computed once.
+    def scorer(self, device: torch.device | str = "cpu", samples: int | None = None):
+        """A ``ScoreFn`` for the evaluator: item vectors are computed once; users are
+        scored in the batches the caller passes (the evaluator's ``eval.batch_size``).
 
         With components that sample at inference (:meth:`stochastic_modules`), s(u, i)
         depends on the draw; the score is then the mean over ``samples`` draws
