@@ -265,6 +265,9 @@ def test_per_user_arrays_keep_the_ties(split: Split, tmp_path) -> None:
     save_eval_arrays(tmp_path, compute_eval_arrays(split, fn, ks=(5, 10)))
     arr = load_eval_arrays(tmp_path)
     summary = evaluate(split, fn, "test", ks=(5, 10))["full"]
+    n_u = split.n_items - np.diff(split.exclusion_matrix("test").indptr)[arr.users]
+    np.testing.assert_array_equal(arr.ties, n_u - 1)
+    np.testing.assert_allclose(arr.per_user()["hit@10"], 10 / n_u, rtol=0, atol=1e-12)
     assert arr.per_user()["hit@10"].mean() == pytest.approx(summary["HR@10"], abs=1e-12)
     assert arr.per_user()["rr"].mean() == pytest.approx(summary["MRR"], abs=1e-12)
 
