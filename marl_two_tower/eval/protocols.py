@@ -274,7 +274,8 @@ def sample_negatives(split: Split, users: np.ndarray, n_neg: int = 99, seed: int
     if (avail < n_neg).any():
         u = int(users[np.argmin(avail)])
         raise ValueError(
-            f"user {u} has only {int(avail.min())} non-interacted items, {n_neg} negatives needed"
+            f"user {u} has only {int(avail.min())} non-interacted items, {n_neg} negatives needed "
+            "(eval.sampled_negatives; the sampled protocol needs that many unseen items per user)"
         )
     rng = np.random.default_rng(seed)
     out = np.full((n, n_neg), -1, dtype=np.int64)
