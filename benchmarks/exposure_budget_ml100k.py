@@ -93,7 +93,7 @@ def main() -> int:
         print(f"| {label} | - | - | - | " + " | ".join(f"{base[k]:.4f}" for k in METRICS) + " | |",
               flush=True)
         for factor, floor, m in grid:
-            r, pu = row(split, fn, args.part, ExposureBudget(factor, n_candidates=m, floor=floor))
+            r, pu = row(split, fn, args.part, ExposureBudget(factor, k=10, n_candidates=m, floor=floor))
             t = paired_tests(pu["hit@10"], base_pu["hit@10"])
             p_hit = t["p_wilcoxon"] if t["p_wilcoxon"] is not None else 1.0
             print(f"| {label} | {factor:g} | {floor} | {m} | "

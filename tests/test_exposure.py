@@ -101,7 +101,7 @@ def test_rank_full_with_loose_budget_equals_plain_ranking() -> None:
     scores = np.random.default_rng(4).normal(size=(split.n_users, split.n_items))
     plain = rank_full(split, matrix_scorer(scores), "test", k_max=10)
     loose = rank_full(split, matrix_scorer(scores), "test", k_max=10,
-                      budget=ExposureBudget(factor=100.0, n_candidates=30))
+                      budget=ExposureBudget(factor=100.0, k=10, n_candidates=30, floor=0))
     assert np.array_equal(plain.recs, loose.recs)
     hit = (plain.recs == plain.targets[:, None]).any(axis=1)
     assert np.array_equal(plain.ranks[hit], loose.ranks[hit])
@@ -118,12 +118,12 @@ def test_evaluate_with_budget_lowers_gini_masks_seen_items() -> None:
     assert fair["Gini@5"] < plain["Gini@5"] - 0.3
     assert fair["Coverage@5"] > plain["Coverage@5"]
     res = rank_full(split, matrix_scorer(scores), "test", k_max=5,
-                    budget=ExposureBudget(factor=1.0, k=5, n_candidates=30))
+                    budget=ExposureBudget(factor=1.0, k=5, n_candidates=30, floor=0))
     excl = split.exclusion_matrix("test")
     for row, u, t in zip(res.recs, res.users, res.targets, strict=True):
         seen = set(excl.indices[excl.indptr[u]:excl.indptr[u + 1]].tolist()) - {int(t)}
         assert not seen & set(row[row >= 0].tolist())
-    cap = ExposureBudget(factor=1.0, k=5).capacity(len(res.users), split.n_items)
+    cap = ExposureBudget(factor=1.0, k=5, n_candidates=1000, floor=0).capacity(len(res.users), split.n_items)
     assert np.bincount(res.recs[res.recs >= 0]).max() <= cap
 
 
@@ -162,4 +162,4 @@ def test_configs_from_before_the_switch_evaluate_as_they_did() -> None:
     b.exposure_budget.enabled = True
     assert fingerprint_config(a) == fingerprint_config(b) == fingerprint_config(config_from_dict(old))
     with pytest.raises(ValueError, match="floor"):
-        ExposureBudget(factor=2.0, k=10, floor=11)
+        ExposureBudget(factor=2.0, k=10, n_candidates=1000, floor=11)

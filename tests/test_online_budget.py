@@ -72,7 +72,7 @@ def test_one_window_over_all_users_serves_allocate_in_order(served) -> None:
     for factor in (1.5, 3.0):
         got = serve(bundle, users, factor, window=n)
         cap = fair_share_cap(factor, 10, n, n_items)  # C_w with window = n users = offline C
-        assert cap == ExposureBudget(factor).capacity(n, n_items)
+        assert cap == ExposureBudget(factor, k=10, n_candidates=1000, floor=0).capacity(n, n_items)
         assert np.array_equal(got, allocate_in_order(cand, 10, cap, n_items, k=10))
         # ... which is the frontier's online arm
         c = F.Candidates("val", plain, cand, logp.astype(np.float32), np.asarray(split.item_pop),
@@ -81,7 +81,8 @@ def test_one_window_over_all_users_serves_allocate_in_order(served) -> None:
         assert np.bincount(got[got >= 0], minlength=n_items).max() <= cap
     # a binding cap: the offline joint allocation gives other lists (who wins a contested
     # item: highest log p offline, earliest request online; slot-by-slot vs list-by-list)
-    offline = rerank_with_budget(cand, logp, 10, ExposureBudget(1.5, n_candidates=cand.shape[1]), n_items)
+    plain_budget = ExposureBudget(1.5, k=10, n_candidates=cand.shape[1], floor=0)
+    offline = rerank_with_budget(cand, logp, 10, plain_budget, n_items)
     tight = serve(bundle, users, 1.5, window=n)
     assert not np.array_equal(offline, tight)
     assert (offline != tight).any(axis=1).mean() > 0.1
@@ -96,8 +97,8 @@ def test_a_cap_that_never_binds_serves_the_offline_lists(served) -> None:
     factor = 1.01 * top * split.n_items / (10 * n)  # C = the most-exposed item's count
     assert fair_share_cap(factor, 10, n, split.n_items) >= top
     got = serve(bundle, plain.users, factor, window=n)
-    offline = rerank_with_budget(cand, logp, 10, ExposureBudget(factor, n_candidates=cand.shape[1]),
-                                 split.n_items)
+    budget = ExposureBudget(factor, k=10, n_candidates=cand.shape[1], floor=0)
+    offline = rerank_with_budget(cand, logp, 10, budget, split.n_items)
     assert np.array_equal(got, plain.recs) and np.array_equal(offline, plain.recs)
 
 
@@ -109,7 +110,7 @@ def test_the_window_order_matters_online_only(served) -> None:
     fwd = serve(bundle, plain.users, 1.5, window=n)
     back = serve(bundle, plain.users[rev], 1.5, window=n)[rev]
     assert not np.array_equal(fwd, back)
-    b = ExposureBudget(1.5, n_candidates=cand.shape[1])
+    b = ExposureBudget(1.5, k=10, n_candidates=cand.shape[1], floor=0)
     off = rerank_with_budget(cand, logp, 10, b, split.n_items)
     off_rev = rerank_with_budget(cand[rev], logp[rev], 10, b, split.n_items)[rev]
     assert np.array_equal(off, off_rev)

@@ -182,7 +182,7 @@ def test_online_exposure_budget_ring_hand_case():
     b.record(np.array([3]))  # the first list leaves the window; short lists are fine
     assert b.counts.tolist() == [1, 0, 1, 1] and b.blocked().tolist() == []
     with pytest.raises(ValueError, match="factor"):
-        OnlineExposureBudget(4, factor=0.5)
+        OnlineExposureBudget(4, factor=0.5, k=10, window=10)
 
 
 def test_served_lists_under_the_online_exposure_budget(trained):

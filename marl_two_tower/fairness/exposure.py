@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from marl_two_tower.config import Config, ConfigError
+from marl_two_tower.config import Config, ConfigError, GiniConfig
 
 
 def fair_share_cap(factor: float, k: int, n_lists: int, n_items: int) -> int:
@@ -60,12 +60,23 @@ class ExposureBudget:
         floor: after the capped allocation, each user may give up to this many of
             its top-``k`` slots to candidate items no list holds
             (:func:`cover_unexposed`); 0 = off.
+
+    No field has a default: the configured budget is :meth:`from_config`
+    (``gini.exposure_cap``, ``cap_k``, ``cap_candidates``, ``cover_floor``), so the
+    config is the one place the defaults live.
     """
 
     factor: float
-    k: int = 10
-    n_candidates: int = 1000
-    floor: int = 0
+    k: int
+    n_candidates: int
+    floor: int
+
+    @classmethod
+    def from_config(cls, g: GiniConfig) -> ExposureBudget:
+        """The budget of the GINI section: factor ``exposure_cap``, k ``cap_k``,
+        ``cap_candidates`` candidates, floor ``cover_floor``."""
+        return cls(factor=g.exposure_cap, k=g.cap_k, n_candidates=g.cap_candidates,
+                   floor=g.cover_floor)
 
     def __post_init__(self) -> None:
         if not self.factor >= 1.0:
@@ -227,8 +238,7 @@ def budget_from_config(cfg: Config) -> ExposureBudget | None:
     if g.exposure_cap < 1:
         raise ConfigError(f"gini.exposure_cap: expected 0 (off) or a float >= 1 (multiples of the "
                           f"fair share), got {g.exposure_cap}")
-    return ExposureBudget(factor=g.exposure_cap, k=g.cap_k, n_candidates=g.cap_candidates,
-                          floor=g.cover_floor)
+    return ExposureBudget.from_config(g)
 
 
 class OnlineExposureBudget:
@@ -242,7 +252,7 @@ class OnlineExposureBudget:
     :class:`ExposureBudget`; no coverage floor (that needs the whole population).
     """
 
-    def __init__(self, n_items: int, factor: float, k: int = 10, window: int = 10_000) -> None:
+    def __init__(self, n_items: int, factor: float, k: int, window: int) -> None:
         if not factor >= 1.0 or window < 1:
             raise ValueError(f"factor must be >= 1 and window >= 1, got {factor}, {window}")
         self.n_items, self.k = n_items, k

@@ -101,8 +101,8 @@ class FairSampler:
     same batches), ``prob[j]`` is the probability that one draw is item j.
     """
 
-    def __init__(self, split: Split, batch_size: int, seed: int, beta: float = 0.5,
-                 max_per_batch: int = 4) -> None:
+    def __init__(self, split: Split, batch_size: int, seed: int, beta: float,
+                 max_per_batch: int) -> None:
         if max_per_batch < 1:
             raise ValueError(f"fair_sampler.max_per_batch must be >= 1, got {max_per_batch}")
         self.split, self.seed, self.beta, self.cap = split, seed, float(beta), int(max_per_batch)

@@ -43,13 +43,15 @@ IndexKind = Literal["flat", "ivf", "hnsw"]
 
 @dataclass
 class IndexSettings:
-    """What index to build and how to search it (see :class:`ServingConfig`)."""
+    """What index to build and how to search it (see :class:`ServingConfig`, whose
+    defaults these are; ``kind`` is resolved, so "flat" stands for ``index: auto``
+    below ``ann_threshold`` items)."""
 
     kind: IndexKind = "flat"
-    nlist: int = 0  # IVF cells; 0 = round(4 sqrt(n))
-    nprobe: int = 64
-    hnsw_m: int = 32
-    ef_search: int = 128
+    nlist: int = ServingConfig.ivf_nlist  # IVF cells; 0 = round(4 sqrt(n))
+    nprobe: int = ServingConfig.ivf_nprobe
+    hnsw_m: int = ServingConfig.hnsw_m
+    ef_search: int = ServingConfig.hnsw_ef_search
 
     @classmethod
     def from_config(cls, cfg: ServingConfig, n_items: int) -> IndexSettings:

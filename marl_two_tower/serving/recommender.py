@@ -164,8 +164,9 @@ class Recommender:
         self.user_ids = bundle.user_ids.tolist()
         self.cold = ColdStart(bundle, self.cfg)
         self.overrides_fn, self.n_familiar = self._adjuster()
+        # fair share counted over each list's first gini.cap_k items, as offline
         self.budget = (OnlineExposureBudget(bundle.n_items, self.cfg.exposure_cap,
-                                            window=self.cfg.exposure_window)
+                                            k=bundle.cfg.gini.cap_k, window=self.cfg.exposure_window)
                        if self.cfg.exposure_cap > 0 else None)
 
     def _adjuster(self) -> tuple[OverridesFn | None, int]:

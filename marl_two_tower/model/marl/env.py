@@ -347,9 +347,11 @@ class GenreRecEnv(ParallelEnv):
 
     metadata = {"name": "genre_rec_v0", "render_modes": [], "is_parallelizable": True}
 
-    def __init__(self, core: RecEnvCore, genre_names: list[str], batch_users: int = 64,
+    def __init__(self, core: RecEnvCore, genre_names: list[str], batch_users: int | None = None,
                  max_steps: int = 10, seed: int | None = None) -> None:
         self.core = core
+        if batch_users is None:  # the trainer's RL batch (marl.rl_batch_users)
+            batch_users = core.cfg.rl_batch_users
         self.batch_users = min(batch_users, len(core.eligible))
         self.max_steps = max_steps
         self.possible_agents = agent_names(genre_names)
