@@ -9,6 +9,7 @@ rejects unknown keys and wrong types with an error that names the full key
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import math
 import re
 import types
@@ -22,7 +23,22 @@ import yaml
 
 from marl_two_tower.errors import UserError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+def find_config_dir() -> Path:
+    """Where the shipped YAML configs (``base.yaml``, ``ablation.yaml``, ...) are.
+
+    An installed wheel carries them as package data, ``marl_two_tower/configs/``
+    (setup.py maps the repository's top-level ``configs/`` there), found with
+    :mod:`importlib.resources`; a source checkout or editable install has no such
+    folder and reads the top-level ``configs/`` beside the package.
+    """
+    installed = importlib.resources.files("marl_two_tower") / "configs"
+    if installed.is_dir():
+        return Path(str(installed))
+    return Path(__file__).resolve().parent.parent / "configs"
+
+
+CONFIG_DIR = find_config_dir()
 
 
 class ConfigError(UserError, ValueError):

@@ -77,3 +77,27 @@ def test_overrides_merge_in_order_without_touching_the_input():
     stored = load_config(None, ["train.epochs=3"])
     assert with_overrides(stored, ["train.lr=0.5"]) == load_config(None, ["train.epochs=3",
                                                                           "train.lr=0.5"])
+
+
+def test_configs_are_found_as_package_data_when_installed(tmp_path, monkeypatch):
+    """An installed wheel has no repository beside it: the configs are the package data
+    marl_two_tower/configs (setup.py maps the top-level configs/ there), found through
+    importlib.resources; a source checkout falls back to the top-level configs/."""
+    import importlib.resources
+    import shutil
+    from pathlib import Path
+
+    from marl_two_tower import config as C
+
+    repo_configs = Path(C.__file__).resolve().parent.parent / "configs"
+    assert C.find_config_dir() == repo_configs  # this checkout: no package-data folder
+    site = tmp_path / "site-packages" / "marl_two_tower"
+    shutil.copytree(repo_configs, site / "configs")  # what the wheel holds
+    monkeypatch.setattr(importlib.resources, "files", lambda pkg: site if pkg == "marl_two_tower" else None)
+    found = C.find_config_dir()
+    assert found == site / "configs"
+    monkeypatch.setattr(C, "CONFIG_DIR", found)
+    assert C.resolve_config_path("base.yaml") == site / "configs" / "base.yaml"
+    assert load_config("ablation.yaml").name == "ablation"  # extends ml100k.yaml there too
+    (site / "configs" / "only_in_the_wheel.yaml").write_text("name: from_wheel\n")
+    assert load_config("only_in_the_wheel").name == "from_wheel"
