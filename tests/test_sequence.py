@@ -223,6 +223,7 @@ def test_sasrec_learns_the_chain_and_appends_validation_for_test(tmp_path: Path)
     # The input ends with the validation item, so the top item is validation + 1 = test.
     assert (rec == split.test_items[users]).mean() > 0.9
     val_view = model._score_from(users, split.train_indptr, split.train_items)
+    val_view[torch.from_numpy(split.exclusion_matrix("val")[users].toarray() > 0)] = -torch.inf
     assert (val_view.argmax(1).numpy() == split.val_items[users]).mean() > 0.9
     # save / load: same scores, no split needed
     model.save(tmp_path / "sasrec.pt")

@@ -15,10 +15,12 @@ Everything here is vectorised over the batch (no per-user Python loop).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
 
+from marl_two_tower.data.split import Split
 from marl_two_tower.utils.runtime import epoch_rng
 
 
@@ -106,3 +108,36 @@ def append_items(
     has = np.flatnonzero(add)
     out[new_ptr[has + 1] - 1] = np.asarray(extra)[has]
     return new_ptr, out
+
+
+class SequenceSampler:
+    """Training positives as whole user windows: one batch = the last ``window`` train
+    interactions of each of a set of users (about ``batch_size`` rows in all).
+
+    Users are shuffled per epoch and grouped by similar length
+    (:func:`bucketed_batches`), so each user's window is encoded once per epoch and
+    padding is small. ``prob[j]`` = share of the epoch's positives that are item j
+    (the trainer's logQ correction of in-batch negatives).
+    """
+
+    def __init__(self, split: Split, batch_size: int, window: int, seed: int) -> None:
+        self.split, self.seed = split, seed
+        ptr = split.train_indptr
+        self.take = np.minimum(np.diff(ptr), window)
+        self.users = np.flatnonzero(self.take > 0)
+        self.users_per_batch = max(1, int(round(batch_size / max(self.take[self.users].mean(), 1))))
+        rows = np.repeat(ptr[1:] - self.take, self.take) + (
+            np.arange(self.take.sum()) - np.repeat(np.cumsum(self.take) - self.take, self.take))
+        self.prob = np.bincount(split.train_items[rows], minlength=split.n_items) / max(len(rows), 1)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.users) / self.users_per_batch)
+
+    def batches(self, epoch: int) -> Iterator[np.ndarray]:
+        """Interaction indices (into ``split.train_items``), one array per batch."""
+        ptr, take = self.split.train_indptr, self.take
+        for b in bucketed_batches(take[self.users], self.users_per_batch, self.seed, epoch):
+            u = self.users[b]
+            t = take[u]
+            start = ptr[u + 1] - t
+            yield np.repeat(start, t) + (np.arange(t.sum()) - np.repeat(np.cumsum(t) - t, t))

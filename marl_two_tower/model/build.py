@@ -86,7 +86,16 @@ def build_components(cfg: Config, split: Split, model: TwoTower, device: torch.d
         "gini": lambda: GiniTerm(cfg, split, model, device, dist),
         "marl": marl,
     }
-    return [builders[name]() for name in TRAINING_ORDER if getattr(cfg, name).enabled]
+    comps = [builders[name]() for name in TRAINING_ORDER if getattr(cfg, name).enabled]
+    if cfg.model.user_encoder == "transformer":  # batches of whole user sequences
+        from marl_two_tower.model.sequence_training import SequenceBatches
+
+        if cfg.fair_sampler.enabled:
+            raise ValueError("model.user_encoder=transformer trains on whole user sequences "
+                             "and cannot use the Fair Sampler's positives: set "
+                             "fair_sampler.enabled=false or model.user_encoder=pooled")
+        comps.insert(0, SequenceBatches(cfg, split))
+    return comps
 
 
 def load_trained(path: str | Path, cfg: Config | None = None, split: Split | None = None,

@@ -3,7 +3,8 @@
 Input: the embeddings ``x [B, L, d]`` of a user's most recent items, right-aligned
 (padding on the left, ``valid [B, L]``; see :mod:`marl_two_tower.data.sequences`).
 
-    h^0 = dropout(sqrt(d) * x + P[max_len - L : max_len])     (P: learned positions)
+    h^0 = dropout(sqrt(d) * x_t + P[k(t)])    (P: learned positions, k(t) = index of
+                                               slot t among the row's items, from 0)
     for each of the n_blocks blocks:
         q   = LN(h)
         h   = q + MHA(q, h, h; causal mask)                    (n_heads heads)
@@ -15,9 +16,12 @@ Input: the embeddings ``x [B, L, d]`` of a user's most recent items, right-align
 The layout is SASRec's own (its TF code and the PyTorch port by Huang, the basis of
 the CE-loss SASRec of Klenitskiy & Vasilev 2023): pre-LN queries whose normalised
 value is the residual, a point-wise FFN of width d, dropout on the embeddings, the
-attention weights and the FFN. Position ``p`` counts from the end of the window (the
-last slot is always position ``max_len - 1``), as in SASRec's left-padded input, so a
-batch trimmed to its longest row keeps the same positions.
+attention weights and the FFN. Positions count from the first item of the window (as
+in the current PyTorch port; SASRec's TF code counted slots of the left-padded array,
+i.e. from the end): then the output at t depends on the items up to t and nothing
+else, not on how many items follow or how much padding there is, so a training prefix
+is encoded exactly as the same history at inference, and a batch trimmed to its
+longest row gives the same outputs.
 
 Mask: position t attends to positions s <= t that hold an item (and always to
 itself, so a padding row has a defined output; padding outputs are zeroed). Hence
@@ -122,7 +126,7 @@ class SASRecEncoder(nn.Module):
         if n > self.max_len:
             raise ValueError(f"sequence length {n} exceeds max_len {self.max_len}")
         keep = valid[..., None].to(x.dtype)
-        pos = self.pos_emb.weight[self.max_len - n :]
+        pos = self.pos_emb((valid.long().cumsum(1) - 1).clamp(min=0))  # index among the items
         h = self.emb_dropout(x * math.sqrt(self.dim) + pos) * keep
         mask = self.mask(valid)
         for block in self.blocks:

@@ -1,8 +1,11 @@
 """The two-tower retrieval model (DESIGN §3 "Item tower" and "Base user tower").
 
 Item tower:  e_i = MLP([id_emb(i); mean genre embedding of m_i; year-bucket emb])
-User tower:  e_u = MLP([id_emb(u); demographic embs; mean of u's N most recent train
-             items' id embeddings]) + sum_k gate_k * c_k(u)   (context fusions)
+User tower:  e_u = MLP([id_emb(u); demographic embs; h_u]) + sum_k gate_k * c_k(u)
+             (context fusions), h_u = mean of u's N most recent train items' id
+             embeddings (``model.user_encoder=pooled``) or SASRec's causal
+             self-attention over them in time order (``transformer``:
+             :class:`SequenceUserTower`)
 Score:       s(u, i) = <z_u, y_i>, z_u = [e_u / temperature ; extra user dims],
              y_i = [e_i ; extra item dims]
 
@@ -27,8 +30,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from marl_two_tower.config import ModelConfig
+from marl_two_tower.data.sequences import last_windows, trim_left
 from marl_two_tower.data.split import Split
 from marl_two_tower.model.losses import sampled_softmax_logits
+from marl_two_tower.model.sequence import SASRecEncoder
 from marl_two_tower.utils.csr import expand_ranges
 
 
@@ -208,6 +213,16 @@ class UserTower(UserFeatures):
         self.register_buffer("hist_valid", valid)
         self.mlp = mlp(self.feature_dim + cfg.id_dim, cfg.hidden, cfg.dim, cfg.dropout)
 
+    def use_history(self, indptr: np.ndarray, items: np.ndarray) -> None:
+        """Read the user histories from these CSR sequences (time order) from now on,
+        e.g. train + the validation item before scoring test
+        (:func:`marl_two_tower.data.sequences.append_items`); training is unaffected
+        only if it is over."""
+        hist, valid = last_windows(indptr, items, np.arange(len(indptr) - 1),
+                                   self.hist_items.shape[1])
+        self.hist_items = torch.from_numpy(hist).to(self.hist_items.device)
+        self.hist_valid = torch.from_numpy(valid).to(self.hist_valid.device)
+
     def pooled_history(self, users: torch.Tensor, item_emb: nn.Embedding,
                        exclude: torch.Tensor | None = None) -> torch.Tensor:
         """Mean id embedding of u's recent train items; ``exclude[b]`` is left out.
@@ -227,6 +242,106 @@ class UserTower(UserFeatures):
         """Returns (e_u, input features [x_u; pooled history]) for a batch of users."""
         x = torch.cat([self.features(users), self.pooled_history(users, item_emb, exclude)], dim=-1)
         return self.mlp(x), x
+
+
+# ---------------------------------------------------------------------------
+# The transformer user tower (model.user_encoder=transformer)
+# ---------------------------------------------------------------------------
+
+
+class SequenceUserTower(UserTower):
+    """e_u = MLP([x_u; h_u]), h_u = SASRec over u's train items in time order.
+
+    h_u(t) = SASRecEncoder(id_emb(i_1..i_t))[t] (:mod:`marl_two_tower.model.sequence`,
+    Kang & McAuley 2018) with the item tower's id embedding (shared, as the pooled
+    mean), width ``model.id_dim``. The score stays one dot product <z_u, y_i> of the
+    user vector at the last position and the item tower output.
+
+    Training on every position: a training row (u, pos) is predicted from the items
+    *before* pos in u's train sequence (the pooled tower's ``exclude=pos``). The rows of
+    a batch are grouped by user and each user's window is encoded once, so a batch of
+    whole user windows (:class:`marl_two_tower.data.sequences.SequenceSampler`, installed
+    by :class:`marl_two_tower.model.sequence_training.SequenceBatches`) costs one
+    forward pass per user and yields a next-item prediction at every position, as
+    SASRec is trained; a row its user's window cannot reach gets its own window.
+
+    Inference reads the ``history_len`` most recent train items (the ``hist_items``
+    buffer, right-aligned). Training rows locate their positive in the user's train
+    sequence (first occurrence of the (user, item) pair; with ``data.repeats=drop``,
+    the default, pairs are unique) and read the ``history_len`` items before it.
+    """
+
+    def __init__(self, split: Split, cfg: ModelConfig) -> None:
+        super().__init__(split, cfg)
+        self.encoder = SASRecEncoder(cfg.id_dim, cfg.history_len, cfg.n_blocks, cfg.n_heads,
+                                     cfg.seq_dropout)
+        self.window = cfg.history_len
+        self.n_items = split.n_items
+        # train sequences (CSR, time order) and a (user, item) -> position lookup; numpy,
+        # not buffers: derived from the split, never part of a checkpoint
+        self.seq_indptr = split.train_indptr
+        self.seq_items = split.train_items
+        keys = split.train_users * np.int64(split.n_items) + split.train_items
+        self.key_order = np.argsort(keys, kind="stable")
+        self.sorted_keys = keys[self.key_order]
+
+    def positions(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Position of each (user, item) in the user's train sequence (-1 = not in it)."""
+        key = users * np.int64(self.n_items) + items
+        at = np.minimum(np.searchsorted(self.sorted_keys, key), len(self.sorted_keys) - 1)
+        found = self.sorted_keys[at] == key if len(self.sorted_keys) else np.zeros(len(key), bool)
+        idx = self.key_order[at]
+        return np.where(found, idx - self.seq_indptr[users], -1)
+
+    def _encode(self, rows: np.ndarray, drop_last: np.ndarray | int, item_emb: nn.Embedding,
+                device: torch.device) -> torch.Tensor:
+        """Encoder outputs ``[W, L', d]`` for the windows ending ``drop_last`` items before
+        the end of the train sequences of ``rows`` (leading all-padding columns cut)."""
+        x, valid = last_windows(self.seq_indptr, self.seq_items, rows, self.window, drop_last)
+        cut = trim_left(valid)
+        x = torch.from_numpy(x[:, cut:]).to(device)
+        valid = torch.from_numpy(valid[:, cut:]).to(device)
+        return self.encoder(item_emb(x), valid)
+
+    def sequence_history(self, users: torch.Tensor, item_emb: nn.Embedding,
+                         exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """h_u ``[B, id_dim]``: at the user's last train item (``exclude`` None), or, for
+        training rows, at the item just before ``exclude[b]`` in the user's sequence."""
+        if exclude is None:
+            items, valid = self.hist_items[users], self.hist_valid[users]
+            cut = trim_left(valid.cpu().numpy())
+            return self.encoder.last(item_emb(items[:, cut:]), valid[:, cut:])
+        u = users.cpu().numpy()
+        end = self.positions(u, exclude.cpu().numpy()) - 1  # last input item; -1 = empty prefix
+        # Unseen pairs (not train interactions) read the whole train history.
+        lengths = np.diff(self.seq_indptr)[u]
+        end = np.where(end < -1, lengths - 1, end)
+        # one window per user, ending at the user's latest row; rows it cannot reach
+        # (more than `window` items earlier) get their own window
+        anchor = np.full(len(self.seq_indptr) - 1, -2, dtype=np.int64)
+        np.maximum.at(anchor, u, end)
+        covered = end > anchor[u] - self.window
+        win_end = np.where(covered, anchor[u], end)
+        key = u * np.int64(len(self.seq_items) + 2) + (win_end + 1)
+        _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+        w_user, w_end = u[first], win_end[first]
+        out = self._encode(w_user, np.diff(self.seq_indptr)[w_user] - 1 - w_end, item_emb,
+                           users.device)
+        # slot of the row's last input item, counted from the window's right end
+        slot = np.maximum(out.shape[1] - 1 - (w_end[inv] - end), 0)
+        dev = users.device
+        h = out[torch.from_numpy(inv).to(dev), torch.from_numpy(slot).to(dev)]
+        empty = torch.from_numpy(end < 0).to(dev)  # no item before the positive
+        if bool(empty.any()):
+            h = torch.where(empty[:, None], self.encoder.ln_out(torch.zeros_like(h[:1])), h)
+        return h
+
+    def forward(self, users: torch.Tensor, item_emb: nn.Embedding,
+                exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (e_u, input features [x_u; h_u]) for a batch of users (or rows)."""
+        x = torch.cat([self.features(users), self.sequence_history(users, item_emb, exclude)], dim=-1)
+        return self.mlp(x), x
+
 
 
 class GatedFusion(nn.Module):
@@ -249,7 +364,10 @@ class TwoTower(nn.Module):
         self.cfg = cfg
         self.n_users, self.n_items = split.n_users, split.n_items
         self.item_tower = ItemTower(split, cfg)
-        self.user_tower = UserTower(split, cfg)
+        if cfg.user_encoder == "transformer":  # SASRec over the history
+            self.user_tower: UserTower = SequenceUserTower(split, cfg)
+        else:
+            self.user_tower = UserTower(split, cfg)
         self.contexts = nn.ModuleDict()
         self.fusions = nn.ModuleDict()
         self.controller: Controller | None = None
@@ -330,10 +448,26 @@ class TwoTower(nn.Module):
         training batch: candidates = the batch's positives ``pos`` then ``neg``, column b
         = row b's positive, logQ-corrected by ``log_q_*`` (None = uncorrected), each
         user's own positive left out of its history (``exclude=pos``), and the score
-        adjuster's items given its logits (:meth:`ScoreAdjuster.training_logits`)."""
+        adjuster's items given its logits (:meth:`ScoreAdjuster.training_logits`).
+
+        Full softmax (``n_items <= model.full_softmax_max_items``): the candidates are
+        the whole catalogue instead (``neg`` and logQ unused, every item is a candidate
+        with probability 1); the first B columns then hold only each row's own
+        positive (column b), so the same ``rec_loss`` is the exact full-softmax CE."""
         z = self.user_vectors(users, exclude=pos)
-        y_pos, y_neg = self.item_vectors(pos), self.item_vectors(neg)
-        logits = sampled_softmax_logits(z, pos, neg, y_pos, y_neg, log_q_pos, log_q_neg)
+        if 0 < self.n_items <= self.cfg.full_softmax_max_items:
+            neg = torch.arange(self.n_items, device=pos.device)
+            y_pos, y_neg = self.item_vectors(pos), self.item_vectors()
+            diag = (z * y_pos).sum(-1).float()
+            own = torch.full((len(pos), len(pos)), float("-inf"), device=z.device)
+            own[torch.arange(len(pos)), torch.arange(len(pos))] = diag
+            cat = (z @ y_neg.T).float()
+            cat[torch.arange(len(pos)), pos] = float("-inf")  # the positive is column b
+            logits = torch.cat([own, cat], dim=1)
+            log_q_pos = log_q_neg = None
+        else:
+            y_pos, y_neg = self.item_vectors(pos), self.item_vectors(neg)
+            logits = sampled_softmax_logits(z, pos, neg, y_pos, y_neg, log_q_pos, log_q_neg)
         if self.score_adjuster is not None:  # ContextGNN: familiar items get pair-wise logits
             log_q = None if log_q_pos is None or log_q_neg is None else torch.cat([log_q_pos, log_q_neg])
             logits = self.score_adjuster.training_logits(self, users, pos, torch.cat([pos, neg]),
