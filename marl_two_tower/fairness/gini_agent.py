@@ -43,15 +43,19 @@ from marl_two_tower.config import GiniConfig
 from marl_two_tower.metrics.gini import gini
 
 
-def soft_exposure(scores: torch.Tensor, tau: float, mask: torch.Tensor | None = None) -> torch.Tensor:
+def soft_exposure(scores: torch.Tensor, tau: float, mask: torch.Tensor | None = None,
+                  full_rows_cleared: bool = False) -> torch.Tensor:
     """x_j = sum_u softmax(s(u, .) / tau)_j over the columns of ``scores [U, n]``.
 
     ``mask [U, n]`` (True = not recommendable to u, e.g. already seen) removes those
-    entries from u's softmax; a row with every entry masked is left unmasked.
+    entries from u's softmax; a row with every entry masked is left unmasked
+    (``full_rows_cleared``: the caller has already cleared such rows, so the
+    ``[U, n]`` check is skipped).
     """
     s = scores.float() / tau
     if mask is not None:
-        s = s.masked_fill(mask & ~mask.all(1, keepdim=True), float("-inf"))
+        s = s.masked_fill(mask if full_rows_cleared else mask & ~mask.all(1, keepdim=True),
+                          float("-inf"))
     return torch.softmax(s, dim=1).sum(0)
 
 
@@ -79,6 +83,10 @@ def seen_mask(indptr: torch.Tensor, items: torch.Tensor, users: torch.Tensor, n_
     mask = torch.zeros(len(users), width, dtype=torch.bool, device=users.device)
     mask[rows, cols] = True
     return mask
+
+
+# most (user, item) cells of the dense seen table GiniAgent.seen keeps (bool: 64 MiB)
+SEEN_TABLE_BUDGET = 1 << 26
 
 
 class GiniAgent(nn.Module):
@@ -109,6 +117,9 @@ class GiniAgent(nn.Module):
             self.register_buffer("items", torch.as_tensor(train_items, dtype=torch.long),
                                  persistent=False)
         self.log: list[tuple[int, float, float]] = []
+        # the seen mask of every user as one dense table when it is small (built on first
+        # use; a batch's mask is then a row gather instead of a CSR scatter each step)
+        self._seen: tuple[torch.Tensor, torch.Tensor] | None = None
         # DDP: maps this rank's exposure to the global batch's (distributed.DistContext.sum_exposure)
         self.exposure_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
 
@@ -129,11 +140,33 @@ class GiniAgent(nn.Module):
         """G(soft exposure) of the batch: ``user_vecs [U, k]``, ``item_vecs [C, k]`` (the
         candidates' vectors; ``cand`` their ids, None = all items), scores
         s = user_vecs @ item_vecs^T; ``users`` (ids) for masking their train items."""
-        mask = None
+        mask, cleared = None, False
         if self.mask_seen and users is not None:
-            mask = seen_mask(self.indptr, self.items, users, self.n_items, cand)
-        x = soft_exposure(user_vecs @ item_vecs.T, self.tau, mask)
+            mask, cleared = self.seen(users, cand)
+        x = soft_exposure(user_vecs @ item_vecs.T, self.tau, mask, full_rows_cleared=cleared)
         return gini(x if self.exposure_reduce is None else self.exposure_reduce(x))
+
+    def seen(self, users: torch.Tensor, cand: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
+        """(:func:`seen_mask` of ``users`` over ``cand``, whether rows that mask every
+        candidate are already cleared). With at most :data:`SEEN_TABLE_BUDGET` (user,
+        item) cells, rows of a dense table of all users (built once) are gathered and,
+        over all items, the rows to clear are known from each user's count of seen items."""
+        n_users = len(self.indptr) - 1
+        if n_users * self.n_items > SEEN_TABLE_BUDGET:
+            return seen_mask(self.indptr, self.items, users, self.n_items, cand), False
+        dev = self.indptr.device
+        if self._seen is None or self._seen[0].device != dev:
+            table = seen_mask(self.indptr, self.items, torch.arange(n_users, device=dev), self.n_items)
+            self._seen = (table, table.sum(1))
+        table, n_seen = self._seen
+        users = users.to(dev)
+        if cand is not None:
+            return table[users[:, None], cand[None, :].to(dev)], False
+        mask = table[users]
+        full = n_seen[users] == self.n_items
+        if bool(full.any()):
+            mask = mask & ~full[:, None]
+        return mask, True
 
     @torch.no_grad()
     def update(self, g_batch: float, step: int = -1) -> float:

@@ -55,7 +55,11 @@ _INFERENCE_CHUNK = 1024
 
 def _gumbel(shape: tuple[int, ...], device: torch.device,
             generator: torch.Generator | None) -> torch.Tensor:
-    u = torch.rand(shape, device=device, generator=generator)
+    return _gumbel_of(torch.rand(shape, device=device, generator=generator))
+
+
+def _gumbel_of(u: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel noise -log(-log u) of uniforms ``u`` (clamped away from 0 and 1)."""
     return -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))
 
 
@@ -111,39 +115,69 @@ class BiasedHistorySampler(nn.Module):
 def draw_biased(indptr: torch.Tensor, train_items: torch.Tensor, inv_deg: torch.Tensor, fanout: int,
                 temperature: float, users: torch.Tensor, exclude: torch.Tensor | None = None,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The BUHS draw on a CSR history (see module doc); returns (items, valid) ``[B, fanout]``."""
+    """The BUHS draw on a CSR history (see module doc); returns (items, valid) ``[B, fanout]``.
+
+    The noise is one ``[rows, max history length]`` uniform tensor (then one
+    ``[rows, fanout, width]`` one for short histories), as for a padded batch, so the
+    draw depends on the seed and the batch only; the keys are built and ranked per
+    block of rows of similar length (lengths in (2^(k-1), 2^k]), which leaves
+    padding below 2x instead of computing the noise and the ranking over the whole
+    ``B x max length`` rectangle (histories are heavy-tailed).
+    """
     f, dev = fanout, train_items.device
     users = users.to(dev)
+    b = len(users)
     start = indptr[users]
     length = indptr[users + 1] - start
-    width = max(int(length.max()), 1) if len(users) else 1
-    slot = torch.arange(width, device=dev)
-    in_hist = slot[None, :] < length[:, None]
-    pos = (start[:, None] + slot[None, :]).clamp(max=max(len(train_items) - 1, 0))
-    items = train_items[pos] if len(train_items) else torch.zeros_like(pos)
-    avail = in_hist if exclude is None else in_hist & (items != exclude.to(dev)[:, None])
-    n_avail = avail.sum(1)
-    logit = inv_deg[items] / temperature
-    # subtract the per-user max over the candidates: p is unchanged, exp stays finite
-    top = logit.masked_fill(~avail, -math.inf).amax(1, keepdim=True).clamp(min=-1e30)
-    logit = (logit - top).masked_fill(~avail, -math.inf)
+    width = max(int(length.max()), 1) if b else 1
+    excl = None if exclude is None else exclude.to(dev)
+    n_avail = length
+    if excl is not None and b:  # the target's occurrences are not candidates
+        rows = torch.repeat_interleave(torch.arange(b, device=dev), length)
+        first = torch.repeat_interleave(torch.cumsum(length, 0) - length, length)
+        pos = torch.arange(len(rows), device=dev) - first + start[rows]
+        hit = train_items[pos] == excl[rows]
+        n_avail = length - torch.zeros(b, dtype=length.dtype, device=dev).index_add_(
+            0, rows, hit.to(length.dtype))
 
-    out_pos = torch.zeros(len(users), f, dtype=torch.long, device=dev)
-    valid = torch.zeros(len(users), f, dtype=torch.bool, device=dev)
+    def block(r: torch.Tensor, w: int) -> torch.Tensor:
+        """Rows ``r`` of the padded ``[B, w]`` logit tensor: log p(i) up to a per-row
+        constant, -inf outside the candidates."""
+        slot = torch.arange(w, device=dev)
+        s0, ln = start[r], length[r]
+        in_hist = slot[None, :] < ln[:, None]
+        items = train_items[(s0[:, None] + slot[None, :]).clamp(max=max(len(train_items) - 1, 0))]
+        avail = in_hist if excl is None else in_hist & (items != excl[r][:, None])
+        logit = inv_deg[items] / temperature
+        # subtract the per-user max over the candidates: p is unchanged, exp stays finite
+        top = logit.masked_fill(~avail, -math.inf).amax(1, keepdim=True).clamp(min=-1e30)
+        return (logit - top).masked_fill(~avail, -math.inf)
+
+    out_pos = torch.zeros(b, f, dtype=torch.long, device=dev)
+    valid = torch.zeros(b, f, dtype=torch.bool, device=dev)
     # enough candidates: Gumbel-top-f = sequential draw without replacement
     long_rows = torch.nonzero(n_avail >= f).squeeze(1)
     if len(long_rows):
-        keys = logit[long_rows] + _gumbel((len(long_rows), width), dev, generator)
-        out_pos[long_rows] = keys.topk(f, dim=1).indices.sort(dim=1).values
+        noise = torch.rand((len(long_rows), width), device=dev, generator=generator)
+        ln = length[long_rows]
+        level = torch.ceil(torch.log2(ln.double())).long()
+        for k in torch.unique(level).tolist():
+            j = torch.nonzero(level == k).squeeze(1)
+            w = int(ln[j].max())
+            keys = block(long_rows[j], w) + _gumbel_of(noise[j, :w])
+            out_pos[long_rows[j]] = keys.topk(f, dim=1).indices.sort(dim=1).values
         valid[long_rows] = True
     # short history: f independent Gumbel-max draws = i.i.d. draws with replacement
     short_rows = torch.nonzero((n_avail > 0) & (n_avail < f)).squeeze(1)
     if len(short_rows):
         w = max(int(length[short_rows].max()), 1)
-        keys = logit[short_rows, None, :w] + _gumbel((len(short_rows), f, w), dev, generator)
+        keys = block(short_rows, w)[:, None, :] + _gumbel((len(short_rows), f, w), dev, generator)
         out_pos[short_rows] = keys.argmax(2).sort(dim=1).values
         valid[short_rows] = True
-    return items.gather(1, out_pos).masked_fill(~valid, 0), valid
+    if not len(train_items):
+        return torch.zeros(b, f, dtype=torch.long, device=dev), valid
+    items = train_items[(start[:, None] + out_pos).clamp(max=len(train_items) - 1)]
+    return items.masked_fill(~valid, 0), valid
 
 
 class Synthesis(nn.Module):

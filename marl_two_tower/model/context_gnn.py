@@ -414,7 +414,10 @@ def sample_neighbourhood(graph: BipartiteGraph, users: np.ndarray, exclude: np.n
                           graph.n_users)
     p2: sp.csr_matrix | np.ndarray
     if b * len(users2) <= dense_budget:
-        p2 = p1 @ s2.toarray()
+        # sparse x sparse, then dense: the same sums in the same order as p1 @ dense(s2)
+        # (both accumulate over p1's stored entries), without the B x |frontier| x
+        # |users2| dense product
+        p2 = (p1 @ s2).toarray()
         loc = np.minimum(np.searchsorted(users2, users), max(len(users2) - 1, 0))
         own = users2[loc] == users if len(users2) else np.zeros(b, dtype=bool)
         p2[np.flatnonzero(own), loc[own]] = 0.0
