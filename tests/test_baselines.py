@@ -16,9 +16,9 @@ from marl_two_tower.baselines import (
     BASELINES,
     BPR,
     EASE,
+    BaselineRecommender,
     ItemKNN,
     MostPop,
-    Recommender,
     UnseenItemSampler,
     cosine_topk,
     ease_weights,
@@ -71,7 +71,7 @@ def split() -> Split:
 
 
 @pytest.fixture(scope="module")
-def fitted(split: Split) -> dict[str, Recommender]:
+def fitted(split: Split) -> dict[str, BaselineRecommender]:
     return {name: cls(**TEST_PARAMS[name]).fit(split) for name, cls in BASELINES.items()}
 
 
@@ -85,7 +85,7 @@ PERSONALISED = [n for n in ALL if n != "mostpop"]
 def test_registry_names_match_classes() -> None:
     assert set(BASELINES) == {"mostpop", "itemknn", "bpr", "ease"}
     for name, cls in BASELINES.items():
-        assert cls.name == name and issubclass(cls, Recommender)
+        assert cls.name == name and issubclass(cls, BaselineRecommender)
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -1,6 +1,6 @@
 """Baseline recommenders measured by the same harness as the two-tower model.
 
-Every model implements :class:`Recommender` (``fit``, ``score``, ``recommend``,
+Every model implements :class:`BaselineRecommender` (``fit``, ``score``, ``recommend``,
 ``save``/``load``); ``BASELINES`` maps the names used in configs and reports to the
 classes, and ``load_recommender`` restores any saved baseline from its checkpoint.
 """
@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 
-from marl_two_tower.baselines.base import Recommender, loo_ndcg, read_checkpoint
+from marl_two_tower.baselines.base import BaselineRecommender, loo_ndcg, read_checkpoint
 from marl_two_tower.baselines.bpr import BPR, UnseenItemSampler
 from marl_two_tower.baselines.ease import EASE, ease_weights, tune_ease
 from marl_two_tower.baselines.itemknn import ItemKNN, cosine_topk
 from marl_two_tower.baselines.mostpop import MostPop
 from marl_two_tower.baselines.sasrec import SASRec
 
-BASELINES: dict[str, type[Recommender]] = {
+BASELINES: dict[str, type[BaselineRecommender]] = {
     "mostpop": MostPop,
     "itemknn": ItemKNN,
     "bpr": BPR,
@@ -25,7 +25,7 @@ BASELINES: dict[str, type[Recommender]] = {
 }
 
 
-def load_recommender(path: str | os.PathLike[str]) -> Recommender:
+def load_recommender(path: str | os.PathLike[str]) -> BaselineRecommender:
     """Load any baseline checkpoint, dispatching on the model name stored in it."""
     name = read_checkpoint(path)["model"]
     if name not in BASELINES:
@@ -37,9 +37,9 @@ __all__ = [
     "BASELINES",
     "BPR",
     "EASE",
+    "BaselineRecommender",
     "ItemKNN",
     "MostPop",
-    "Recommender",
     "SASRec",
     "UnseenItemSampler",
     "cosine_topk",

@@ -24,10 +24,10 @@ from marl_two_tower.utils.topk import topk_lowest_index_ties
 
 CHECKPOINT_FORMAT = 1
 
-R = TypeVar("R", bound="Recommender")
+R = TypeVar("R", bound="BaselineRecommender")
 
 
-class Recommender(ABC):
+class BaselineRecommender(ABC):
     """Base class: ``fit(split) -> self``, ``score``, ``recommend``, ``save``/``load``.
 
     Subclasses set ``name`` and ``param_names`` (constructor keyword arguments that
@@ -179,7 +179,7 @@ def mask_rows_(scores: torch.Tensor, rows: sp.csr_matrix) -> torch.Tensor:
 
 
 def loo_ndcg(
-    model: Recommender, split: Split, part: str = "val", k: int = 10, batch_size: int = 1024
+    model: BaselineRecommender, split: Split, part: str = "val", k: int = 10, batch_size: int = 1024
 ) -> float:
     """Mean NDCG@k of leave-one-out targets under full ranking, for model selection.
 

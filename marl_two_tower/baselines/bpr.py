@@ -23,7 +23,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from marl_two_tower.baselines.base import Recommender
+from marl_two_tower.baselines.base import BaselineRecommender
 from marl_two_tower.data.split import Split
 
 
@@ -59,7 +59,7 @@ class UnseenItemSampler:
         return r + (below - self.indptr[users])
 
 
-class BPR(Recommender):
+class BPR(BaselineRecommender):
     """BPR-MF trained with minibatch Adam (or SGD); see the module docstring.
 
     Defaults were chosen on ML-100K leave-one-out by time by validation NDCG@10

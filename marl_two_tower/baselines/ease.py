@@ -27,7 +27,7 @@ import scipy.linalg
 import scipy.sparse as sp
 import torch
 
-from marl_two_tower.baselines.base import Recommender, loo_ndcg
+from marl_two_tower.baselines.base import BaselineRecommender, loo_ndcg
 from marl_two_tower.data.split import Split
 
 
@@ -48,7 +48,7 @@ def ease_weights(x: sp.spmatrix, lam: float) -> np.ndarray:
     return b
 
 
-class EASE(Recommender):
+class EASE(BaselineRecommender):
     """Closed-form item-item autoencoder; see the module docstring for the math.
 
     Args:

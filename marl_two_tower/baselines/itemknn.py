@@ -21,7 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from marl_two_tower.baselines.base import Recommender
+from marl_two_tower.baselines.base import BaselineRecommender
 from marl_two_tower.data.split import Split
 
 # Upper bound on the entries of one block of X^T X rows held before pruning: keeps
@@ -64,7 +64,7 @@ def cosine_topk(x: sp.csr_matrix, k_neighbors: int, shrink: float = 0.0) -> sp.c
     return sim
 
 
-class ItemKNN(Recommender):
+class ItemKNN(BaselineRecommender):
     """Item-item cosine neighbourhood model; see the module docstring for the math.
 
     Args:

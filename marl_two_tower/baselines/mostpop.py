@@ -12,11 +12,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from marl_two_tower.baselines.base import Recommender
+from marl_two_tower.baselines.base import BaselineRecommender
 from marl_two_tower.data.split import Split
 
 
-class MostPop(Recommender):
+class MostPop(BaselineRecommender):
     """Train popularity ``split.item_pop`` (plus validation counts when fitted with
     ``include_val``) as the score of every item for every user."""
 

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from marl_two_tower.baselines.base import Recommender, loo_ndcg
+from marl_two_tower.baselines.base import BaselineRecommender, loo_ndcg
 from marl_two_tower.data.sequences import (
     append_items,
     bucketed_batches,
@@ -68,7 +68,7 @@ class _Net(nn.Module):
 
 
 class _TrainOnlyView:
-    """Duck-typed ``Recommender`` view for :func:`loo_ndcg` on validation: scores with
+    """Duck-typed ``BaselineRecommender`` view for :func:`loo_ndcg` on validation: scores with
     the train sequences only, whatever ``include_val`` the fit was asked for."""
 
     include_val = False
@@ -80,7 +80,7 @@ class _TrainOnlyView:
         return self.model._score_from(users, self.model._train_ptr, self.model._train_items)
 
 
-class SASRec(Recommender):
+class SASRec(BaselineRecommender):
     """SASRec with full-softmax CE (or sampled softmax with logQ); see the module docstring.
 
     Args:
