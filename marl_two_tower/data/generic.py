@@ -34,7 +34,7 @@ from marl_two_tower.data.parsing import (
     check_unique,
     id_array,
     multi_hot,
-    read_table,
+    read_typed_table,
     to_seconds,
     unknown_items,
     year_from_text,
@@ -60,10 +60,10 @@ def _read(path: str | Path, cols: Sequence[Col], others: Literal["any", "str"] =
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix == ".csv":
-        return read_table(p, cols, sep=",", header=True, encoding="utf-8", quoting=True,
+        return read_typed_table(p, cols, sep=",", header=True, encoding="utf-8", quoting=True,
                           others=others)
     if suffix == ".tsv":
-        return read_table(p, cols, sep="\t", header=True, encoding="utf-8", others=others)
+        return read_typed_table(p, cols, sep="\t", header=True, encoding="utf-8", others=others)
     if suffix in (".parquet", ".pq"):
         return _read_parquet(p, cols)
     raise DataError(p, f"unsupported file type {suffix!r} (expected .csv, .tsv or .parquet)")

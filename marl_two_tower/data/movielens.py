@@ -39,7 +39,7 @@ from marl_two_tower.data.parsing import (
     lookup,
     multi_hot,
     read_colon_table,
-    read_table,
+    read_typed_table,
     require_file,
     unknown_items,
     year_from_text,
@@ -110,7 +110,7 @@ def _ml100k_genre_names(folder: Path) -> list[str]:
     path = folder / "u.genre"
     if not path.is_file():
         return list(ML100K_GENRES)
-    t = read_table(path, [Col("name", "str"), Col("index", "int")], sep="|", header=False)
+    t = read_typed_table(path, [Col("name", "str"), Col("index", "int")], sep="|", header=False)
     order = t.frame["index"].to_numpy()
     if sorted(order.tolist()) != list(range(len(ML100K_GENRES))):
         raise DataError(path, f"expected genre indices 0..{len(ML100K_GENRES) - 1}")
@@ -128,7 +128,7 @@ def _ml100k_items(folder: Path) -> ItemInfo:
         Col("url", "str", nullable=True),
         *flags,
     ]
-    t = read_table(require_file(folder, "u.item"), cols, sep="|", header=False)
+    t = read_typed_table(require_file(folder, "u.item"), cols, sep="|", header=False)
     check_unique(t, "item")
     f = t.frame
     year = year_from_text(f["release"])
@@ -151,11 +151,11 @@ def _ml100k_users(folder: Path) -> UserInfo:
         Col("occupation", "str"),
         Col("zip", "str", nullable=True),
     ]
-    t = read_table(require_file(folder, "u.user"), cols, sep="|", header=False)
+    t = read_typed_table(require_file(folder, "u.user"), cols, sep="|", header=False)
     check_unique(t, "user")
     occ_path = folder / "u.occupation"
     if occ_path.is_file():
-        occ = read_table(occ_path, [Col("name", "str")], sep="|", header=False)
+        occ = read_typed_table(occ_path, [Col("name", "str")], sep="|", header=False)
         occupations = occ.frame["name"].str.strip().tolist()
     else:
         occupations = sorted(t.frame["occupation"].unique().tolist())
@@ -182,7 +182,7 @@ def load_ml100k(path: str | Path, rating_range: tuple[float, float] = MOVIELENS_
     module docstring.
     """
     folder = _folder(path)
-    t = read_table(require_file(folder, "u.data"), _RATING_COLS, sep="\t", header=False)
+    t = read_typed_table(require_file(folder, "u.data"), _RATING_COLS, sep="\t", header=False)
     check_ratings(t, "rating", rating_range)
     users, items, ts, ratings = _interactions(t)
     item_info = _ml100k_items(folder)
@@ -291,7 +291,7 @@ def load_ml1m_ordered(path: str | Path) -> Dataset:
             decreases along ``seq`` (then the split and ``seq`` would disagree).
     """
     folder = _folder(path)
-    t = read_table(require_file(folder, "ratings.tsv"), _ORDERED_COLS, sep="\t", header=True)
+    t = read_typed_table(require_file(folder, "ratings.tsv"), _ORDERED_COLS, sep="\t", header=True)
     f = t.frame
     user = f["user"].to_numpy(np.int64)
     seq = f["seq"].to_numpy(np.int64)
@@ -350,7 +350,7 @@ _NCF_COLS = [
 
 def _ncf_negatives(path: Path, test_users: np.ndarray) -> np.ndarray:
     """``test_negatives.tsv`` (``user neg1..negK``) as raw ids aligned with ``test_users``."""
-    t = read_table(path, [Col("user", "int")], sep="\t", header=True, others="int")
+    t = read_typed_table(path, [Col("user", "int")], sep="\t", header=True, others="int")
     check_unique(t, "user")
     f = t.frame
     if f.shape[1] < 2:
@@ -384,8 +384,8 @@ def load_ncf(path: str | Path, rating_range: tuple[float, float] = MOVIELENS_SCA
     given); ``users.dat`` is optional.
     """
     folder = _folder(path)
-    train = read_table(require_file(folder, "train.tsv"), _NCF_COLS, sep="\t", header=True)
-    test = read_table(require_file(folder, "test.tsv"), _NCF_COLS, sep="\t", header=True)
+    train = read_typed_table(require_file(folder, "train.tsv"), _NCF_COLS, sep="\t", header=True)
+    test = read_typed_table(require_file(folder, "test.tsv"), _NCF_COLS, sep="\t", header=True)
     check_ratings(train, "rating", rating_range)
     check_ratings(test, "rating", rating_range)
     check_unique(test, "user")  # the protocol holds out exactly one pair per user

@@ -1,6 +1,6 @@
 """Shared parsing of delimited tables and side information (DESIGN §2 "Validation").
 
-Every loader reads its files through :func:`read_table`, which has two paths:
+Every loader reads its files through :func:`read_typed_table`, which has two paths:
 
 * **Fast path** (normal files): the field count of every line is checked with numpy
   on the raw bytes, then pandas' C engine parses the whole file at once and the
@@ -133,7 +133,7 @@ def _split_record(raw: str, sep: str, quoted: bool) -> list[str]:
     return next(csv.reader([raw], delimiter=sep), []) if quoted else raw.split(sep)
 
 
-def read_table(
+def read_typed_table(
     path: str | Path,
     cols: Sequence[Col],
     *,
@@ -379,7 +379,7 @@ def read_colon_table(path: Path, cols: Sequence[Col]) -> Table:
     line numbers stay exact.
     """
     data = read_bytes(path).replace(b"::", b"\t")
-    return read_table(path, cols, sep="\t", header=False, data=data, sep_label="::")
+    return read_typed_table(path, cols, sep="\t", header=False, data=data, sep_label="::")
 
 
 # ---------------------------------------------------------------------------
