@@ -323,9 +323,10 @@ class ServingConfig:
     cold_start_beta: float = 0.5  # cold-start score pop^(1 - beta): 0 = popularity, 1 = flat
     cold_start_tail_quota: float = 0.2  # share of cold-start slots reserved for tail items
     cold_start_prior: float = 50.0  # pseudo-interactions shrinking a group's popularity to global
-    # online exposure cap (marl_two_tower/exposure.py OnlineExposureBudget): an item that
-    # holds ceil(exposure_cap * k * window / n_items) slots of the last `exposure_window`
-    # served top-k lists is skipped; 0 = off (the offline GINI budget needs all users at once)
+    # online exposure cap (fairness/exposure.py OnlineExposureBudget), in the offline
+    # gini.exposure_cap's units (multiples of the fair share): an item that holds
+    # ceil(exposure_cap * cap_k * window / n_items) of the first-cap_k slots of the last
+    # `exposure_window` served lists is skipped (cap_k = the bundle's gini.cap_k); 0 = off
     exposure_cap: float = 0.0
     exposure_window: int = 10_000
 
