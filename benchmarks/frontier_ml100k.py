@@ -93,7 +93,12 @@ def main() -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[42])
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "frontier_ml100k.json"))
+    p.add_argument("--plot", default=str(REPO / "docs" / "img" / "frontier_ml100k.png"))
+    p.add_argument("--replot", action="store_true", help="only redraw --plot from --output")
     args = p.parse_args()
+    if args.replot:
+        plot(json.loads(Path(args.output).read_text()), args.plot)
+        return 0
     torch.set_num_threads(1)
     t_start = time.perf_counter()
     split = load_split(model_config(args, "base", args.seeds[0]).data)
@@ -153,9 +158,22 @@ def main() -> int:
         "wall_s": time.perf_counter() - t_start,
     }
     write_text_atomic(args.output, json.dumps(to_jsonable(doc), indent=2))
+    plot(doc, args.plot)
     print(markdown(doc))
     print(f"wrote {args.output}")
     return 0
+
+
+def plot(doc: dict, path: str) -> None:
+    """Test HR@10 against Gini@10 and Coverage@10 of every curve (the report's plot)."""
+    from marl_two_tower.study.frontier_report import plot_frontier_curves
+
+    rows = [{"label": name, "arm": s["arm"], "test": s["test"],
+             "kind": "baseline" if name.startswith("EASE") else "variant"}
+            for name, s in doc["frontiers"].items()]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    plot_frontier_curves({"k": 10, "targets": doc["targets"], "rows": rows}).savefig(
+        path, dpi=110, bbox_inches="tight")
 
 
 def _cell(m: dict) -> str:
