@@ -5,8 +5,10 @@
 #        --batch-size N  --lr X  --seed N  --name NAME  --resume  --mixed-precision [bf16|fp16]
 #        --ablation-study  --seeds N  --no-fair-sampling  --no-buhs  --no-gini-agent
 #        --no-marl  --no-context-gnn  --no-tail-loss  --no-exposure-budget
+#        --max-steps N (smoke run: at most N steps per epoch = train.max_steps_per_epoch)
 #        --set KEY=VALUE (repeatable)
 #        (ablation: the study always resumes; --name NAME = study folder runs/NAME)
+# Checkpoints: checkpoints/<name>/ per run; checkpoints/model_best.pt = the latest run's best.
 set -euo pipefail
 source "$(dirname "$0")/_common.sh"
 
@@ -29,6 +31,7 @@ while [ $# -gt 0 ]; do
     --lr) args+=(--lr "$2"); shift 2 ;;
     --seed) args+=(--seed "$2"); shift 2 ;;
     --seeds) args+=(--seeds "$2"); shift 2 ;;
+    --max-steps) args+=(--set "train.max_steps_per_epoch=$2"); shift 2 ;;
     --name) args+=(--name "$2"); shift 2 ;;
     --resume) args+=(--resume); shift ;;
     --mixed-precision)
@@ -38,7 +41,7 @@ while [ $# -gt 0 ]; do
     |--no-exposure-budget)
       args+=("$1"); shift ;;
     --set) args+=(--set "$2"); shift 2 ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "run_training.sh: unknown flag '$1' (see --help)" >&2; exit 2 ;;
   esac
 done

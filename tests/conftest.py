@@ -32,3 +32,15 @@ def ml100k_dir() -> Path:
 @pytest.fixture
 def ml1m_ncf_dir() -> Path:
     return shared_dataset_dir("ml-1m-ncf")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """After the run: how many tests skipped for want of the real MovieLens data, and how
+    to run them (they are part of the suite, not optional extras)."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", [])
+               if "MARL_TWO_TOWER_DATA" in str(getattr(r, "longrepr", ""))]
+    if skipped:
+        terminalreporter.write_line(
+            f"{len(skipped)} real-data test(s) skipped: no MovieLens folder under {SHARED_DATA}. "
+            "Run them with: MARL_TWO_TOWER_DATA=/path/to/data make test  (a folder holding "
+            "ml-100k/, ml-1m-ncf/, ml-1m-ordered/, ml-1m-partial/; README.md, 'Tests').")

@@ -13,7 +13,15 @@ import os
 import sys
 from pathlib import Path
 
-from marl_two_tower.cli.common import NO_FLAGS, add_config_args, config_from_args
+from marl_two_tower import __version__
+from marl_two_tower.cli.common import (
+    NO_FLAGS,
+    HelpFormatter,
+    add_config_args,
+    add_output_args,
+    config_from_args,
+    log_level,
+)
 from marl_two_tower.data.download import DownloadError
 from marl_two_tower.errors import UserError
 
@@ -56,8 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train_rank(args: argparse.Namespace) -> None:
     """One spawned process of ``train --nproc N`` (distributed.launch sets its rank)."""
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=log_level(args), format="%(levelname)s %(name)s: %(message)s")
     cmd_train(args)
 
 
@@ -86,17 +93,23 @@ _EVAL_MODES = {"comprehensive": ("both", True), "quick": ("full", False),
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from marl_two_tower.config import check_device
+    from marl_two_tower.config import TrainConfig, check_device
     from marl_two_tower.eval import modes as eval_modes
     from marl_two_tower.model.build import load_trained
     from marl_two_tower.study.results import build_results, write_results
     from marl_two_tower.study.run import check_output_folder, evaluate_model
+    from marl_two_tower.utils.runtime import apply_threads
 
     check_device(args.device, "--device")
     if args.output:
         check_output_folder(args.output, "--output")
     # --set applies to the -c config when given, else to the checkpoint's stored config
     cfg = config_from_args(args) if args.config else stored_config(args.checkpoint, args.overrides)
+    # threads of this run, not of the training run: a stored config keeps its own value
+    # (old checkpoints: 0 = all cores), so only -c or --set train.num_threads=N chooses
+    apply_threads(cfg.train.num_threads if args.config or any(
+        o.split("=", 1)[0].strip() == "train.num_threads" for o in args.overrides)
+        else TrainConfig.num_threads)
     model, _, split = load_trained(args.checkpoint, cfg, device=args.device)
     device = next(model.parameters()).device
     score_fn = model.scorer(device)
@@ -173,7 +186,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from marl_two_tower.study.demo import run_demo
 
-    run_demo(Path(args.output_dir), quick=args.quick)
+    run_demo(Path(args.output_dir), quick=args.quick, progress=not args.quiet)
     return 0
 
 
@@ -195,61 +208,76 @@ def _synthetic_default() -> bool:
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of every subcommand."""
     parser = argparse.ArgumentParser(prog="marl-two-tower", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and the traceback behind an error: line")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model, then evaluate it once on test")
     add_config_args(p)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--mixed-precision", choices=["none", "bf16", "fp16"])
-    p.add_argument("--name", help="run name (results in <output_dir>/<name>/)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--epochs", type=int, help="= --set train.epochs (default: the config's)")
+    p.add_argument("--batch-size", type=int,
+                   help="= --set train.batch_size (default: the config's)")
+    p.add_argument("--lr", type=float, help="= --set train.lr (default: the config's)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the config's)")
+    p.add_argument("--mixed-precision", choices=["none", "bf16", "fp16"],
+                   help="autocast dtype, = --set train.mixed_precision (default: the config's)")
+    p.add_argument("--name", help="run name: results in <output_dir>/<name>/, checkpoints in "
+                                  "checkpoints/<name>/ (default: the config's name)")
+    p.add_argument("--seed", type=int, help="the one seed of the run (default: the config's seed)")
     p.add_argument("--nproc", type=int, default=1,
                    help="data-parallel processes on this machine (DDP: gloo on CPU, nccl on CUDA); "
                         "train.batch_size is the global batch; torchrun launches work too")
-    p.add_argument("--resume", action="store_true", help="continue from <checkpoint_dir>/last.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <checkpoint_dir>/last.pt (the same run name)")
     p.add_argument("--mode", choices=["config", "full", "baseline"], default="config",
                    help="full = every component on, baseline = plain two-tower, "
                         "config = as the config says (default)")
     for flag in NO_FLAGS:
         p.add_argument("--" + flag.replace("_", "-"), action="store_true",
                        help=f"switch {NO_FLAGS[flag]} off")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_output_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on the test split")
     add_config_args(p)
-    p.add_argument("-p", "--checkpoint", required=True)
+    p.add_argument("-p", "--checkpoint", required=True,
+                   help="training checkpoint (model_best.pt); the model and its components "
+                        "are rebuilt from the config stored in it")
     p.add_argument("-m", "--mode", default="comprehensive",
                    choices=["comprehensive", "quick", "fairness", "agents", "inference"],
                    help="comprehensive = both protocols + group fairness + per-agent "
                         "breakdown + latency; quick = full ranking only; fairness = full "
                         "ranking + per-group HR; agents = genre agents' mean action and "
                         "reward; inference = latency p50/p95/p99 and throughput")
-    p.add_argument("-f", "--format", choices=["json", "csv", "both"], default="both")
+    p.add_argument("-f", "--format", choices=["json", "csv", "both"], default="both",
+                   help="results files to write")
     p.add_argument("--statistical-test", metavar="BASELINE_CKPT",
                    help="paired Wilcoxon/t-tests, bootstrap CIs and effect sizes against "
                         "a baseline checkpoint (two-tower or saved baseline)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("-o", "--output", help="output folder for results.json/csv")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("-o", "--output", help="output folder for results.json/csv "
+                                          "(default: <output_dir>/<name>-eval)")
+    add_output_args(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("download", help="fetch a MovieLens archive (checksum-verified)")
-    p.add_argument("name", choices=["ml-100k", "ml-1m"])
-    p.add_argument("--root", default="data")
-    p.add_argument("--force", action="store_true")
+    p.add_argument("name", choices=["ml-100k", "ml-1m"], help="dataset to fetch")
+    p.add_argument("--root", default="data",
+                   help="folder that receives the archive and <root>/<name>/")
+    p.add_argument("--force", action="store_true",
+                   help="download and unpack again over a folder this command made")
     p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("generate", help="write the synthetic dataset to Parquet (streamed, any size)")
-    p.add_argument("--users", type=int, default=1_000_000)
-    p.add_argument("--items", type=int, default=100_000)
+    p.add_argument("--users", type=int, default=1_000_000,
+                   help="number of users (the scale benchmark's size; the demo uses 1500)")
+    p.add_argument("--items", type=int, default=100_000, help="number of items")
     p.add_argument("--interactions-per-user", type=float, default=55.0, help="mean history length")
-    p.add_argument("--genres", type=int, default=12)
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--genres", type=int, default=12, help="number of genres")
+    p.add_argument("--seed", type=int, default=7, help="generator seed")
     p.add_argument("--exact-lengths", action=argparse.BooleanOptionalAction, default=None,
                    help="redraw repeated (user, item) draws so histories have their drawn "
                         "length; --no-exact-lengths keeps first occurrences only (default: "
@@ -260,8 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("demo", help="train + evaluate + report on the embedded synthetic data")
-    p.add_argument("--output-dir", default="runs/demo")
+    p.add_argument("--output-dir", default="runs/demo",
+                   help="folder of the demo's run folders, summary and report")
     p.add_argument("--quick", action="store_true", help="tiny sizes (seconds; for tests)")
+    add_output_args(p)
     p.set_defaults(func=cmd_demo)
 
     try:
@@ -278,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     from marl_two_tower.serving.commands import add_subparsers as add_serving_subparsers
 
     add_serving_subparsers(sub)
+    for sp in sub.choices.values():  # every subcommand shows its defaults
+        sp.formatter_class = HelpFormatter
     return parser
 
 
@@ -296,8 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``marl-two-tower`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=log_level(args), format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
     except USER_ERRORS as exc:

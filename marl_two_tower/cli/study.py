@@ -89,28 +89,30 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def add_subparsers(sub: argparse._SubParsersAction) -> None:
     """Register ``ablate``, ``report`` and ``simulate``."""
-    from marl_two_tower.cli.common import NO_FLAGS, add_config_args
+    from marl_two_tower.cli.common import NO_FLAGS, add_config_args, add_output_args
 
     # no --resume (a study always resumes its finished and interrupted runs) and no
     # --name (runs are named <variant>/seed<S> inside --output-dir)
     p = sub.add_parser("ablate", help="run the six-variant ablation study (always resumes)")
     add_config_args(p)
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds: seed, seed+1, ... (3)")
-    p.add_argument("--output-dir", default="runs/ablation", help="study folder (runs/ablation)")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds: seed, seed+1, ...")
+    p.add_argument("--output-dir", default="runs/ablation", help="study folder")
     p.add_argument("--variants", help="comma-separated subset of base,context_gnn,marl,"
                                       "fair_sampler,buhs,gini (default: all)")
     p.add_argument("--no-baselines", action="store_true",
                    help="skip MostPop/ItemKNN/BPR/EASE (shown on the frontier plot)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--mixed-precision", choices=["none", "bf16", "fp16"])
+    p.add_argument("--epochs", type=int, help="= --set train.epochs (default: the config's)")
+    p.add_argument("--batch-size", type=int,
+                   help="= --set train.batch_size (default: the config's)")
+    p.add_argument("--lr", type=float, help="= --set train.lr (default: the config's)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the config's)")
+    p.add_argument("--mixed-precision", choices=["none", "bf16", "fp16"],
+                   help="= --set train.mixed_precision (default: the config's)")
     p.add_argument("--seed", type=int, help="first seed (default: the config's seed)")
     for flag, comp in NO_FLAGS.items():
         p.add_argument("--" + flag.replace("_", "-"), action="store_true",
                        help=f"leave {comp} out of the whole study")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_output_args(p)
     p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("report", help="ablation table (JSON/CSV/Markdown) and plots from runs")
@@ -119,7 +121,7 @@ def add_subparsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", help="output folder (default: <first RUN_DIR>/report)")
     p.add_argument("--base", help="label or key of the reference (default: the Base variant)")
     p.add_argument("-k", type=int, help="cut-off of the tables and plots (default 10)")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (1000)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("simulate", help="SIMULATED business impact of measured metric deltas")

@@ -28,6 +28,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from marl_two_tower.utils.io import atomic_write, write_text_atomic
+from marl_two_tower.utils.runtime import interactive_output
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ def _fetch(url: str, md5: str, archive: Path, name: str, progress: bool, timeout
                 urllib.request.urlopen(url, timeout=timeout) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=name,
-                      disable=not progress) as bar:
+                      disable=not (progress and interactive_output()), mininterval=1.0) as bar:
                 while chunk := resp.read(_CHUNK):
                     out.write(chunk)
                     digest.update(chunk)

@@ -57,6 +57,7 @@ from marl_two_tower.model.build import COMPONENTS, EVAL_ONLY_COMPONENTS
 from marl_two_tower.study.results import git_commit, read_results
 from marl_two_tower.study.variants import VARIANTS, Variant
 from marl_two_tower.utils.io import write_text_atomic
+from marl_two_tower.utils.runtime import interactive_output
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +300,8 @@ def run_study(cfg: Config, seeds: Sequence[int], output_dir: str | Path,
             rc = run_config(cfg, pv, seed, output_dir)
             jobs.append((pv, seed, rc, run_status(rc, split, clean=False)))
     n_done = sum(1 for j in jobs if j[3] == "done")
-    bar = tqdm(total=len(jobs), initial=n_done, desc="ablation", unit="run", disable=not progress)
+    bar = tqdm(total=len(jobs), initial=n_done, desc="ablation", unit="run",
+               disable=not (progress and interactive_output()))
     for pv, seed, rc, status in jobs:
         run_dir = Path(rc.output_dir) / rc.name
         entry: dict[str, Any] = {"seed": seed, "run_dir": str(run_dir), "status": status}

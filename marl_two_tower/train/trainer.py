@@ -41,8 +41,8 @@ from marl_two_tower.model.build import build_components, build_model
 from marl_two_tower.model.components import TrainBatch, TrainingComponent, component_names
 from marl_two_tower.model.losses import rec_loss
 from marl_two_tower.model.two_tower import TwoTower
-from marl_two_tower.utils import distributed
-from marl_two_tower.utils.runtime import epoch_rng, resolve_device, set_seed
+from marl_two_tower.utils import distributed, runtime
+from marl_two_tower.utils.runtime import epoch_rng, interactive_output, resolve_device, set_seed
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,23 @@ log = logging.getLogger(__name__)
 # checkpoint keys of the trainer itself; a component's state_key must differ
 CHECKPOINT_KEYS = frozenset({"model", "optimizer", "scaler", "torch_rng", "train_state", "config",
                              "config_fingerprint", "data_fingerprint", "format_version"})
+
+
+def epoch_line(record: Mapping[str, Any], epochs: int, best: bool = False) -> str:
+    """One short human-readable line of an epoch record: epoch, mean total loss,
+    validation NDCG@10 / HR@10 / Coverage@10 (those present) and wall time, ``*`` when
+    the epoch is the best so far. The full record goes to the run's results.json
+    (``history``) and TensorBoard; this is what a person reads in the console."""
+    parts = [f"epoch {record['epoch']}/{epochs}"]
+    loss = record.get("loss/total")
+    if isinstance(loss, float):
+        parts.append(f"loss {loss:.4f}")
+    val = [f"{k} {record[f'val/{k}']:.4f}" for k in ("NDCG@10", "HR@10", "Coverage@10")
+           if isinstance(record.get(f"val/{k}"), float)]
+    if val:
+        parts.append("val " + " ".join(val))
+    parts.append(f"{record['time_s']:.1f}s" + (" *" if best else ""))
+    return " | ".join(parts)
 
 
 def scalar_items(record: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, float]]:
@@ -97,8 +114,7 @@ class Trainer:
         self.cfg, self.split, self.progress = cfg, split, progress
         self.run_dir = None if run_dir is None else Path(run_dir)
         set_seed(cfg.seed)
-        if cfg.train.num_threads > 0:
-            torch.set_num_threads(cfg.train.num_threads)
+        runtime.apply_threads(cfg.train.num_threads)  # default 1: safe on a shared CPU (runtime.py)
         self.device = resolve_device(cfg.train.device)
         self.dist = distributed.current()  # the DDP process group (distributed.py), or None
         if self.dist is not None:
@@ -225,7 +241,7 @@ class Trainer:
         limit = self.cfg.train.max_steps_per_epoch or len(self.sampler)
         bar = tqdm(self.sampler.batches(epoch), total=min(limit, len(self.sampler)),
                    desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}", leave=False,
-                   disable=not self.progress)
+                   disable=not (self.progress and interactive_output()))
         for i, idx in enumerate(bar):
             if i >= limit:
                 break
@@ -310,9 +326,8 @@ class Trainer:
                     writer.add_scalar(tag, value, epoch + 1)
                 writer.flush()
             self.save_checkpoint(self.ckpt_dir / "last.pt")
-            if self.progress:
-                shown = {k: round(v, 4) for k, v in record.items() if isinstance(v, float)}
-                tqdm.write(json.dumps(shown))
+            if self.progress:  # one line; the full record is in history and TensorBoard
+                tqdm.write(epoch_line(record, cfg.epochs, self.state.best_epoch == epoch + 1))
             for cb in self.callbacks:
                 cb(self)
 

@@ -36,3 +36,36 @@ def resolve_device(spec: str) -> torch.device:
 def epoch_rng(seed: int, epoch: int, stream: int = 0) -> np.random.Generator:
     """Independent generator for (seed, epoch, stream): resumable randomness."""
     return np.random.default_rng([seed, epoch, stream])
+
+
+def interactive_output() -> bool:
+    """Whether progress bars should be drawn: stderr is a terminal, or the code runs in
+    a Jupyter kernel. Elsewhere (CI, ``> log``) a bar would write a carriage-return
+    line per update into the log, so callers show none there."""
+    import sys
+
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty and isatty()) or "ipykernel" in sys.modules
+
+
+def apply_threads(n: int) -> int:
+    """Set the intra-op thread count of torch (and of FAISS, when it is loaded) to
+    ``n``; ``n = 0`` leaves torch's default (one thread per core). Returns the count
+    in effect.
+
+    Every entry point calls it with ``train.num_threads`` (default 1): training,
+    ``evaluate``, the demo; ``serve`` has ``--threads`` (default 1). One thread is the
+    default because the intra-op pool spins on every core it has: on a CPU shared
+    with other processes a pool wider than the free cores made every op 10-44x
+    slower (docs/speed.md), while one thread loses at most the parallel speed-up.
+    On a dedicated machine, raise it (``--set train.num_threads=0`` for all cores).
+    """
+    if n < 0:
+        raise ValueError(f"train.num_threads must be >= 0, got {n}")
+    if n > 0:
+        torch.set_num_threads(n)
+        import sys
+
+        if "faiss" in sys.modules:  # serving's index; never imported just for this
+            sys.modules["faiss"].omp_set_num_threads(n)
+    return torch.get_num_threads()
