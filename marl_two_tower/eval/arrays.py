@@ -110,9 +110,3 @@ def load_eval_arrays(run_dir: str | Path) -> EvalArrays | None:
                           item_pop=z["item_pop"], tail_mask=z["tail_mask"].astype(bool),
                           ks=tuple(int(k) for k in z["ks"]),
                           ties=z["ties"] if "ties" in z.files else None)
-
-
-def write_for_run(run_dir: str | Path, split: Split, score_fn, ks: Sequence[int],
-                  batch_size: int = 1024, budget: ExposureBudget | None = None) -> Path:
-    """Compute and save the arrays of one evaluated model (called by the pipeline)."""
-    return save_eval_arrays(run_dir, compute_eval_arrays(split, score_fn, ks, batch_size, budget))

@@ -46,7 +46,7 @@ from marl_two_tower.study.frontier_report import (
     plot_frontier_curves,
 )
 from marl_two_tower.study.results import git_commit, read_results, read_versioned_json
-from marl_two_tower.utils.io import to_jsonable, write_text_atomic
+from marl_two_tower.utils.io import atomic_write, to_jsonable, write_text_atomic
 
 REPORT_SCHEMA = "marl-two-tower/ablation-report"
 REPORT_SCHEMA_VERSION = 2  # 2: adds "frontier" (null when no run has frontier.npz)
@@ -515,11 +515,12 @@ def write_report(paths: Sequence[str | Path], output: str | Path, base: str | No
     write_text_atomic(out / "ablation.json", json.dumps(doc, indent=2))
     write_text_atomic(out / "ablation.csv", to_csv(doc))
     write_text_atomic(out / "ablation.md", markdown(doc))
-    for name, fn in PLOTS.items():
-        fn(doc).savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
+    figures = {name: fn(doc) for name, fn in PLOTS.items()}
     if doc.get("frontier"):
-        plot_frontier_curves(doc["frontier"]).savefig(out / "frontier_curves.png", dpi=110,
-                                                      bbox_inches="tight")
+        figures["frontier_curves"] = plot_frontier_curves(doc["frontier"])
+    for name, fig in figures.items():
+        with atomic_write(out / f"{name}.png", "wb") as fh:
+            fig.savefig(fh, format="png", dpi=110, bbox_inches="tight")
     return doc
 
 
