@@ -1,8 +1,9 @@
 """The brief's bar on ML-100K: the full model vs the most accurate and the fairest peer.
 
 Reads the full model's per-user test arrays from an ablation study folder (its
-``gini`` variant = every component, the GINI agent's exposure budget on; one
-``per_user.npz`` per seed), fits EASE (lambda chosen on validation NDCG@10, refit on
+``exposure_budget`` variant = every component, the exposure budget on; a study from
+before the GINI loss, tail loss and budget were separate steps holds it under
+``--variant gini``; one ``per_user.npz`` per seed), fits EASE (lambda chosen on validation NDCG@10, refit on
 train + validation: the brief's EASE protocol) and BPR-MF on the same split, and
 compares them with ``significance.compare``: per-user Wilcoxon for HR/NDCG/TailHR,
 paired user bootstrap (B = 1000) for Coverage/Gini.
@@ -39,7 +40,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "ml-100k"))
     p.add_argument("--study", default="runs/ablation-ml100k")
-    p.add_argument("--variant", default="gini", help="study variant holding the full model")
+    p.add_argument("--variant", default="exposure_budget",
+                   help="study variant holding the full model (gini in studies of the old ladder)")
     args = p.parse_args()
     torch.set_num_threads(1)
     split = leave_one_out(load_ml100k(args.data))
