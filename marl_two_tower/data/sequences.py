@@ -112,12 +112,14 @@ def append_items(
 
 class SequenceSampler:
     """Training positives as whole user windows: one batch = the last ``window`` train
-    interactions of each of a set of users (about ``batch_size`` rows in all).
+    interactions of each of a set of users, about ``batch_size`` rows in all.
 
-    Users are shuffled per epoch and grouped by similar length
-    (:func:`bucketed_batches`), so each user's window is encoded once per epoch and
-    padding is small. ``prob[j]`` = share of the epoch's positives that are item j
-    (the trainer's logQ correction of in-batch negatives).
+    Users are shuffled per epoch, sorted by length within chunks of ~32 batches (less
+    padding per batch) and cut where the running row count crosses a multiple of
+    ``total_rows / len(self)``; the batch order is shuffled again. Each user's window is
+    encoded once per epoch, and the row count per batch (which sets the cost of the
+    softmax) stays near ``batch_size``. ``prob[j]`` = share of the epoch's positives
+    that are item j (the trainer's logQ correction of in-batch negatives).
     """
 
     def __init__(self, split: Split, batch_size: int, window: int, seed: int) -> None:
@@ -125,19 +127,30 @@ class SequenceSampler:
         ptr = split.train_indptr
         self.take = np.minimum(np.diff(ptr), window)
         self.users = np.flatnonzero(self.take > 0)
-        self.users_per_batch = max(1, int(round(batch_size / max(self.take[self.users].mean(), 1))))
+        self.total = int(self.take.sum())
+        self.n_batches = max(1, math.ceil(self.total / max(batch_size, 1)))
         rows = np.repeat(ptr[1:] - self.take, self.take) + (
-            np.arange(self.take.sum()) - np.repeat(np.cumsum(self.take) - self.take, self.take))
-        self.prob = np.bincount(split.train_items[rows], minlength=split.n_items) / max(len(rows), 1)
+            np.arange(self.total) - np.repeat(np.cumsum(self.take) - self.take, self.take))
+        self.prob = np.bincount(split.train_items[rows], minlength=split.n_items) / max(self.total, 1)
 
     def __len__(self) -> int:
-        return math.ceil(len(self.users) / self.users_per_batch)
+        return self.n_batches
 
     def batches(self, epoch: int) -> Iterator[np.ndarray]:
         """Interaction indices (into ``split.train_items``), one array per batch."""
         ptr, take = self.split.train_indptr, self.take
-        for b in bucketed_batches(take[self.users], self.users_per_batch, self.seed, epoch):
-            u = self.users[b]
+        rng = epoch_rng(self.seed, epoch, 7)
+        order = self.users[rng.permutation(len(self.users))]
+        span = max(1, len(order) * 32 // self.n_batches)
+        for s in range(0, len(order), span):  # sort by length within chunks
+            part = order[s : s + span]
+            order[s : s + span] = part[np.argsort(-take[part], kind="stable")]
+        before = np.cumsum(take[order]) - take[order]
+        group = np.minimum(before * self.n_batches // max(self.total, 1), self.n_batches - 1)
+        cuts = np.flatnonzero(np.diff(group)) + 1
+        parts = np.split(order, cuts)
+        for k in rng.permutation(len(parts)):
+            u = parts[k]
             t = take[u]
             start = ptr[u + 1] - t
             yield np.repeat(start, t) + (np.arange(t.sum()) - np.repeat(np.cumsum(t) - t, t))
