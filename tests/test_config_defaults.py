@@ -12,7 +12,12 @@ import pytest
 from marl_two_tower.config import Config, GiniConfig, MARLConfig, ServingConfig
 from marl_two_tower.data.split import leave_one_out
 from marl_two_tower.data.synthetic import generate
-from marl_two_tower.fairness.exposure import ExposureBudget, OnlineExposureBudget, budget_from_config
+from marl_two_tower.fairness.exposure import (
+    ExposureBudget,
+    OnlineExposureBudget,
+    allocate_in_order,
+    budget_from_config,
+)
 from marl_two_tower.fairness.fair_sampler import FairSampler
 from marl_two_tower.model.components import FairSamplerComponent
 from marl_two_tower.model.marl.env import GenreRecEnv
@@ -29,6 +34,7 @@ PARAMS = [
     (ExposureBudget, "floor", EMPTY),
     (OnlineExposureBudget, "k", EMPTY),
     (OnlineExposureBudget, "window", EMPTY),
+    (allocate_in_order, "k", EMPTY),  # the online budget's k, offline
     (IndexSettings, "nlist", ServingConfig.ivf_nlist),
     (IndexSettings, "nprobe", ServingConfig.ivf_nprobe),
     (IndexSettings, "hnsw_m", ServingConfig.hnsw_m),

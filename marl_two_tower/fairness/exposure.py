@@ -206,7 +206,7 @@ def rerank_with_budget(cand: np.ndarray, logp: np.ndarray, k_max: int, budget: E
 
 
 def allocate_in_order(cand: np.ndarray, k_max: int, capacity: int, n_items: int,
-                      k: int = 10) -> np.ndarray:
+                      k: int) -> np.ndarray:
     """The lists :class:`OnlineExposureBudget` serves when the users of ``cand`` request
     once each, in row order, within one window (``window`` >= number of users).
 
