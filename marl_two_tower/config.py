@@ -284,7 +284,10 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     grad_clip: float = 5.0
     max_steps_per_epoch: int = 0  # 0 = full epoch
-    num_threads: int = 0  # torch intra-op threads; 0 = torch default
+    # torch intra-op threads of training, evaluation and the demo (utils/runtime.py
+    # apply_threads). 1 is safe on a shared CPU; on a dedicated machine raise it, or 0 =
+    # torch's default (one per core): docs/speed.md measures both
+    num_threads: int = 1
     # TensorBoard event files of every epoch record (losses, validation metrics, sampler,
     # GINI and MARL scalars) in <output_dir>/<name>/tb/ (rank 0 only); never changes training
     tensorboard: bool = True

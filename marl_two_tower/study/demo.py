@@ -21,6 +21,7 @@ from marl_two_tower.data import load_split
 from marl_two_tower.model.build import COMPONENTS
 from marl_two_tower.study.run import fit_and_evaluate_baseline, train_and_evaluate
 from marl_two_tower.utils.io import write_text_atomic
+from marl_two_tower.utils.runtime import apply_threads
 
 TABLE_KEYS = ["HR@10", "NDCG@10", "Coverage@10", "Gini@10", "TailHR@10", "Redundancy@10"]
 
@@ -62,6 +63,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 def run_demo(output_dir: Path, quick: bool = False) -> list[dict[str, Any]]:
     """Run the demo; returns the table rows (also printed and written)."""
     base_cfg = demo_config(output_dir, quick)
+    apply_threads(base_cfg.train.num_threads)  # the baselines fit before any Trainer sets it
     split = load_split(base_cfg.data)
     print(f"data: {split.dataset.name}: {split.n_users} users, {split.n_items} items, "
           f"{split.dataset.n_interactions} interactions; tail = {int(split.tail_mask.sum())} "
