@@ -28,12 +28,13 @@ def test_statistical_test_against_itself_and_inference(study, tmp_path, capsys):
                  "-o", str(out), "-f", "json", "--device", "cpu"]) == 0
     m = json.loads((out / "results.json").read_text())["metrics"]
     assert "test" not in m  # inference mode: no ranking metrics
-    lat = m["latency"]["cpu"]["single_user_ms"]
+    lat = m["latency"]["tower"]["cpu"]["single_user_ms"]
     assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"]
-    assert m["latency"]["cpu"]["batch"]["users_per_s"] > 0
+    assert m["latency"]["tower"]["cpu"]["batch"]["users_per_s"] > 0
+    assert m["latency"]["serving"]["batch"]["users_per_s"] > 0
     for name, e in m["significance"]["metrics"].items():
         assert e["delta"] == 0.0 and e["p_value"] == 1.0, name
-    assert "latency cpu: single user p50" in capsys.readouterr().out
+    assert "latency, tower path cpu: single user p50" in capsys.readouterr().out
     assert not (out / "results.csv").exists()
 
 

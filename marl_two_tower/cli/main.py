@@ -103,8 +103,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     check_device(args.device, "--device")
     if args.output:
         check_output_folder(args.output, "--output")
-    # --set applies to the -c config when given, else to the checkpoint's stored config
-    cfg = config_from_args(args) if args.config else stored_config(args.checkpoint, args.overrides)
+    # the checkpoint's own config; -c and --set change evaluation settings only
+    cfg = evaluation_config(args.checkpoint, args.config, args.overrides)
     # threads of this run, not of the training run: a stored config keeps its own value
     # (old checkpoints: 0 = all cores), so only -c or --set train.num_threads=N chooses
     apply_threads(cfg.train.num_threads if args.config or any(
@@ -121,8 +121,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.mode in ("agents", "comprehensive"):
         metrics["agents"] = eval_modes.agent_breakdown(model, cfg, split, device)
     if args.mode in ("inference", "comprehensive"):
-        metrics["latency"] = eval_modes.inference_latency(model, split,
-                                                          batch_size=cfg.eval.batch_size)
+        metrics["latency"] = _latency(model, cfg, split, args.checkpoint)
     if args.statistical_test is not None:
         metrics["significance"] = eval_modes.statistical_test(score_fn, args.statistical_test,
                                                               split, cfg, args.device)
@@ -140,21 +139,108 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def stored_config(checkpoint: str | Path, overrides: list[str] | None = None):
-    """The config stored in a training checkpoint with ``key=value`` overrides applied
-    (and validated)."""
+def _latency(model, cfg, split, checkpoint: str | Path) -> dict:
+    """``-m inference``: the tower path and the serving path (a :class:`Recommender`
+    over the model's precomputed vectors and the configured index) timed alike."""
+    from marl_two_tower.eval import modes as eval_modes
+    from marl_two_tower.serving.export import bundle_from_model
+    from marl_two_tower.serving.recommender import Recommender
+
+    k = 10
+    rec = Recommender(bundle_from_model(model, cfg, split, source=str(checkpoint)), cfg.serving)
+    return eval_modes.inference_latency(
+        model, split, k=k, batch_size=cfg.eval.batch_size,
+        serving=lambda users: rec.recommend(users, k), serving_info={"index": rec.index.describe()})
+
+
+# Settings `evaluate` may change on a checkpoint: how it is evaluated, on which data
+# (the data fingerprint must still match), where results go. Everything else (model,
+# loss, training, components) is rebuilt from the checkpoint's own config.
+EVALUATION_SECTIONS = ("eval", "serving", "exposure_budget", "data")
+EVALUATION_KEYS = ("name", "output_dir", "checkpoint_dir", "train.device", "train.num_threads",
+                   "train.tensorboard")
+
+
+def _leaves(data: dict, prefix: str = "") -> list[str]:
+    """Dotted keys of the leaves of a nested dict (``{"a": {"b": 1}}`` -> ``["a.b"]``)."""
+    out = []
+    for k, v in data.items():
+        out += _leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+    return out
+
+
+def _get(data: dict, key: str):
+    for part in key.split("."):
+        data = data[part]
+    return data
+
+
+def _set(data: dict, key: str, value) -> None:
+    *path, last = key.split(".")
+    for part in path:
+        data = data[part]
+    data[last] = value
+
+
+def is_evaluation_key(key: str) -> bool:
+    """Whether ``evaluate`` takes ``key`` (dotted) from ``-c``/``--set`` rather than
+    from the checkpoint."""
+    return key in EVALUATION_KEYS or key.split(".", 1)[0] in EVALUATION_SECTIONS
+
+
+def evaluation_config(checkpoint: str | Path, config: str | Path | None = None,
+                      overrides: list[str] | None = None):
+    """The config ``evaluate`` runs a checkpoint under: the checkpoint's stored config
+    (model, training and component settings, so the model is rebuilt as trained and
+    train's report and evaluate's report of it agree), with the evaluation settings
+    (:func:`is_evaluation_key`) that the ``-c`` file or ``--set`` give explicitly
+    (a key the file does not mention keeps the checkpoint's value, not the default).
+
+    A key the user set that the checkpoint fixes is refused with a
+    :class:`~marl_two_tower.config.ConfigError` naming it when it is a component
+    switch (``<component>.enabled``, from either source) or comes from ``--set`` and
+    differs from the checkpoint's value; the ``-c`` file's other such keys (a training
+    file's epochs, batch size, ...) are ignored, and logged."""
     import json
 
     from marl_two_tower import checkpoint as ckpt_io
-    from marl_two_tower.config import with_overrides
+    from marl_two_tower.config import (
+        ConfigError,
+        apply_overrides,
+        config_from_dict,
+        load_yaml,
+        parse_override,
+    )
+    from marl_two_tower.model.build import COMPONENTS
 
     ck = ckpt_io.load(checkpoint)
     try:
-        stored = json.loads(ck["config"])
+        stored = config_from_dict(json.loads(ck["config"]))
     except (TypeError, ValueError) as exc:
         raise ckpt_io.CheckpointError(f"{checkpoint}: unreadable stored config ({exc})") from None
-    return with_overrides(stored, overrides)
-
+    file_data = load_yaml(config) if config else {}
+    user = config_from_dict(apply_overrides(file_data, overrides)).to_dict()  # types + ranges
+    set_keys = {k for o in overrides or [] for k in _leaves(parse_override(o))}
+    merged, have, ignored = stored.to_dict(), stored.to_dict(), []
+    switches = {f"{c}.enabled" for c in COMPONENTS}
+    for key in sorted(set(_leaves(file_data)) | set_keys):
+        value = _get(user, key)
+        if is_evaluation_key(key):
+            _set(merged, key, value)
+        elif value != _get(have, key):
+            if key in switches or key in set_keys:
+                src = "--set" if key in set_keys else f"-c {config}"
+                raise ConfigError(
+                    f"{key}: {src} asks for {value!r}, but {checkpoint} was trained with "
+                    f"{_get(have, key)!r}; evaluate rebuilds the model and its components from "
+                    "the checkpoint, only evaluation settings (eval.*, serving.*, "
+                    "exposure_budget.*, data.*, name, output_dir, train.device) may change")
+            ignored.append(key)
+    if ignored:
+        logging.getLogger(__name__).info(
+            "evaluate: the checkpoint's own values are used for %s (set in %s)",
+            ", ".join(ignored), config)
+    return config_from_dict(merged)
 
 def cmd_download(args: argparse.Namespace) -> int:
     from marl_two_tower.data.download import download

@@ -5,9 +5,10 @@
   users) and its reward r_{u,g} (the MARL reward of :mod:`marl_two_tower.marl_env`
   with that agent's own Jaccard overlap), over every user that has a reward target.
 * :func:`inference_latency` (``-m inference``, part of ``comprehensive``): single-user
-  end-to-end latency (user tower + scores against the cached item vectors + top-K)
-  p50/p95/p99 in milliseconds, and batch throughput in users per second, on CPU and
-  on CUDA when present.
+  latency p50/p95/p99 in milliseconds and batch throughput in users per second of two
+  named paths: the *tower path* (the user tower per request + scores against the cached
+  item vectors + top-K; CPU, and CUDA when present) and the *serving path* (what
+  ``serve`` does: precomputed user vectors + the item index, seen items excluded).
 * :func:`statistical_test` (``--statistical-test BASELINE_CKPT``): paired tests and
   user-bootstrap CIs of the model against a baseline checkpoint (a two-tower
   checkpoint or a saved baseline recommender), see :mod:`marl_two_tower.significance`.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,36 +86,40 @@ def agent_breakdown(model: TwoTower, cfg: Config, split: Split, device: str | to
             "team": {k: v / n for k, v in team.items()}, "agents": per_agent}
 
 
-@torch.no_grad()
-def _latency_on(model: TwoTower, split: Split, device: torch.device, k: int, n_single: int,
-                batch_size: int, seed: int) -> dict[str, Any]:
-    m = copy.deepcopy(model).to(device).eval()
-    items = m.item_vectors()  # the catalogue index a server keeps in memory
-    k = min(k, split.n_items)
+TOWER_PATH = ("per request: user tower forward pass (history, features, "
+              "components) + scores against the cached item vectors + top-K; no HTTP")
+SERVING_PATH = ("what `serve` does per request: the precomputed user vector "
+                "+ item-index search with the seen items excluded (+ ContextGNN's stored "
+                "familiar items); serving/recommender.py Recommender.recommend, no HTTP")
+
+RequestFn = Callable[[np.ndarray], Any]
+"""Answers one request for the user indices ``[B]`` (its result is not inspected)."""
+
+
+def time_requests(request: RequestFn, n_users: int, n_single: int = 200, batch_size: int = 1024,
+                  seed: int = 0, sync: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """Latency of ``request``: ``n_single`` single-user calls (after 10 untimed warm-up
+    calls) -> p50/p95/p99/mean in ms, and up to 20 batches of ``batch_size`` users ->
+    users per second. ``sync`` waits for the device (CUDA) before each clock read."""
     rng = np.random.default_rng(seed)
-    users = torch.as_tensor(rng.integers(0, split.n_users, n_single + 10), device=device)
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
+    users = rng.integers(0, n_users, n_single + 10)
     times = []
-    for i, u in enumerate(users):
+    for i in range(len(users)):
         sync()
         t0 = time.perf_counter()
-        torch.topk(m.user_vectors(u[None]) @ items.T, k, dim=1)
+        request(users[i : i + 1])
         sync()
         if i >= 10:  # warm-up calls are not timed
             times.append((time.perf_counter() - t0) * 1e3)
-    all_users = torch.arange(split.n_users, device=device)
-    n_batches = max(1, min(20, split.n_users // batch_size))
-    torch.topk(m.user_vectors(all_users[:batch_size]) @ items.T, k, dim=1)  # warm-up
+    all_users = np.arange(n_users)
+    n_batches = max(1, min(20, n_users // batch_size))
+    request(all_users[:batch_size])  # warm-up
     sync()
     t0 = time.perf_counter()
     done = 0
     for b in range(n_batches):
-        ub = all_users[(b * batch_size) % split.n_users :][:batch_size]
-        torch.topk(m.user_vectors(ub) @ items.T, k, dim=1)
+        ub = all_users[(b * batch_size) % n_users :][:batch_size]
+        request(ub)
         done += len(ub)
     sync()
     elapsed = time.perf_counter() - t0
@@ -121,19 +127,56 @@ def _latency_on(model: TwoTower, split: Split, device: torch.device, k: int, n_s
     return {"single_user_ms": {"p50": float(np.percentile(t, 50)), "p95": float(np.percentile(t, 95)),
                                "p99": float(np.percentile(t, 99)), "mean": float(t.mean()),
                                "n_calls": int(t.size)},
-            "batch": {"batch_size": batch_size, "users_per_s": done / elapsed, "n_users": done},
-            "threads": torch.get_num_threads() if device.type == "cpu" else None}
+            "batch": {"batch_size": batch_size, "users_per_s": done / elapsed, "n_users": done}}
+
+
+@torch.no_grad()
+def _tower_latency_on(model: TwoTower, split: Split, device: torch.device, k: int, n_single: int,
+                      batch_size: int, seed: int) -> dict[str, Any]:
+    m = copy.deepcopy(model).to(device).eval()
+    items = m.item_vectors()  # the catalogue vectors a server keeps in memory
+    k = min(k, split.n_items)
+
+    def request(users: np.ndarray) -> Any:
+        return torch.topk(m.user_vectors(torch.as_tensor(users, device=device)) @ items.T, k, dim=1)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    out = time_requests(request, split.n_users, n_single, batch_size, seed, sync)
+    out["threads"] = torch.get_num_threads() if device.type == "cpu" else None
+    return out
 
 
 def inference_latency(model: TwoTower, split: Split, k: int = 10, n_single: int = 200,
-                      batch_size: int = 1024, seed: int = 0) -> dict[str, Any]:
-    """Latency p50/p95/p99 and throughput on CPU, and on CUDA when available."""
-    out = {"k": k, "n_items": split.n_items,
-           "what": "user tower + scores against cached item vectors + top-K (no HTTP)",
-           "cpu": _latency_on(model, split, torch.device("cpu"), k, n_single, batch_size, seed)}
+                      batch_size: int = 1024, seed: int = 0,
+                      serving: RequestFn | None = None,
+                      serving_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Latency p50/p95/p99 and throughput of the two ways a list can be computed, each
+    named in the result (``what``):
+
+    * ``tower`` (:data:`TOWER_PATH`): the model recomputes the user vector per request,
+      on CPU, and on CUDA when available (``tower["cuda"]``);
+    * ``serving`` (:data:`SERVING_PATH`), when ``serving`` (a request function, e.g. a
+      :class:`~marl_two_tower.serving.recommender.Recommender`'s ``recommend`` for top-``k``)
+      is given: precomputed vectors + index, on CPU; ``serving_info`` (e.g. the index
+      kind) is stored beside it.
+
+    The same users (``seed``) and harness (:func:`time_requests`) time both paths.
+    """
+    tower: dict[str, Any] = {"what": TOWER_PATH,
+                             "cpu": _tower_latency_on(model, split, torch.device("cpu"), k,
+                                                      n_single, batch_size, seed)}
     if torch.cuda.is_available():
-        out["cuda"] = _latency_on(model, split, torch.device("cuda"), k, n_single, batch_size, seed)
-        out["cuda"]["device_name"] = torch.cuda.get_device_name(0)
+        tower["cuda"] = _tower_latency_on(model, split, torch.device("cuda"), k, n_single,
+                                          batch_size, seed)
+        tower["cuda"]["device_name"] = torch.cuda.get_device_name(0)
+    out: dict[str, Any] = {"k": k, "n_items": split.n_items, "tower": tower}
+    if serving is not None:
+        out["serving"] = {"what": SERVING_PATH, **(serving_info or {}),
+                          **time_requests(serving, split.n_users, n_single, batch_size, seed),
+                          "threads": torch.get_num_threads()}
     return out
 
 
@@ -181,12 +224,18 @@ def format_sections(metrics: dict[str, Any]) -> str:
                              f"{a['mean_tail_boost']:+8.4f}")
     lat = metrics.get("latency")
     if lat is not None:
-        for dev in ("cpu", "cuda"):
-            if dev in lat:
-                s, b = lat[dev]["single_user_ms"], lat[dev]["batch"]
-                lines.append(f"latency {dev}: single user p50 {s['p50']:.3f} ms, p95 {s['p95']:.3f} ms, "
-                             f"p99 {s['p99']:.3f} ms; batch {b['batch_size']}: "
-                             f"{b['users_per_s']:,.0f} users/s")
+        timed = [(f"tower path {dev}", lat["tower"][dev]) for dev in ("cpu", "cuda")
+                 if dev in lat["tower"]]
+        if "serving" in lat:
+            timed.append(("serving path cpu", lat["serving"]))
+        for name, r in timed:
+            s, b = r["single_user_ms"], r["batch"]
+            lines.append(f"latency, {name}: single user p50 {s['p50']:.3f} ms, p95 {s['p95']:.3f} "
+                         f"ms, p99 {s['p99']:.3f} ms; batch {b['batch_size']}: "
+                         f"{b['users_per_s']:,.0f} users/s")
+        lines.append(f"  tower path = {lat['tower']['what']}")
+        if "serving" in lat:
+            lines.append(f"  serving path = {lat['serving']['what']}")
     sig = metrics.get("significance")
     if sig is not None:
         lines.append(f"vs {sig['baseline']}: delta [95% CI], p")
