@@ -109,6 +109,19 @@ class ModelConfig:
     normalize: bool = True  # L2-normalise tower outputs and learn a temperature
     init_temperature: float = 0.1  # initial softmax temperature when normalising
     year_buckets: int = 12  # release-year buckets in the item tower
+    # how the user tower encodes the history h_u: "pooled" = mean of the items' id
+    # embeddings (order-blind); "transformer" = SASRec causal self-attention (Kang &
+    # McAuley 2018; model/sequence.py) over the history in time order, output at the last
+    # position, trained on every position (sequence batches, model/sequence_training.py)
+    user_encoder: Literal["pooled", "transformer"] = "pooled"
+    n_blocks: int = 2  # transformer: self-attention blocks (SASRec: 2)
+    n_heads: int = 1  # transformer: attention heads, must divide id_dim (SASRec: 1)
+    seq_dropout: float = 0.2  # transformer: dropout of embeddings, attention and FFN (SASRec ML-1M: 0.2)
+    # train against every item of the catalogue (full-softmax CE, no logQ needed) when
+    # n_items <= this; larger catalogues keep the sampled softmax (in-batch +
+    # train.num_negatives, logQ); 0 = always sampled (Klenitskiy & Vasilev 2023: CE over
+    # the catalogue >> sampled/BCE for sequential models)
+    full_softmax_max_items: int = 0
 
 
 @dataclass
@@ -143,19 +156,6 @@ class GiniConfig:
     # carry the learned inverse temperature); 1 = the model's own softmax (docs/gini_agent.md)
     tau: float = 1.0
     # target Gini of the soft exposure for the dual-ascent controller; 0.3 chosen on ML-100K
-    # how the user tower encodes the history h_u: "pooled" = mean of the items' id
-    # embeddings (order-blind); "transformer" = SASRec causal self-attention (Kang &
-    # McAuley 2018; model/sequence.py) over the history in time order, output at the last
-    # position, trained on every position (sequence batches, model/sequence_training.py)
-    user_encoder: Literal["pooled", "transformer"] = "pooled"
-    n_blocks: int = 2  # transformer: self-attention blocks (SASRec: 2)
-    n_heads: int = 1  # transformer: attention heads, must divide id_dim (SASRec: 1)
-    seq_dropout: float = 0.2  # transformer: dropout of embeddings, attention and FFN (SASRec ML-1M: 0.2)
-    # train against every item of the catalogue (full-softmax CE, no logQ needed) when
-    # n_items <= this; larger catalogues keep the sampled softmax (in-batch +
-    # train.num_negatives, logQ); 0 = always sampled (Klenitskiy & Vasilev 2023: CE over
-    # the catalogue >> sampled/BCE for sequential models)
-    full_softmax_max_items: int = 0
     # validation over {0.5, 0.4, 0.3} (docs/gini_agent.md)
     target: float = 0.3
     lr_dual: float = 0.01  # dual ascent step size of lambda_fair
