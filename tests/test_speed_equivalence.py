@@ -12,7 +12,7 @@ import torch
 
 from marl_two_tower.config import GiniConfig
 from marl_two_tower.fairness.gini_agent import GiniAgent, seen_mask, soft_exposure
-from marl_two_tower.model.buhs import _gumbel, draw_biased
+from marl_two_tower.model.buhs import _MAX_BLOCKS, _gumbel, _length_blocks, draw_biased
 
 
 def padded_draw_biased(indptr, train_items, inv_deg, fanout, temperature, users, exclude=None,
@@ -73,10 +73,16 @@ def test_blocked_buhs_draw_equals_the_padded_draw(with_exclude):
             exclude = torch.where(torch.as_tensor(ln) > 0, items[torch.as_tensor(at).clamp(
                 max=len(items) - 1)], torch.zeros_like(users))
         for temperature in (0.1, 5.0):
-            got = draw_biased(indptr, items, inv_deg, 15, temperature, users, exclude,
-                              torch.Generator().manual_seed(trial))
             ref = padded_draw_biased(indptr, items, inv_deg, 15, temperature, users, exclude,
                                      torch.Generator().manual_seed(trial))
+            got = draw_biased(indptr, items, inv_deg, 15, temperature, users, exclude,
+                              torch.Generator().manual_seed(trial))
+            assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+            # with the sampler's caches: per-interaction logits, sorted (user, item) keys
+            rows = torch.repeat_interleave(torch.arange(len(indptr) - 1), indptr.diff())
+            got = draw_biased(indptr, items, inv_deg, 15, temperature, users, exclude,
+                              torch.Generator().manual_seed(trial), logit=inv_deg[items] / temperature,
+                              pair_keys=torch.sort(rows * len(inv_deg) + items).values)
             assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
     empty = draw_biased(indptr, items, inv_deg, 15, 1.0, torch.zeros(0, dtype=torch.long))
     assert empty[0].shape == (0, 15) and empty[1].shape == (0, 15)
@@ -123,3 +129,12 @@ def test_sparse_hop2_product_equals_the_dense_one():
     s2 = sp.random(200, 150, density=0.1, random_state=2, format="csr")
     s2.data = rng.random(s2.nnz) * 7
     assert np.array_equal((p1 @ s2).toarray(), p1 @ s2.toarray())
+
+
+def test_length_blocks_merge_the_cheapest_levels():
+    # levels 3, 4, 5, 6, 7, 9 with row counts 50, 1, 2, 40, 3, 9: folding 4 into 5 pads
+    # 1 x 16 rows, then 5 into 6 pads 3 x 32 (cheaper than 7 into 9: 3 x 384)
+    level = torch.tensor([3] * 50 + [4] + [5] * 2 + [6] * 40 + [7] * 3 + [9] * 9)
+    got = _length_blocks(level)
+    assert len(torch.unique(got)) == _MAX_BLOCKS
+    assert got.tolist() == [3] * 50 + [6] * 43 + [7] * 3 + [9] * 9

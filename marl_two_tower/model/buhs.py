@@ -83,6 +83,12 @@ class BiasedHistorySampler(nn.Module):
         self.register_buffer("items", torch.from_numpy(split.train_items.astype(np.int64)),
                              persistent=False)
         self.register_buffer("inv_deg", torch.from_numpy(1.0 / deg), persistent=False)
+        # per train interaction: its log-weight up to the per-user constant, and the
+        # sorted (user, item) keys that count a target's occurrences in a history
+        self.register_buffer("logit", self.inv_deg[self.items] / self.temperature, persistent=False)
+        rows = np.repeat(np.arange(split.n_users, dtype=np.int64), np.diff(split.train_indptr))
+        self.register_buffer("pair_keys", torch.from_numpy(np.sort(rows * len(deg) + split.train_items)),
+                             persistent=False)
 
     def probabilities(self, history: np.ndarray) -> np.ndarray:
         """p(i) for the items of one history (reference formula, float64)."""
@@ -98,7 +104,7 @@ class BiasedHistorySampler(nn.Module):
         any candidate (empty history, or only the target) are all invalid.
         """
         return draw_biased(self.indptr, self.items, self.inv_deg, self.fanout, self.temperature,
-                           users, exclude, generator)
+                           users, exclude, generator, logit=self.logit, pair_keys=self.pair_keys)
 
     @torch.no_grad()
     def sample_all(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,22 +113,27 @@ class BiasedHistorySampler(nn.Module):
         n_users = len(indptr) - 1
         gen = torch.Generator().manual_seed(int(seed))
         parts = [draw_biased(indptr, items, inv_deg, self.fanout, self.temperature,
-                             torch.arange(s, min(s + _INFERENCE_CHUNK, n_users)), None, gen)
+                             torch.arange(s, min(s + _INFERENCE_CHUNK, n_users)), None, gen,
+                             logit=self.logit.cpu())
                  for s in range(0, n_users, _INFERENCE_CHUNK)]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 def draw_biased(indptr: torch.Tensor, train_items: torch.Tensor, inv_deg: torch.Tensor, fanout: int,
                 temperature: float, users: torch.Tensor, exclude: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                generator: torch.Generator | None = None, logit: torch.Tensor | None = None,
+                pair_keys: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The BUHS draw on a CSR history (see module doc); returns (items, valid) ``[B, fanout]``.
 
     The noise is one ``[rows, max history length]`` uniform tensor (then one
     ``[rows, fanout, width]`` one for short histories), as for a padded batch, so the
     draw depends on the seed and the batch only; the keys are built and ranked per
-    block of rows of similar length (lengths in (2^(k-1), 2^k]), which leaves
-    padding below 2x instead of computing the noise and the ranking over the whole
-    ``B x max length`` rectangle (histories are heavy-tailed).
+    block of rows of similar length (at most :data:`_MAX_BLOCKS` blocks, from lengths
+    in (2^(k-1), 2^k]), instead of computing the noise and the ranking over the whole
+    ``B x max length`` rectangle (histories are heavy-tailed). Optional caches of the
+    caller: ``logit`` = ``inv_deg[train_items] / temperature`` per interaction,
+    ``pair_keys`` = sorted ``user * n_items + item`` of the interactions (counts a
+    target's occurrences in a history by binary search).
     """
     f, dev = fanout, train_items.device
     users = users.to(dev)
@@ -132,7 +143,11 @@ def draw_biased(indptr: torch.Tensor, train_items: torch.Tensor, inv_deg: torch.
     width = max(int(length.max()), 1) if b else 1
     excl = None if exclude is None else exclude.to(dev)
     n_avail = length
-    if excl is not None and b:  # the target's occurrences are not candidates
+    if excl is not None and b and pair_keys is not None:  # the target's occurrences are not candidates
+        key = users * len(inv_deg) + excl
+        n_avail = length - (torch.searchsorted(pair_keys, key, right=True)
+                            - torch.searchsorted(pair_keys, key))
+    elif excl is not None and b:
         rows = torch.repeat_interleave(torch.arange(b, device=dev), length)
         first = torch.repeat_interleave(torch.cumsum(length, 0) - length, length)
         pos = torch.arange(len(rows), device=dev) - first + start[rows]
@@ -146,12 +161,12 @@ def draw_biased(indptr: torch.Tensor, train_items: torch.Tensor, inv_deg: torch.
         slot = torch.arange(w, device=dev)
         s0, ln = start[r], length[r]
         in_hist = slot[None, :] < ln[:, None]
-        items = train_items[(s0[:, None] + slot[None, :]).clamp(max=max(len(train_items) - 1, 0))]
-        avail = in_hist if excl is None else in_hist & (items != excl[r][:, None])
-        logit = inv_deg[items] / temperature
+        pos = (s0[:, None] + slot[None, :]).clamp(max=max(len(train_items) - 1, 0))
+        avail = in_hist if excl is None else in_hist & (train_items[pos] != excl[r][:, None])
+        lg = inv_deg[train_items[pos]] / temperature if logit is None else logit[pos]
         # subtract the per-user max over the candidates: p is unchanged, exp stays finite
-        top = logit.masked_fill(~avail, -math.inf).amax(1, keepdim=True).clamp(min=-1e30)
-        return (logit - top).masked_fill(~avail, -math.inf)
+        top = lg.masked_fill(~avail, -math.inf).amax(1, keepdim=True).clamp(min=-1e30)
+        return (lg - top).masked_fill(~avail, -math.inf)
 
     out_pos = torch.zeros(b, f, dtype=torch.long, device=dev)
     valid = torch.zeros(b, f, dtype=torch.bool, device=dev)
@@ -160,7 +175,7 @@ def draw_biased(indptr: torch.Tensor, train_items: torch.Tensor, inv_deg: torch.
     if len(long_rows):
         noise = torch.rand((len(long_rows), width), device=dev, generator=generator)
         ln = length[long_rows]
-        level = torch.ceil(torch.log2(ln.double())).long()
+        level = _length_blocks(torch.ceil(torch.log2(ln.double())).long())
         for k in torch.unique(level).tolist():
             j = torch.nonzero(level == k).squeeze(1)
             w = int(ln[j].max())
@@ -178,6 +193,32 @@ def draw_biased(indptr: torch.Tensor, train_items: torch.Tensor, inv_deg: torch.
         return torch.zeros(b, f, dtype=torch.long, device=dev), valid
     items = train_items[(start[:, None] + out_pos).clamp(max=len(train_items) - 1)]
     return items.masked_fill(~valid, 0), valid
+
+
+# most blocks of rows the BUHS draw ranks separately (each block costs a few dozen
+# small ops; more blocks save padding on very heavy-tailed batches only)
+_MAX_BLOCKS = 4
+
+
+def _length_blocks(level: torch.Tensor) -> torch.Tensor:
+    """Merge length levels (ceil log2 length per row) into at most :data:`_MAX_BLOCKS`
+    blocks: repeatedly fold the level whose rows pad least when widened to the next
+    level up (rows x (2^next - 2^level)) into that level."""
+    lv, counts = torch.unique(level, return_counts=True)
+    lv, counts = lv.tolist(), counts.tolist()
+    target = {v: v for v in lv}
+    while len(lv) > _MAX_BLOCKS:
+        cost = [counts[i] * (2 ** lv[i + 1] - 2 ** lv[i]) for i in range(len(lv) - 1)]
+        i = cost.index(min(cost))
+        for v, t in target.items():
+            if t == lv[i]:
+                target[v] = lv[i + 1]
+        counts[i + 1] += counts[i]
+        del lv[i], counts[i]
+    table = torch.zeros(max(lv) + 1, dtype=level.dtype)
+    for v, t in target.items():
+        table[v] = t
+    return table.to(level.device)[level]
 
 
 class Synthesis(nn.Module):
