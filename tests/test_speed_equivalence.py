@@ -138,3 +138,37 @@ def test_length_blocks_merge_the_cheapest_levels():
     got = _length_blocks(level)
     assert len(torch.unique(got)) == _MAX_BLOCKS
     assert got.tolist() == [3] * 50 + [6] * 43 + [7] * 3 + [9] * 9
+
+
+def test_genre_agents_reuse_stats_only_while_users_and_item_tower_are_unchanged():
+    """GenreAgents.observe keeps the last batch's genre statistics (the scorer's draws
+    re-observe the same users): equal to a fresh computation, recomputed for other
+    users and after the item tower changes."""
+    from marl_two_tower.config import Config, MARLConfig, SyntheticConfig
+    from marl_two_tower.data import load_split
+    from marl_two_tower.model.build import build_model
+    from marl_two_tower.model.marl.env import build_observations
+
+    cfg = Config()
+    cfg.data.synthetic = SyntheticConfig(n_users=60, n_items=40, interactions_per_user=10,
+                                         n_genres=4, seed=1)
+    cfg.model.dim = cfg.model.id_dim = cfg.model.hidden = 8
+    cfg.marl = MARLConfig(enabled=True, hidden=8)
+    split = load_split(cfg.data)
+    torch.manual_seed(0)
+    model = build_model(cfg, split).eval()
+    agents = model.controller
+
+    def fresh(users, e_u):
+        stats = agents.history.features(users.numpy(), model.encode_items().detach().float())
+        return build_observations(e_u, stats)
+
+    users, e_u = torch.arange(20), torch.randn(20, 8)
+    with torch.no_grad():
+        assert torch.equal(agents.observe(users, e_u), fresh(users, e_u))
+        e2 = torch.randn(20, 8)  # another draw's e_u: same stats, new observation
+        assert torch.equal(agents.observe(users, e2), fresh(users, e2))
+        other = torch.arange(5, 25)
+        assert torch.equal(agents.observe(other, e_u), fresh(other, e_u))
+        model.item_tower.id_emb.weight.add_(1.0)  # an optimiser step on the item tower
+        assert torch.equal(agents.observe(other, e_u), fresh(other, e_u))

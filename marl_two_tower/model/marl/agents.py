@@ -54,6 +54,7 @@ from marl_two_tower.data.split import Split
 from marl_two_tower.model.components import TrainingComponent
 from marl_two_tower.model.marl.env import (
     GenreHistory,
+    GenreStats,
     RecEnvCore,
     RLBatch,
     TwoTowerScorer,
@@ -110,6 +111,7 @@ class GenreAgents(Controller):
         # it is not registered as a submodule (no parameter is owned twice).
         self.item_encoder = item_encoder
         self._item_cache: tuple[Any, torch.Tensor] | None = None
+        self._stats_cache: tuple[Any, GenreStats] | None = None  # see observe()
         self.history = GenreHistory(split.train_matrix, ds.item_genres, split.tail_mask)
         self.register_buffer("item_genres", torch.as_tensor(ds.item_genres, dtype=torch.float32))
         self.register_buffer("tail_feat", torch.from_numpy(tail_feature(split, cfg.tail_feature)))
@@ -182,9 +184,19 @@ class GenreAgents(Controller):
         return self._item_cache[1]
 
     def observe(self, users: torch.Tensor, e_u: torch.Tensor) -> torch.Tensor:
-        """Observations ``[B, G, obs_dim]`` from u's full train history (inference)."""
-        stats = self.history.features(users.cpu().numpy(), self.item_embeddings())
-        return build_observations(e_u.detach().float(), stats)
+        """Observations ``[B, G, obs_dim]`` from u's full train history (inference).
+
+        The genre statistics depend on the users and the item embeddings only, so the
+        last batch's are kept while both are unchanged: the draws of
+        ``TwoTower.scorer`` (``eval.inference_samples``) score the same users again
+        with another e_u and reuse them."""
+        u = users.cpu().numpy()
+        item_emb = self.item_embeddings()
+        key = None if self._item_cache is None or self._item_cache[0] is None else (
+            self._item_cache[0], u.tobytes())
+        if key is None or self._stats_cache is None or self._stats_cache[0] != key:
+            self._stats_cache = (key, self.history.features(u, item_emb))
+        return build_observations(e_u.detach().float(), self._stats_cache[1])
 
     def act(self, obs: torch.Tensor) -> torch.Tensor:
         """Deterministic action s_a tanh(mu): ``[B, G, 2]``."""
