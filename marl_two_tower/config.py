@@ -47,20 +47,56 @@ class ConfigError(UserError, ValueError):
 
 @dataclass
 class SyntheticConfig:
-    """Parameters of the embedded MovieLens-like generator (see data/synthetic.py)."""
+    """Parameters of the embedded MovieLens-like generator (see data/synthetic.py).
+
+    The structure knobs (popularity curve, lengths, genre mix, drift, transitions,
+    niche items) default to values calibrated to ML-100K by
+    ``benchmarks/synthetic_realism.py --fit``; ``synthetic.legacy_config()`` gives the
+    first generator's values (what each mechanism does and the real statistic behind
+    it: docs/data.md).
+    """
 
     n_users: int = 1500  # number of users
     n_items: int = 1000  # number of items
-    interactions_per_user: float = 40.0  # mean history length (geometric-ish spread)
-    n_genres: int = 12  # genres (items are multi-genre)
-    zipf_exponent: float = 1.0  # item popularity ~ rank^-exponent
+    # mean history length (the demo's size: about as many interactions as the first
+    # generator's default gave; ML-100K has 106, see benchmarks/synthetic_realism.py)
+    interactions_per_user: float = 25.0
+    n_genres: int = 18  # genres (items are multi-genre); ML-100K has 18 (+ "unknown")
+    # item popularity curve: > 0 = lognormal, log w = sigma * (normal quantile of the
+    # item's random rank) (ML-100K's flat head and long tail); 0 = Zipf, w ~ rank^-zipf_exponent
+    popularity_sigma: float = 2.4
+    zipf_exponent: float = 1.0  # Zipf exponent (used when popularity_sigma = 0)
     genre_affinity: float = 3.0  # strength of planted per-user genre preferences
+    # scale of the genre-preference shifts by gender and age (demographic signal)
+    demographic_shift: float = 3.0
     latent_dim: int = 8  # dimension of planted latent preference factors
     seed: int = 7  # generator seed (independent of the training seed)
     # redraw repeated (user, item) draws so every history has its drawn length (mean =
     # interactions_per_user); False keeps only first occurrences (shorter histories,
     # the datasets of earlier versions bit for bit)
-    exact_lengths: bool = False
+    exact_lengths: bool = True
+    # shortest history (ML-100K: 20, MovieLens kept users with >= 20 ratings); gives way
+    # to a small mean: the minimum used is min(min_history, ceil(interactions_per_user/2))
+    min_history: int = 20
+    # log-sd of the lognormal history length above the minimum (right tail of heavy
+    # users); 0 = the first generator's min_history + geometric lengths
+    history_spread: float = 1.2
+    # genre sizes: "ml-100k" = ML-100K's genre shares of interactions (resampled to
+    # n_genres), "dirichlet" = random unequal sizes (the first generator)
+    genre_mix: Literal["ml-100k", "dirichlet"] = "ml-100k"
+    extra_genre_prob: float = 0.4  # probability of each of two secondary genres per item
+    # taste drift over a history: sd of the change of the genre logits and latent
+    # factors from a history's start to its end (0 = stationary tastes)
+    taste_drift: float = 1.0
+    # probability that an interaction is one of the previous item's successors (a
+    # sparse next-item kernel over related items; 0 = order carries no signal)
+    transition_prob: float = 0.16
+    transition_successors: int = 4  # successors per item (same genre, latent-closest)
+    # share of the catalogue (least popular by base weight) that are niche items, each
+    # with a home segment (an occupation); 0 = none
+    niche_fraction: float = 0.8
+    # probability that an interaction is a niche item of the user's own segment
+    niche_rate: float = 0.02
 
 
 @dataclass
@@ -434,7 +470,12 @@ CHECKS: dict[type, dict[str, Check]] = {
     SyntheticConfig: {"n_users": AT_LEAST_1, "n_items": AT_LEAST_1,
                       "interactions_per_user": POSITIVE, "n_genres": AT_LEAST_1,
                       "zipf_exponent": NON_NEGATIVE, "genre_affinity": NON_NEGATIVE,
-                      "latent_dim": AT_LEAST_1, "seed": SEED},
+                      "latent_dim": AT_LEAST_1, "seed": SEED,
+                      "popularity_sigma": NON_NEGATIVE, "demographic_shift": NON_NEGATIVE,
+                      "min_history": AT_LEAST_1, "history_spread": NON_NEGATIVE,
+                      "extra_genre_prob": UNIT, "taste_drift": NON_NEGATIVE,
+                      "transition_prob": Range(0, 0.95), "transition_successors": AT_LEAST_1,
+                      "niche_fraction": UNIT, "niche_rate": UNIT},
     DataConfig: {"tail_fraction": UNIT, "min_item_count": NON_NEGATIVE},
     ModelConfig: {"dim": AT_LEAST_1, "id_dim": AT_LEAST_1, "hidden": AT_LEAST_1,
                   "history_len": AT_LEAST_1, "dropout": Range(0, 1, open_hi=True),

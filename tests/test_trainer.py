@@ -31,7 +31,8 @@ def test_recovers_planted_genre_structure(tmp_path):
     # Strong planted genre preferences, mild popularity: popularity alone is weak.
     cfg = load_config(None, [
         "data.synthetic.n_users=400", "data.synthetic.n_items=300",
-        "data.synthetic.zipf_exponent=0.5", "data.synthetic.genre_affinity=5",
+        "data.synthetic.popularity_sigma=0", "data.synthetic.zipf_exponent=0.5",
+        "data.synthetic.genre_affinity=5",
         "train.epochs=8", "model.dim=32", "model.id_dim=32", "model.hidden=64",
         "train.batch_size=256", f"checkpoint_dir={tmp_path}"])
     split = load_split(cfg.data)

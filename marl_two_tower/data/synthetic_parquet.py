@@ -43,14 +43,16 @@ import pyarrow.parquet as pq
 from marl_two_tower.config import SyntheticConfig
 from marl_two_tower.data.dataset import Dataset
 from marl_two_tower.data.errors import DataError
-from marl_two_tower.data.synthetic import AGE_BUCKETS, N_OCCUPATIONS, generate_name, iter_chunks
+from marl_two_tower.data.movielens import ML1M_OCCUPATIONS
+from marl_two_tower.data.parsing import AGE_LABELS
+from marl_two_tower.data.synthetic import generate_name, iter_chunks
 from marl_two_tower.utils.io import atomic_write
 
 META_KEY = b"marl_two_tower"
 LAYOUT = "marl-two-tower/synthetic-interactions"
 LAYOUT_VERSION = 1
-FEATURE_LABELS = {"gender": ["M", "F"], "age": [str(a) for a in AGE_BUCKETS],
-                  "occupation": [str(o) for o in range(N_OCCUPATIONS)]}
+# the code books of generate(): the ML-1M labels, so a written file reads back equal
+FEATURE_LABELS = {"gender": ["M", "F"], "age": list(AGE_LABELS), "occupation": list(ML1M_OCCUPATIONS)}
 
 
 def side_paths(path: str | Path) -> tuple[Path, Path]:

@@ -1,0 +1,339 @@
+"""Does the embedded synthetic data have the structure of real data? (issue 16, point 1)
+
+    .venv/bin/python benchmarks/synthetic_realism.py --stats-only     # ~20 s: data statistics
+    .venv/bin/python benchmarks/synthetic_realism.py --fit            # ~5-10 min: calibration
+    .venv/bin/python benchmarks/synthetic_realism.py --models         # model orders (long)
+
+All parts read ML-100K from ``--data`` (default ``$MARL_TWO_TOWER_DATA/ml-100k`` or
+``../shared/data/ml-100k``) and update their own section of
+``benchmarks/results/synthetic_realism.json`` (the other sections are kept):
+
+* ``profiles`` (``--stats-only``, also run by the other parts):
+  :func:`marl_two_tower.data.profile.data_profile` of ML-100K, of the generator at
+  ML-100K's size (943 users, 1682 items, 106 interactions per user, default knobs)
+  and of the demo's data (``study/demo.py demo_config``).
+* ``fit`` (``--fit``): the calibration behind the generator's defaults. Coordinate
+  search, two rounds, over the structure knobs (each on a grid), minimising the sum
+  of squared scaled errors between the generated (ML-100K size) and ML-100K
+  statistics in :data:`TARGETS`; prints and stores the best knobs. The defaults of
+  ``SyntheticConfig`` are these values, rounded.
+* ``models`` (``--models``): MostPop, ItemKNN, BPR-MF, EASE, the SASRec reference,
+  the base two-tower and the full model (every component) trained and evaluated on
+  ML-100K (``configs/ml100k.yaml`` / ``configs/ablation.yaml`` settings, as in
+  docs/results.md) and on the demo's data (exactly the demo's settings); the order of
+  the models by test HR@10 and by Gini@10 on each, and the Spearman rank correlation
+  between the two orders. One model at a time, ``train.num_threads=--threads``; a
+  model already in the JSON for the same data fingerprint and settings is reused
+  (``--force`` retrains).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = Path(os.environ.get("MARL_TWO_TOWER_DATA", REPO.parent / "shared" / "data"))
+RESULTS = REPO / "benchmarks" / "results" / "synthetic_realism.json"
+ML100K_SIZE = {"n_users": 943, "n_items": 1682, "interactions_per_user": 106.0}
+
+# statistic -> scale of its error in the calibration loss (error / scale, squared)
+TARGETS: dict[str, float] = {
+    "pop_gini": 0.02, "top10_share": 0.02, "top1_share": 0.01, "items_under_5": 0.03,
+    "len_median": 5.0, "len_p90": 15.0, "genres_per_item": 0.05,
+    "log_sequential_lift": 0.1, "successor_hit": 0.01, "drift_gap": 0.01,
+    "agegender_excess_kl.5-19": 0.02, "agegender_excess_kl.20-99": 0.02,
+    "agegender_excess_kl.100+": 0.02, "occupation_excess_kl.5-19": 0.02,
+    "occupation_excess_kl.20-99": 0.02, "occupation_excess_kl.100+": 0.02,
+}
+# knob -> grid of the calibration search (the first generator's value is in each grid)
+GRID: dict[str, list[float]] = {
+    "popularity_sigma": [1.6, 1.8, 2.0, 2.1, 2.2, 2.3, 2.4, 2.6],
+    "demographic_shift": [1.0, 1.5, 2.0, 2.5, 3.0],
+    "history_spread": [0.8, 1.0, 1.1, 1.2, 1.3, 1.4],
+    "extra_genre_prob": [0.3, 0.4, 0.45, 0.5, 0.55],
+    "transition_prob": [0.0, 0.03, 0.05, 0.08, 0.12, 0.16, 0.2],
+    "taste_drift": [0.0, 0.5, 1.0, 1.5, 2.0],
+    "niche_fraction": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+    "niche_rate": [0.0, 0.01, 0.02, 0.03, 0.05, 0.08],
+}
+# knobs searched jointly (they act on the same statistics)
+JOINT = [("niche_fraction", "niche_rate")]
+
+
+def stat(profile: dict[str, Any], key: str) -> float:
+    """A (possibly derived or nested) statistic of a profile."""
+    if key == "log_sequential_lift":
+        return float(np.log(max(profile["sequential_lift"], 1e-6)))
+    if "." in key:
+        outer, inner = key.split(".", 1)
+        value = profile[outer][inner]
+        return float("nan") if value is None else float(value)
+    return float(profile[key])
+
+
+def loss(profile: dict[str, Any], target: dict[str, Any]) -> float:
+    """Sum over :data:`TARGETS` of ((generated - real) / scale)^2."""
+    total = 0.0
+    for key, scale in TARGETS.items():
+        err = (stat(profile, key) - stat(target, key)) / scale
+        total += err * err if np.isfinite(err) else 1e6
+    return total
+
+
+def load_results() -> dict[str, Any]:
+    return json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+
+
+def save_section(name: str, value: Any) -> None:
+    """Replace one section of the results JSON (atomically), keeping the others."""
+    from marl_two_tower.utils.io import to_jsonable, write_text_atomic
+
+    doc = load_results()
+    doc[name] = value
+    doc["commands"] = {"stats": "benchmarks/synthetic_realism.py --stats-only",
+                       "fit": "benchmarks/synthetic_realism.py --fit",
+                       "models": "benchmarks/synthetic_realism.py --models"}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(RESULTS, json.dumps(to_jsonable(doc), indent=1, sort_keys=True) + "\n")
+
+
+def ml100k_dataset(data: Path):
+    from marl_two_tower.config import DataConfig
+    from marl_two_tower.data import load_dataset
+
+    return load_dataset(DataConfig(source="ml-100k", path=str(data)))
+
+
+def synthetic_at_ml100k_size(**knobs: Any):
+    from marl_two_tower.config import SyntheticConfig
+    from marl_two_tower.data.synthetic import generate
+
+    return generate(SyntheticConfig(**{**ML100K_SIZE, **knobs}))
+
+
+def demo_data_config():
+    from marl_two_tower.study.demo import demo_config
+
+    return demo_config(Path("/tmp/mtt-realism"), quick=False).data
+
+
+def profiles(data: Path) -> dict[str, Any]:
+    """Profiles of ML-100K, the generator at ML-100K size, and the demo's data."""
+    from marl_two_tower.data import load_dataset
+    from marl_two_tower.data.profile import data_profile
+
+    demo_cfg = demo_data_config()
+    out = {"ml-100k": data_profile(ml100k_dataset(data)),
+           "synthetic@ml-100k-size": data_profile(synthetic_at_ml100k_size()),
+           "demo": data_profile(load_dataset(demo_cfg))}
+    out["demo"]["synthetic_config"] = dataclasses.asdict(demo_cfg.synthetic)
+    return out
+
+
+def fit(data: Path, rounds: int = 2) -> dict[str, Any]:
+    """Coordinate search of the structure knobs (see the module docstring)."""
+    from marl_two_tower.config import SyntheticConfig
+    from marl_two_tower.data.profile import data_profile
+
+    target = data_profile(ml100k_dataset(data))
+    best = {k: getattr(SyntheticConfig(), k) for k in GRID}
+    cache: dict[tuple, float] = {}
+
+    def evaluate(knobs: dict[str, Any]) -> float:
+        key = tuple(sorted(knobs.items()))
+        if key not in cache:
+            cache[key] = loss(data_profile(synthetic_at_ml100k_size(**knobs)), target)
+        return cache[key]
+
+    groups = [*JOINT, *[(k,) for k in GRID if not any(k in j for j in JOINT)]]
+    trace = []
+    for r in range(rounds):
+        for group in groups:
+            grids = np.meshgrid(*[GRID[k] for k in group], indexing="ij")
+            options = [dict(zip(group, vals, strict=True)) for vals in zip(*[g.ravel() for g in grids],
+                                                                           strict=True)]
+            scored = [(evaluate({**best, **opt}), opt) for opt in options]
+            value, opt = min(scored, key=lambda s: s[0])
+            best.update(opt)
+            trace.append({"round": r, "knobs": list(group), "chose": opt, "loss": value})
+            print(f"round {r} {group}: {opt} loss {value:.2f}", flush=True)
+    generated = data_profile(synthetic_at_ml100k_size(**best))
+    return {"best": best, "loss": evaluate(best), "trace": trace, "targets": TARGETS,
+            "grid": GRID, "generated": {k: stat(generated, k) for k in TARGETS},
+            "real": {k: stat(target, k) for k in TARGETS}}
+
+
+MODELS = ["MostPop", "ItemKNN", "BPR-MF", "EASE", "SASRec", "base", "full"]
+_BASELINE_KEYS = {"MostPop": "mostpop", "ItemKNN": "itemknn", "BPR-MF": "bpr", "EASE": "ease",
+                  "SASRec": "sasrec"}
+KEYS = ["HR@10", "NDCG@10", "Coverage@10", "Gini@10", "TailHR@10"]
+
+
+def model_configs(dataset: str, data: Path, threads: int, out: Path) -> dict[str, Any]:
+    """The configs of every model on ``dataset`` ('ml-100k' or 'demo').
+
+    ML-100K: ``configs/ml100k.yaml`` (base) and ``configs/ablation.yaml`` with every
+    component on (full), as in docs/results.md. Demo: ``study/demo.py demo_config``, the
+    demo's own settings (its full model = every component on the same settings).
+    """
+    from marl_two_tower.config import load_config
+    from marl_two_tower.model.build import COMPONENTS
+    from marl_two_tower.study.demo import demo_config
+
+    on = [f"{c}.enabled=true" for c in COMPONENTS]
+    runs = out / dataset
+    common = [f"train.num_threads={threads}", f"output_dir={runs}"]
+
+    def run(name: str) -> list[str]:
+        return [*common, f"name={name}", f"checkpoint_dir={runs / 'checkpoints' / name}"]
+
+    if dataset == "ml-100k":
+        real = [f"data.path={data}", "seed=42"]
+        return {"baselines": load_config("ml100k.yaml", [*real, *run("baselines")]),
+                "base": load_config("ml100k.yaml", [*real, *run("two_tower_base")]),
+                "full": load_config("ablation.yaml", [*real, *on, *run("two_tower_full")])}
+    return {"baselines": demo_config(runs, False, "baselines", common),
+            "base": demo_config(runs, False, "two_tower_base", run("two_tower_base")),
+            "full": demo_config(runs, False, "two_tower_full", [*run("two_tower_full"), *on])}
+
+
+def train_one(model: str, cfgs: dict[str, Any], split) -> dict[str, Any]:
+    """Fit (or train) one model and evaluate it once on test (full ranking)."""
+    import torch
+
+    from marl_two_tower.study.run import evaluate_model, train_and_evaluate
+
+    t0 = time.perf_counter()
+    if model in ("base", "full"):
+        cfg = cfgs[model]
+        torch.set_num_threads(max(cfg.train.num_threads, 1))
+        _, doc = train_and_evaluate(cfg, progress=False, split=split)
+        metrics = doc["metrics"]["test"]["full"]
+        extra = {"best_epoch": doc.get("extra", {}).get("best_epoch")}
+    else:
+        from marl_two_tower.baselines import BASELINES
+
+        cfg = cfgs["baselines"]
+        torch.set_num_threads(max(cfg.train.num_threads, 1))
+        fitted = BASELINES[_BASELINE_KEYS[model]]().fit(split)
+        metrics = evaluate_model(split, fitted.score, cfg, "test", protocol="full", groups=False)["full"]
+        extra = {}
+    return {"metrics": {k: metrics.get(k) for k in KEYS}, "seconds": time.perf_counter() - t0,
+            **extra}
+
+
+def settings_key(model: str, cfgs: dict[str, Any]) -> str:
+    """What must match to reuse a stored result: the config the model trains under."""
+    import hashlib
+
+    from marl_two_tower.config import fingerprint_config
+
+    cfg = cfgs[model] if model in ("base", "full") else cfgs["baselines"]
+    text = json.dumps(fingerprint_config(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(f"{model}:{text}".encode()).hexdigest()[:16]
+
+
+def order_of(rows: dict[str, dict[str, Any]], key: str, descending: bool) -> list[str]:
+    """Model names sorted by ``key`` (best first: descending HR, ascending Gini)."""
+    return sorted(rows, key=lambda m: (-rows[m][key] if descending else rows[m][key], m))
+
+
+def spearman(a: dict[str, float], b: dict[str, float]) -> float:
+    """Spearman rank correlation of two scores over their common models (average
+    ranks for ties)."""
+    from scipy.stats import spearmanr
+
+    common = sorted(set(a) & set(b))
+    return float(spearmanr([a[m] for m in common], [b[m] for m in common]).statistic)
+
+
+def run_models(data: Path, threads: int, force: bool, only: list[str] | None) -> dict[str, Any]:
+    """Train/evaluate every model on both datasets, one at a time; compare the orders."""
+    from marl_two_tower.data import load_split
+
+    doc = load_results().get("models", {})
+    out = Path("/tmp/mtt-realism")
+    for dataset in ("ml-100k", "demo"):
+        cfgs = model_configs(dataset, data, threads, out)
+        split = load_split(cfgs["base"].data)
+        fp = split.dataset.fingerprint()
+        stored = doc.setdefault(dataset, {"rows": {}})
+        stored["data"] = {"name": split.dataset.name, "fingerprint": fp,
+                          "n_users": split.n_users, "n_items": split.n_items,
+                          "n_interactions": split.dataset.n_interactions}
+        for model in only or MODELS:
+            key = settings_key(model, cfgs)
+            old = stored["rows"].get(model)
+            if old and not force and old.get("fingerprint") == fp and old.get("settings") == key:
+                print(f"{dataset:8s} {model:8s} reused", flush=True)
+                continue
+            try:
+                row = train_one(model, cfgs, split)
+            except Exception as exc:  # a model that does not run is reported, not fatal
+                print(f"{dataset:8s} {model:8s} FAILED: {exc!r}", flush=True)
+                stored["rows"][model] = {"error": repr(exc), "fingerprint": fp, "settings": key}
+                save_section("models", {**doc, **summarise(doc)})
+                continue
+            stored["rows"][model] = {**row, "fingerprint": fp, "settings": key}
+            m = row["metrics"]
+            print(f"{dataset:8s} {model:8s} HR@10 {m['HR@10']:.4f} Gini@10 {m['Gini@10']:.4f} "
+                  f"({row['seconds']:.0f}s)", flush=True)
+            save_section("models", {**doc, **summarise(doc)})  # progress survives an interrupt
+    doc.update(summarise(doc))
+    return doc
+
+
+def summarise(doc: dict[str, Any]) -> dict[str, Any]:
+    """Orders by HR@10 and Gini@10 on each dataset and their Spearman correlations."""
+    scores = {ds: {m: r["metrics"] for m, r in doc.get(ds, {}).get("rows", {}).items()
+                   if "metrics" in r} for ds in ("ml-100k", "demo")}
+    common = sorted(set(scores["ml-100k"]) & set(scores["demo"]))
+    summary: dict[str, Any] = {"models_compared": common}
+    for key, desc in (("HR@10", True), ("Gini@10", False)):
+        for ds in ("ml-100k", "demo"):
+            summary[f"order_{key}_{ds}"] = order_of({m: scores[ds][m] for m in common}, key, desc)
+        summary[f"spearman_{key}"] = (spearman({m: scores["ml-100k"][m][key] for m in common},
+                                               {m: scores["demo"][m][key] for m in common})
+                                      if len(common) >= 3 else None)
+    return {"summary": summary}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(DEFAULT_DATA / "ml-100k"), help="ML-100K folder")
+    ap.add_argument("--stats-only", action="store_true", help="only the data statistics")
+    ap.add_argument("--fit", action="store_true", help="the calibration search")
+    ap.add_argument("--models", action="store_true", help="the model orders (trains models)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--force", action="store_true", help="retrain models already in the JSON")
+    ap.add_argument("--only", nargs="*", choices=MODELS, default=None,
+                    help="models to (re)run (default all)")
+    args = ap.parse_args(argv)
+    data = Path(args.data)
+    if not (data / "u.data").is_file():
+        print(f"error: {data}: no ML-100K u.data (set --data or MARL_TWO_TOWER_DATA)", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    if args.fit:
+        save_section("fit", fit(data))
+    save_section("profiles", profiles(data))
+    if args.models:
+        result = run_models(data, args.threads, args.force, args.only)
+        save_section("models", result)
+        for key, value in result["summary"].items():
+            print(f"{key}: {value}")
+    print(f"done in {time.perf_counter() - t0:.0f}s: {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
