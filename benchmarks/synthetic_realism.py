@@ -9,7 +9,7 @@ All parts read ML-100K from ``--data`` (default ``$MARL_TWO_TOWER_DATA/ml-100k``
 ``benchmarks/results/synthetic_realism.json`` (the other sections are kept):
 
 * ``profiles`` (``--stats-only``, also run by the other parts):
-  :func:`marl_two_tower.data.profile.data_profile` of ML-100K, of the generator at
+  :func:`marl_two_tower.metrics.data_profile.data_profile` of ML-100K, of the generator at
   ML-100K's size (943 users, 1682 items, 106 interactions per user, default knobs)
   and of the demo's data (``study/demo.py demo_config``).
 * ``fit`` (``--fit``): the calibration behind the generator's defaults. Coordinate
@@ -129,7 +129,7 @@ def demo_data_config():
 def profiles(data: Path) -> dict[str, Any]:
     """Profiles of ML-100K, the generator at ML-100K size, and the demo's data."""
     from marl_two_tower.data import load_dataset
-    from marl_two_tower.data.profile import data_profile
+    from marl_two_tower.metrics.data_profile import data_profile
 
     demo_cfg = demo_data_config()
     out = {"ml-100k": data_profile(ml100k_dataset(data)),
@@ -142,7 +142,7 @@ def profiles(data: Path) -> dict[str, Any]:
 def fit(data: Path, rounds: int = 2) -> dict[str, Any]:
     """Coordinate search of the structure knobs (see the module docstring)."""
     from marl_two_tower.config import SyntheticConfig
-    from marl_two_tower.data.profile import data_profile
+    from marl_two_tower.metrics.data_profile import data_profile
 
     target = data_profile(ml100k_dataset(data))
     best = {k: getattr(SyntheticConfig(), k) for k in GRID}

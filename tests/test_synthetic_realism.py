@@ -16,7 +16,7 @@ import pytest
 
 from marl_two_tower.config import SyntheticConfig
 from marl_two_tower.data import synthetic as S
-from marl_two_tower.data.profile import data_profile
+from marl_two_tower.metrics.data_profile import data_profile
 
 ML100K_SIZE = {"n_users": 943, "n_items": 1682, "interactions_per_user": 106.0}
 
