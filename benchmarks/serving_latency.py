@@ -77,15 +77,17 @@ def model_part(args: argparse.Namespace) -> None:
 
     adj = getattr(model, "score_adjuster", None)
 
+    items_t = torch.from_numpy(b.item_vectors)
+
     @torch.no_grad()
     def tower(u: int):
-        ut = torch.tensor([u])
-        z = model.user_vectors(ut).float().numpy()
+        # the bundle's state computed live: mean z_u over eval.inference_samples draws
+        # and, with ContextGNN, the union of the draws' F(u) with mean fused scores
+        z, ov_i, ov_v = model.mean_user_state(torch.tensor([u]), item_vecs=items_t)
         fam = None
-        if adj is not None and adj.max_items:  # ContextGNN: F(u) and its logits, live
-            i, v = adj.overrides(ut, model)
-            fam = (i.numpy(), v.float().numpy())
-        return rec.recommend([u], k, vectors=z, familiar=fam)
+        if adj is not None and adj.max_items and ov_i is not None and ov_v is not None:
+            fam = (ov_i.numpy(), ov_v.float().numpy())
+        return rec.recommend([u], k, vectors=z.float().numpy(), familiar=fam)
 
     same = all(tower(int(u))[0].items.tolist() == rec.recommend([u], k)[0].items.tolist()
                for u in users[:100])

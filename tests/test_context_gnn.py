@@ -316,22 +316,21 @@ def assert_same_top_k(got, got_s, want, want_s, k):
 
 def fused_equals_retrieve(model, split, users, k=10):
     """Exhaustive fused scores (scorer, evaluator masking) vs two-stage retrieve, both
-    at the single inference draw (retrieve scores draw 0; the evaluator's default
-    averages eval.inference_samples draws)."""
+    averaging the model's eval.inference_samples draws (TwoTower.mean_user_state)."""
     model.eval()
     excl = split.exclusion_matrix("val")
     u = torch.as_tensor(users)
     with torch.no_grad():
-        full = model.scorer(samples=1)(users)
+        full = model.scorer()(users)
         rows, cols = excl[users].nonzero()
         full[rows, cols] = -np.inf
         want_s, want = torch.topk(full, k + 1, dim=1)
         got, got_s = model.retrieve(u, k, exclude=excl)
-        items, _ = model.score_adjuster.overrides(u, model)
+        items = model.mean_user_state(u)[1]  # the union of the draws' familiar sets
     assert_same_top_k(got.numpy(), got_s.numpy(), want.numpy(), want_s.numpy(), k)
     # without exclusions there is no slack from masked items: stage 1 needs k + |F|
     with torch.no_grad():
-        all_s, all_i = torch.topk(model.scorer(samples=1)(users), k + 1, dim=1)
+        all_s, all_i = torch.topk(model.scorer()(users), k + 1, dim=1)
         got0, got0_s = model.retrieve(u, k)
     assert_same_top_k(got0.numpy(), got0_s.numpy(), all_i.numpy(), all_s.numpy(), k)
     want = want[:, :k]
@@ -360,10 +359,10 @@ def test_retrieve_then_rescore_equals_exhaustive_on_ml100k(ml100k_dir):
     share = fused_equals_retrieve(model, split, users)
     assert 0.1 < share < 0.9, share
     # and the evaluator's lists (batches of 1024, target unmasked) agree
-    res = rank_full(split, model.scorer(samples=1), "val", k_max=11)
+    res = rank_full(split, model.scorer(), "val", k_max=11)
     got, got_s = model.retrieve(torch.as_tensor(res.users), 10, exclude=split.exclusion_matrix("val"))
     with torch.no_grad():
-        full = model.scorer(samples=1)(res.users)
+        full = model.scorer()(res.users)
     want_s = np.take_along_axis(full.numpy(), res.recs, 1)
     assert_same_top_k(got.numpy(), got_s.numpy(), res.recs, want_s, 10)
 
@@ -381,6 +380,51 @@ def test_retrieve_then_rescore_equals_exhaustive_on_tiny_split(tiny_split, resid
     items = torch.tensor([0, 7, 33, 140, 7])
     with torch.no_grad():
         assert torch.allclose(model.score(u, items), model.score(u)[:, items], atol=1e-5)
+
+
+@pytest.mark.parametrize("recent", [0, 5])
+def test_mean_state_is_the_mean_of_the_draws_fused_scores(tiny_split, recent):
+    """Serving's state (mean z_u + the union of the draws' familiar sets with their mean
+    fused scores) gives exactly the mean over draws of the single-draw fused scores, and
+    the two-stage retrieve returns the lists of that mean. ``recent=0``: hop 1 is the
+    salted uniform sample, so F(u) itself changes between draws (the union is wider
+    than one set); ``recent=5``: F(u) is the same set, its logits change (via c_u)."""
+    from marl_two_tower.model.two_tower import apply_overrides
+
+    torch.manual_seed(3)
+    model = build_model(tiny_cfg(f"context_gnn.recent={recent}"), tiny_split).eval()
+    assert model.inference_samples == 4  # the config default reaches the model
+    users = torch.arange(tiny_split.n_users)
+    _calibrate(model, tiny_split, users.numpy())
+    gnn = model.score_adjuster
+    with torch.no_grad():
+        y = model.item_vectors()
+        singles, sets = [], []
+        for d in range(4):  # the oracle: each draw's fused score, then the mean
+            gnn.inference_draw = d
+            z = model.user_vectors(users)
+            ov = gnn.overrides(users, model, z=z)
+            singles.append(apply_overrides(z @ y.T, *ov))
+            sets.append(ov[0])
+        gnn.inference_draw = 0
+        oracle = torch.stack(singles).mean(0)
+        z_bar, u_items, u_vals = model.mean_user_state(users)
+        got = model.scorer()(users.numpy())
+    torch.testing.assert_close(got, oracle, rtol=1e-5, atol=1e-5)
+    # the state itself: items outside every draw's set score <z-bar, y_i>
+    in_union = torch.zeros_like(oracle, dtype=torch.bool)
+    r, c = torch.nonzero(u_items >= 0, as_tuple=True)
+    in_union[r, u_items[r, c]] = True
+    torch.testing.assert_close((z_bar @ y.T)[~in_union], oracle[~in_union], rtol=1e-5, atol=1e-5)
+    n_distinct = [len(set(torch.cat([s_[b] for s_ in sets]).tolist()) - {-1}) for b in range(len(users))]
+    assert u_items.shape[1] == max(n_distinct)
+    assert (u_items.shape[1] > gnn.max_items) == (recent == 0), u_items.shape
+    assert not torch.allclose(singles[0], oracle)  # averaging changes the scores
+    # the lists differ from the single draw 0 for some users, and retrieve gives the mean's
+    top1 = torch.topk(model.scorer(samples=1)(users.numpy()), 5, dim=1).indices
+    top4 = torch.topk(oracle, 5, dim=1).indices
+    assert (top1 != top4).any()
+    fused_equals_retrieve(model, tiny_split, users.numpy(), k=5)
 
 
 def test_inference_is_batch_independent_and_deterministic(tiny_split):

@@ -221,7 +221,7 @@ class FakeAdjuster:
     def __init__(self, scores: np.ndarray) -> None:
         self.fam = np.argsort(-scores, axis=1, kind="stable")[:, 5:8]
 
-    def overrides(self, users, model):
+    def overrides(self, users, model, exclude=None, z=None):  # the ScoreAdjuster signature
         items = torch.as_tensor(self.fam[users.numpy()])
         return items, 100.0 + torch.arange(3, dtype=torch.float32).expand(len(users), 3)
 
@@ -249,18 +249,22 @@ def test_familiar_overrides_are_merged_and_explained(trained):
                 expected_fam = fused[i] - dot[u, i]
                 assert e["parts"]["familiar"] == pytest.approx(expected_fam, abs=1e-4)
     finally:
-        del model.score_adjuster
+        model.score_adjuster = None
 
 
 COMPONENT_SETS = {
     "context_gnn": ["context_gnn.enabled=true", "context_gnn.familiar=true",
                     "context_gnn.familiar_size=10", "context_gnn.fanout=5"],
     "marl": ["marl.enabled=true", "marl.rl_batch_users=64"],
+    # hop 1 the salted uniform sample: F(u) changes between inference draws, so the
+    # bundle stores the union of the 4 draws' sets (wider than familiar_size)
+    "uniform_hop1": ["context_gnn.recent=0"],
 }
 
 
-@pytest.mark.parametrize("parts", [["context_gnn"], ["marl"], ["context_gnn", "marl"]],
-                         ids=["context_gnn", "marl", "context_gnn+marl"])
+@pytest.mark.parametrize("parts", [["context_gnn"], ["marl"], ["context_gnn", "marl"],
+                                   ["context_gnn", "uniform_hop1"]],
+                         ids=["context_gnn", "marl", "context_gnn+marl", "context_gnn-uniform-hop1"])
 def test_components_served_equal_offline(tmp_path, parts):
     """With ContextGNN (familiar re-scoring) and/or the genre agents (controller
     dimensions), the bundle served from disk reproduces the offline top-K exactly and
@@ -273,13 +277,17 @@ def test_components_served_equal_offline(tmp_path, parts):
     model = tr.model.eval()
     b = load_bundle(export_bundle(model, cfg, split, tmp_path / "bundle"))  # model rebuilt from disk
     rec = Recommender(b, ServingConfig(seen="train"))
-    assert rec.n_familiar == (10 if "context_gnn" in parts else 0)
+    if "uniform_hop1" in parts:  # the union of the draws' familiar sets
+        assert 10 < rec.n_familiar <= 4 * 10, rec.n_familiar
+    else:
+        assert rec.n_familiar == (10 if "context_gnn" in parts else 0)
     if "marl" in parts:
         g, d = split.dataset.n_genres, cfg.model.dim
         assert b.blocks == {"two_tower": (0, d), "genre_boost": (d, d + g), "tail_boost": (d + g, d + 2 * g)}
-    # the bundle serves ContextGNN's single inference draw 0 (the evaluator's default
-    # averages eval.inference_samples draws; docs/metrics.md "Inference randomness")
-    res = rank_full(split, model.scorer(samples=1), "val", k_max=10)
+    # the bundle serves the evaluator's mean over eval.inference_samples draws (mean
+    # z_u, the union of the draws' familiar sets with mean fused scores)
+    assert model.inference_samples == 4
+    res = rank_full(split, model.scorer(), "val", k_max=10)
     lists = rec.recommend(res.users, 10)
     np.testing.assert_array_equal(np.stack([lst.items for lst in lists]), res.recs)
     fam = 0

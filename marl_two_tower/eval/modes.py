@@ -30,7 +30,7 @@ from marl_two_tower.data.split import Split
 from marl_two_tower.eval.arrays import compute_eval_arrays
 from marl_two_tower.eval.significance import compare, metric_names
 from marl_two_tower.fairness.exposure import budget_from_config
-from marl_two_tower.model.two_tower import TwoTower
+from marl_two_tower.model.two_tower import TwoTower, apply_overrides
 
 NO_AGENTS = "this model has no MARL controller (marl.enabled was false): no per-agent breakdown"
 
@@ -87,7 +87,8 @@ def agent_breakdown(model: TwoTower, cfg: Config, split: Split, device: str | to
 
 
 TOWER_PATH = ("per request: user tower forward pass (history, features, "
-              "components) + scores against the cached item vectors + top-K; no HTTP")
+              "components, eval.inference_samples draws of the sampling ones, "
+              "familiar-item scores) + scores against the cached item vectors + top-K; no HTTP")
 SERVING_PATH = ("what `serve` does per request: the precomputed user vector "
                 "+ item-index search with the seen items excluded (+ ContextGNN's stored "
                 "familiar items); serving/recommender.py Recommender.recommend, no HTTP")
@@ -138,7 +139,14 @@ def _tower_latency_on(model: TwoTower, split: Split, device: torch.device, k: in
     k = min(k, split.n_items)
 
     def request(users: np.ndarray) -> Any:
-        return torch.topk(m.user_vectors(torch.as_tensor(users, device=device)) @ items.T, k, dim=1)
+        # the evaluated (and served) score: mean over the inference draws, with the
+        # familiar items' fused scores (TwoTower.mean_user_state)
+        z, ov_items, ov_vals = m.mean_user_state(torch.as_tensor(users, device=device),
+                                                 item_vecs=items)
+        s = z @ items.T
+        if ov_items is not None and ov_vals is not None:
+            s = apply_overrides(s, ov_items, ov_vals)
+        return torch.topk(s, k, dim=1)
 
     def sync() -> None:
         if device.type == "cuda":

@@ -430,12 +430,12 @@ class TwoTower(nn.Module):
 
     def score(self, users: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         """s(u, i) = <z_u, y_i> for all items (``[B, n_items]``) or given items ``[M]``,
-        with the score adjuster's items replaced (fused score)."""
-        z = self.user_vectors(users)
+        with the score adjuster's items replaced (fused score); in eval mode the mean
+        over the inference draws (:meth:`mean_user_state`), as :meth:`scorer`."""
+        z, ov_items, ov_vals = self.mean_user_state(users)
         s = z @ self.item_vectors(items).T
-        if self.score_adjuster is None:
+        if ov_items is None or ov_vals is None:
             return s
-        ov_items, ov_vals = self.score_adjuster.overrides(users, self, z=z)
         if items is None:
             return apply_overrides(s, ov_items, ov_vals)
         hit, val = lookup_overrides(ov_items, ov_vals, items)
@@ -492,10 +492,13 @@ class TwoTower(nn.Module):
         Exact: a non-F item in the fused top-k has at most k - 1 + |F(u)| + |exclude_u|
         items above it in dot-product order. Returns (items, scores) ``[B, k]``; slots
         without a rankable item hold -1 / -inf. Components that sample at inference
-        use their single draw 0 here (:meth:`scorer` can average several draws).
+        are averaged over ``self.inference_samples`` draws exactly as :meth:`scorer`
+        does (:meth:`mean_user_state`): stage 1 ranks by <mean z_u, y_i>, and F(u) is
+        the union of the draws' familiar sets with their mean fused scores, so the
+        lists are the evaluated ones.
         """
         self.eval()
-        z = self.user_vectors(users)
+        z, ov_items, ov_vals = self.mean_user_state(users)
         s = z @ self.item_vectors().T
         n_ex, ex_keys = 0, None
         if exclude is not None:
@@ -503,11 +506,10 @@ class TwoTower(nn.Module):
             n_ex = int(np.diff(sub.indptr).max(initial=0))
             rows = np.repeat(np.arange(sub.shape[0]), np.diff(sub.indptr))
             ex_keys = torch.from_numpy(np.sort(rows * self.n_items + sub.indices)).to(s.device)
-        adj = self.score_adjuster
-        kk = min(s.shape[1], k + (adj.max_items if adj is not None else 0) + n_ex)
+        n_ov = ov_items.shape[1] if ov_items is not None else 0
+        kk = min(s.shape[1], k + n_ov + n_ex)
         cand_s, cand_i = torch.topk(s, kk, dim=1)  # stage 1: dot-product top-K'
-        if adj is not None:
-            ov_items, ov_vals = adj.overrides(users, self, z=z)
+        if ov_items is not None and ov_vals is not None and n_ov:
             hit, val = lookup_overrides(ov_items, ov_vals, cand_i)
             cand_s = torch.where(hit, val.to(cand_s.dtype), cand_s)
             new = (ov_items >= 0) & ~(ov_items[:, :, None] == cand_i[:, None, :]).any(-1)
@@ -526,6 +528,64 @@ class TwoTower(nn.Module):
         attribute: ContextGNN's neighbourhood salt, BUHS's history sample)."""
         return [m for m in self.modules() if hasattr(m, "inference_draw")]
 
+    def mean_user_state(self, users: torch.Tensor, samples: int | None = None,
+                        item_vecs: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The user state whose fused score is the mean score over the inference draws:
+        (z-bar ``[B, D]``, override items ``[B, W]`` (-1 = empty), their values ``[B, W]``)
+        (the last two None without a score adjuster).
+
+        With S = ``samples`` draws d = 0..S-1 of the components that sample at
+        inference (:meth:`stochastic_modules`; default ``self.inference_samples``), draw
+        d giving z_d and the adjuster's set F_d with logits p_d, the mean fused score
+        (1/S) sum_d s_d(u, i), s_d = p_d(i) if i in F_d else <z_d, y_i>, is exactly
+
+            <z-bar, y_i>                                   for i in no F_d,
+            (1/S) sum_d (p_d(i) if i in F_d else <z_d, y_i>)   for i in U = union_d F_d,
+
+        z-bar = (1/S) sum_d z_d (the dot product is linear in z). So the mean score
+        stays one dot product plus |U| <= S |F| overrides, and retrieval stays
+        ANN-compatible (:meth:`retrieve`, the serving bundle). U is sorted by item
+        id. S = 1, a model without such components, or training mode: the single
+        pass (z_0, F_0, p_0) unchanged. ``item_vecs``: the cached y (all items).
+        """
+        if samples is not None and samples < 1:  # a caller's argument; the config checks its own
+            raise ValueError(f"samples must be >= 1, got {samples}")
+        stochastic = [] if self.training else self.stochastic_modules()
+        n_draws = int(self.inference_samples if samples is None else samples) if stochastic else 1
+        adj = self.score_adjuster
+        zs: list[torch.Tensor] = []
+        ovs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        try:
+            for d in range(n_draws):
+                for m in stochastic:
+                    m.inference_draw = d
+                z = self.user_vectors(users)
+                zs.append(z)
+                if adj is not None:
+                    ovs.append(adj.overrides(users, self, z=z))
+        finally:
+            for m in stochastic:
+                m.inference_draw = 0
+        if n_draws == 1:
+            return (zs[0], *ovs[0]) if ovs else (zs[0], None, None)
+        z_mean = torch.stack(zs).sum(0) / n_draws
+        if not ovs:
+            return z_mean, None, None
+        union = _row_union(torch.cat([o[0] for o in ovs], dim=1))
+        safe = union.clamp(min=0)
+        if item_vecs is not None:
+            y = item_vecs[safe].float()
+        else:
+            uniq, inv = torch.unique(safe, return_inverse=True)
+            y = self.item_vectors(uniq).float()[inv]  # [B, W, D]
+        total = torch.zeros(union.shape, device=union.device)
+        for z, (o_items, o_vals) in zip(zs, ovs, strict=True):
+            hit, val = lookup_overrides(o_items, o_vals, safe)
+            dot = torch.einsum("bd,bwd->bw", z.float(), y)
+            total = total + torch.where(hit, val.float(), dot)
+        return z_mean, union, (total / n_draws).masked_fill(union < 0, 0.0)
+
     @torch.no_grad()
     def scorer(self, device: torch.device | str = "cpu", samples: int | None = None):
         """A ``ScoreFn`` for the evaluator: item vectors are computed once; users are
@@ -538,40 +598,39 @@ class TwoTower(nn.Module):
             s(u, i) = (1/S) sum_d s_d(u, i),
 
         a Monte Carlo estimate of the expected score E_d[s_d(u, i)], so the ranking
-        (and every number computed from it) is not one lucky draw. ``samples``
-        defaults to ``self.inference_samples`` (``eval.inference_samples``); S = 1 is
-        draw 0, the single fixed-seed draw. Models without such components score once
-        whatever S is.
+        (and every number computed from it) is not one lucky draw. It is computed as
+        the dot product of the mean user vector plus the mean fused scores of the
+        union of the draws' familiar sets (:meth:`mean_user_state`), the same state
+        :meth:`retrieve` and the serving bundle use, so served lists are the evaluated
+        ones. ``samples`` defaults to ``self.inference_samples``
+        (``eval.inference_samples``, range-checked by the config); S = 1 is draw 0, the
+        single fixed-seed draw. Models without such components score once whatever S is.
         """
         self.eval()
+        if samples is not None and samples < 1:
+            raise ValueError(f"samples must be >= 1, got {samples}")
         items = self.item_vectors()
-        n_draws = int(self.inference_samples if samples is None else samples)
-        if n_draws < 1:
-            raise ValueError(f"eval.inference_samples must be >= 1, got {n_draws}")
-        stochastic = self.stochastic_modules()
-        draws = range(n_draws) if stochastic else range(1)
-
-        def one(u: torch.Tensor) -> torch.Tensor:
-            z = self.user_vectors(u)
-            s = z @ items.T
-            if self.score_adjuster is not None:
-                s = apply_overrides(s, *self.score_adjuster.overrides(u, self, z=z))
-            return s.float()
 
         def score_fn(users: np.ndarray) -> torch.Tensor:
             with torch.no_grad():
                 u = torch.as_tensor(users, dtype=torch.long, device=device)
-                total = None
-                try:
-                    for d in draws:
-                        for m in stochastic:
-                            m.inference_draw = d
-                        s = one(u)
-                        total = s if total is None else total + s
-                finally:
-                    for m in stochastic:
-                        m.inference_draw = 0
-                assert total is not None
-                return (total if len(draws) == 1 else total / len(draws)).cpu()
+                z, ov_items, ov_vals = self.mean_user_state(u, samples, item_vecs=items)
+                s = z @ items.T
+                if ov_items is not None and ov_vals is not None:
+                    s = apply_overrides(s, ov_items, ov_vals)
+                return s.float().cpu()
 
         return score_fn
+
+
+def _row_union(items: torch.Tensor) -> torch.Tensor:
+    """Per row, the distinct items >= 0 of ``items [B, W]``, sorted, -1 padded, trimmed
+    to the widest row."""
+    big = torch.iinfo(torch.int64).max
+    key, _ = torch.sort(torch.where(items >= 0, items, big), dim=1)
+    dup = torch.zeros_like(key, dtype=torch.bool)
+    dup[:, 1:] = key[:, 1:] == key[:, :-1]
+    key, _ = torch.sort(key.masked_fill(dup, big), dim=1)
+    width = int((key != big).sum(1).max()) if key.numel() else 0
+    key = key[:, :width]
+    return key.masked_fill(key == big, -1)

@@ -6,9 +6,11 @@ A bundle is one folder holding ``bundle.pt`` (written atomically with
 ``manifest.json``. It contains:
 
 * ``user_vectors`` z_u ``[n_users, D]`` and ``item_vectors`` y_i ``[n_items, D]``,
-  computed once by the model (``TwoTower.user_vectors`` / ``item_vectors``), so the
+  computed once by the model (``TwoTower.mean_user_state`` / ``item_vectors``), so the
   score of a known user is s(u, i) = <z_u, y_i> with no network at request time
-  (precomputation is exact because z_u depends only on u's train-time inputs);
+  (precomputation is exact because z_u depends only on u's train-time inputs); with
+  components that sample at inference, z_u is the mean over the
+  ``eval.inference_samples`` draws, as the evaluator scores;
 * ``blocks``: which coordinates of z/y belong to which score part (two-tower,
   genre-agent boost, tail boost) for ``/explain``;
 * the original user/item ids (the API speaks original ids, never indices);
@@ -21,7 +23,10 @@ A bundle is one folder holding ``bundle.pt`` (written atomically with
 * ``familiar_items`` / ``familiar_scores``: when the model has a score adjuster
   (ContextGNN), every user's familiar items F(u) and the pair-wise logits that
   replace the dot product there, precomputed through the model's own
-  ``score_adjuster.overrides`` hook (|F| numbers per user);
+  ``score_adjuster.overrides`` hook (|F| numbers per user); with S > 1 inference
+  draws, the union of the draws' F(u) with each item's mean fused score over the
+  draws (at most S |F| numbers per user; :func:`compute_user_state`), so served
+  lists are the evaluated ones;
 * the config (JSON) and the data fingerprint; and, unless ``include_model`` is
   False, the model ``state_dict`` (towers, contexts, agents), from which the model
   can be rebuilt (:meth:`Bundle.build_model`) to compute a user's state per
@@ -104,46 +109,47 @@ def _ids_from_obj(obj: dict[str, Any]) -> np.ndarray:
 
 
 @torch.no_grad()
-def compute_vectors(model: torch.nn.Module, n_users: int,
-                    batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """(z_u for every user, y_i for every item) in float32 on CPU, in eval mode."""
+def compute_user_state(model: TwoTower, n_users: int, batch_size: int = 1024
+                       ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """(z_u for every user, y_i for every item, familiar items and values or None), in
+    float32 on CPU, in eval mode, from :meth:`TwoTower.mean_user_state`.
+
+    With components that sample at inference and ``eval.inference_samples`` = S > 1,
+    z_u is the mean of the S draws' user vectors and the familiar set is the union U(u)
+    of the S draws' F(u) with each item's mean fused score over the draws, so the
+    served score <z_u, y_i> (i not in U(u)) / the stored value (i in U(u)) is exactly
+    the evaluated mean score (``TwoTower.scorer``). Familiar items: int32
+    ``[n_users, W]`` with -1 padding (W = the largest |U(u)|, at most S |F|), values
+    float32 ``[n_users, W]``; None when the model has no score adjuster. Exact to
+    precompute: at inference the draws depend on u only (fixed seeds)."""
     model.eval()
-    items = model.item_vectors().float().cpu()
-    dev = next(model.parameters()).device
-    parts = []
+    items = model.item_vectors()
+    dev = items.device
+    zs, fam_i, fam_v = [], [], []
     for s in range(0, n_users, batch_size):
         u = torch.arange(s, min(s + batch_size, n_users), device=dev)
-        parts.append(model.user_vectors(u).float().cpu())
-    return torch.cat(parts) if parts else torch.zeros(0, items.shape[1]), items
-
-
-@torch.no_grad()
-def compute_familiar(model: torch.nn.Module, n_users: int,
-                     batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Every user's familiar items F(u) and their logits s_F(u, .) from the model's own
-    score adjuster (``TwoTower.score_adjuster.overrides``, ContextGNN), as
-    (int32 ``[n_users, F]`` with -1 padding, float32 ``[n_users, F]``); None when the
-    model has no adjuster. Exact to precompute: at inference F(u) and s_F depend on u
-    only (fixed sampling salt), as the offline scorer assumes too."""
+        z, ov_i, ov_v = model.mean_user_state(u, item_vecs=items)
+        zs.append(z.float().cpu())
+        if ov_i is not None and ov_v is not None:
+            fam_i.append(ov_i.cpu())
+            fam_v.append(ov_v.float().cpu().masked_fill(ov_i.cpu() < 0, 0.0))
+    items = items.float().cpu()
+    z_all = torch.cat(zs) if zs else torch.zeros(0, items.shape[1])
     adj = getattr(model, "score_adjuster", None)
-    if adj is None or not getattr(adj, "max_items", 0):
-        return None
-    model.eval()
-    dev = next(model.parameters()).device
-    items, vals = [], []
-    for s in range(0, n_users, batch_size):
-        i, v = adj.overrides(torch.arange(s, min(s + batch_size, n_users), device=dev), model)
-        items.append(i.cpu())
-        vals.append(v.float().cpu().masked_fill(i.cpu() < 0, 0.0))
-    return torch.cat(items).to(torch.int32).contiguous(), torch.cat(vals).contiguous()
+    if adj is None or not getattr(adj, "max_items", 0) or not fam_i:
+        return z_all, items, None
+    width = max(x.shape[1] for x in fam_i)
+    pad_i = [torch.nn.functional.pad(x, (0, width - x.shape[1]), value=-1) for x in fam_i]
+    pad_v = [torch.nn.functional.pad(x, (0, width - x.shape[1]), value=0.0) for x in fam_v]
+    return (z_all, items,
+            (torch.cat(pad_i).to(torch.int32).contiguous(), torch.cat(pad_v).contiguous()))
 
 
-def bundle_dict(model: torch.nn.Module, cfg: Config, split: Split, include_model: bool = True,
+def bundle_dict(model: TwoTower, cfg: Config, split: Split, include_model: bool = True,
                 source: str = "") -> dict[str, Any]:
     """Everything the server needs, as a ``weights_only``-loadable dict."""
     ds = split.dataset
-    users_vec, items_vec = compute_vectors(model, split.n_users, cfg.eval.batch_size)
-    familiar = compute_familiar(model, split.n_users, cfg.eval.batch_size)
+    users_vec, items_vec, familiar = compute_user_state(model, split.n_users, cfg.eval.batch_size)
     obj: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

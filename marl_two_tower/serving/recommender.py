@@ -13,7 +13,11 @@ ANN-compatible stages of ``TwoTower.retrieve``: the index returns the top-(K + |
 non-excluded items by the dot product, F(u) (minus exclusions) is merged in with
 its logits, and the top K are served. Exact: a non-familiar item in the fused
 top-K has at most K - 1 + |F(u)| non-excluded items above it in dot-product order,
-so it is always among the candidates.
+so it is always among the candidates. With components that sample at inference
+(``eval.inference_samples`` = S > 1) the bundle holds the mean user vector and the
+union of the S draws' familiar sets with their mean fused scores
+(``TwoTower.mean_user_state``), so the served list is the evaluated one; |F| is then
+that union's width (at most S times ``context_gnn.familiar_size``).
 
 **Cold start** (unknown user id). A documented non-personalised list with the
 fairness re-weighting: with smoothed train popularity
