@@ -417,5 +417,9 @@ def test_deterministic_models_score_once(tiny: Split) -> None:
     out = model.scorer(samples=8)(users)
     assert len(calls) == 1
     assert torch.equal(out, model.scorer(samples=1)(users))
-    with pytest.raises(ValueError, match="inference_samples"):
+    with pytest.raises(ValueError, match="samples must be >= 1"):
         model.scorer(samples=0)
+    # the config's own value is range-checked at load time, naming the key
+    from marl_two_tower.config import ConfigError
+    with pytest.raises(ConfigError, match="eval.inference_samples"):
+        load_config(None, ["eval.inference_samples=0"])
