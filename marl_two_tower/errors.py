@@ -5,7 +5,9 @@ the command line, a checkpoint, a path) derives from :class:`UserError`; the CLI
 ``main()`` prints such an error as one ``error: ...`` line and exits with status 2,
 while any other exception (a bug) keeps its traceback. Concrete types live beside
 the code that raises them: :class:`~marl_two_tower.config.ConfigError`,
-:class:`~marl_two_tower.checkpoint.CheckpointError` (and its ``CheckpointMismatch``).
+:class:`~marl_two_tower.checkpoint.CheckpointError` (and its ``CheckpointMismatch``),
+:class:`~marl_two_tower.data.errors.DataError`,
+:class:`~marl_two_tower.data.download.DownloadError`.
 """
 
 from __future__ import annotations

@@ -230,3 +230,17 @@ def test_generate_exact_lengths_default_is_the_config(monkeypatch, tmp_path, cap
                         (["--no-exact-lengths"], False)):
         assert cli.main(["generate", "--users", "5", "--items", "5", "--output", out, *flags]) == 0
         assert seen[-1].exact_lengths is want
+
+
+def test_data_and_download_errors_are_user_errors() -> None:
+    """DataError and DownloadError derive from UserError (and keep their old bases for
+    callers that catch those), so cli.main needs no special case for them."""
+    from marl_two_tower.cli.main import USER_ERRORS
+    from marl_two_tower.data.download import DownloadError
+    from marl_two_tower.data.errors import DataError
+    from marl_two_tower.errors import UserError
+
+    assert issubclass(DataError, UserError) and issubclass(DataError, ValueError)
+    assert issubclass(DownloadError, UserError) and issubclass(DownloadError, RuntimeError)
+    assert DownloadError not in USER_ERRORS and DataError not in USER_ERRORS
+    assert str(DataError("f.csv", "bad value", line=3)) == "f.csv:3: bad value"

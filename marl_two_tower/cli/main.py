@@ -22,14 +22,14 @@ from marl_two_tower.cli.common import (
     config_from_args,
     log_level,
 )
-from marl_two_tower.data.download import DownloadError
 from marl_two_tower.errors import UserError
 
 # What a user can fix: printed as one ``error:`` line, exit status 2. UserError covers
-# ConfigError, CheckpointError/CheckpointMismatch and UsageError; data errors
-# (DataError) are ValueErrors; OSError = a file or folder the user named. Anything
-# else is a bug and keeps its traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (UserError, DownloadError, OSError, ValueError,
+# ConfigError, CheckpointError/CheckpointMismatch, UsageError, DataError and
+# DownloadError; OSError = a file or folder the user named; ValueError and
+# NotImplementedError = a value or combination the code refuses outside those types.
+# Anything else is a bug and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, OSError, ValueError,
                                                 NotImplementedError)
 
 

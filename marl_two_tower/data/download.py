@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from marl_two_tower.errors import UserError
 from marl_two_tower.utils.io import atomic_write, write_text_atomic
 from marl_two_tower.utils.runtime import interactive_output
 
@@ -53,8 +54,9 @@ MARKER = ".download-complete"  # written last, holds the verified MD5
 _CHUNK = 1 << 20
 
 
-class DownloadError(RuntimeError):
-    """A download failed, its checksum did not match, or the archive is unsafe."""
+class DownloadError(UserError, RuntimeError):
+    """A download failed, its checksum did not match, or the archive is unsafe (a
+    :class:`UserError`: the CLI prints it as one ``error:`` line)."""
 
 
 def download(

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from marl_two_tower.errors import UserError
 
-class DataError(ValueError):
-    """Malformed or unusable input data.
+
+class DataError(UserError, ValueError):
+    """Malformed or unusable input data (a :class:`UserError`, and a ``ValueError``
+    for callers that catch that).
 
     The message reads ``path:line: reason`` (or ``path: reason`` when the problem is
     not tied to one line, e.g. an empty file or a missing column).
