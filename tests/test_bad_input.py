@@ -206,3 +206,31 @@ def test_dropping_unknown_items_that_leaves_nothing_is_refused(tmp_path: Path) -
     folder = ml1m_folder(tmp_path, **{"ratings.dat": "1::77::5::978300760\n"})
     with pytest.raises(DataError, match="no interactions left"):
         load_split(DataConfig(source="ml-1m", path=str(folder), unknown_items="drop"))
+
+
+def test_sampled_protocol_shortage_fails_before_training(tmp_path: Path, monkeypatch) -> None:
+    """A test user with fewer unseen items than eval.sampled_negatives is refused before
+    the Trainer is built (the evaluator found it only after training), naming the key,
+    the user's original id and the largest value that works."""
+    from marl_two_tower.config import ConfigError, load_config
+    from marl_two_tower.eval.protocols import sampled_protocol_shortage, unseen_counts
+    from marl_two_tower.study import run
+
+    # 8 items; user "u1" consumed 6 of them (2 unseen), the others 3 (5 unseen)
+    rows = ["user,item,timestamp"] + [f"u1,{i},{i}" for i in range(6)]
+    rows += [f"u{u},{(u + j) % 8},{j}" for u in range(2, 6) for j in range(3)]
+    (tmp_path / "s.csv").write_text("\n".join(rows) + "\n")
+    cfg = load_config(None, [f"data.path={tmp_path / 's.csv'}", "data.source=csv",
+                             f"output_dir={tmp_path / 'runs'}", f"checkpoint_dir={tmp_path / 'ck'}",
+                             "eval.sampled_negatives=3"])
+    split = load_split(cfg.data)
+    u1 = split.dataset.user_ids.tolist().index("u1")
+    assert unseen_counts(split, np.array([u1]))[0] == 2
+    assert sampled_protocol_shortage(split, 3) == (u1, 2)
+    assert sampled_protocol_shortage(split, 2) is None
+    built = []
+    monkeypatch.setattr(run, "Trainer", lambda *a, **k: built.append(1))
+    with pytest.raises(ConfigError, match=r"eval\.sampled_negatives=3: test user u1 has only 2 items "
+                                          r".*set eval\.sampled_negatives <= 2"):
+        run.train_and_evaluate(cfg, progress=False, split=split)
+    assert built == []  # refused before any training

@@ -253,6 +253,29 @@ def _interaction_keys(split: Split) -> np.ndarray:
     return np.unique(np.concatenate(parts))
 
 
+def unseen_counts(split: Split, users: np.ndarray) -> np.ndarray:
+    """|N_u| = n_items - |train_u union val_u union test_u| per user: how many items
+    the sampled protocol can draw negatives from."""
+    users = np.asarray(users, dtype=np.int64)
+    keys = _interaction_keys(split)
+    n_items = split.n_items
+    return n_items - (np.searchsorted(keys, (users + 1) * n_items) - np.searchsorted(keys, users * n_items))
+
+
+def sampled_protocol_shortage(split: Split, n_neg: int, part: str = "test") -> tuple[int, int] | None:
+    """(user, |N_u|) of the ``part`` user with the fewest unseen items when some
+    |N_u| < ``n_neg`` (the sampled protocol of :func:`rank_sampled` cannot draw its
+    negatives), else None; None too when the data ship the test negatives."""
+    if part == "test" and split.test_negatives is not None:
+        return None
+    users = split.eval_users(part)
+    if not len(users):
+        return None
+    avail = unseen_counts(split, users)
+    j = int(np.argmin(avail))
+    return (int(users[j]), int(avail[j])) if avail[j] < n_neg else None
+
+
 def sample_negatives(split: Split, users: np.ndarray, n_neg: int = 99, seed: int = 12345) -> np.ndarray:
     """Uniform negatives without replacement, ``[len(users), n_neg]``.
 

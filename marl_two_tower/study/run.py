@@ -19,6 +19,7 @@ from marl_two_tower.data import load_split
 from marl_two_tower.data.split import Split
 from marl_two_tower.eval.arrays import compute_eval_arrays, save_eval_arrays
 from marl_two_tower.eval.frontier import Candidates, compute_candidates, save_candidates
+from marl_two_tower.eval.protocols import sampled_protocol_shortage
 from marl_two_tower.fairness.exposure import budget_from_config
 from marl_two_tower.model.build import COMPONENTS
 from marl_two_tower.study.results import build_results, write_results
@@ -45,6 +46,7 @@ def train_and_evaluate(cfg: Config, resume: bool = False, progress: bool = True,
     (the only time test is touched) and write ``<output_dir>/<name>/results.*``."""
     check_run_paths(cfg)  # a bad folder fails now, not after training
     split = split or load_split(cfg.data)
+    check_sampled_protocol(cfg, split)  # evaluation's negatives exist before training
     last = Path(cfg.checkpoint_dir) / "last.pt"
     if resume and not last.exists():
         log.warning("no last.pt in %s: starting from scratch", cfg.checkpoint_dir)
@@ -67,6 +69,22 @@ def train_and_evaluate(cfg: Config, resume: bool = False, progress: bool = True,
     doc = evaluate_and_write(cfg, split, score_fn, state.history, extra,
                              write=trainer.dist is None or trainer.dist.is_main)
     return trainer, doc
+
+
+def check_sampled_protocol(cfg: Config, split: Split) -> None:
+    """Refuse, before any training, a run whose test evaluation cannot draw the sampled
+    protocol's ``eval.sampled_negatives`` unseen items for every test user (the
+    evaluator would fail only after training); raises :class:`ConfigError` naming the
+    key, the user and the largest value that works."""
+    short = sampled_protocol_shortage(split, cfg.eval.sampled_negatives, "test")
+    if short is None:
+        return
+    u, avail = short
+    uid = split.dataset.user_ids[u]
+    raise ConfigError(
+        f"eval.sampled_negatives={cfg.eval.sampled_negatives}: test user {uid} has only {avail} "
+        "items it never interacted with, so the sampled protocol cannot draw that many "
+        f"negatives; set eval.sampled_negatives <= {avail}")
 
 
 def evaluate_and_write(cfg: Config, split: Split, score_fn, history: list[dict[str, Any]],
