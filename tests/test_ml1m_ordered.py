@@ -91,6 +91,30 @@ def test_ordered_missing_seq_column(tmp_path: Path) -> None:
         load_ml1m_ordered(folder)
 
 
+def test_ordered_honours_rating_range_unknown_items_and_missing_users(tmp_path: Path, caplog) -> None:
+    """As the other MovieLens loaders: data.rating_range refuses a rating outside the
+    scale at its file line, data.unknown_items keeps or drops movies absent from
+    movies.dat (the rest keep their seq order), a missing users.dat loads without
+    demographics."""
+    import logging
+
+    rows = "1\t1\t5\t100\t0\n1\t77\t3\t150\t1\n1\t2\t9\t200\t2\n2\t3\t4\t50\t0\n"
+    folder = ordered(tmp_path / "a", rows)
+    with pytest.raises(DataError, match=r"ratings\.tsv:4: rating 9 outside the rating scale 1\.\.5"):
+        load_dataset(DataConfig(source="ml-1m-ordered", path=str(folder)))
+    with caplog.at_level(logging.WARNING):
+        kept = load_dataset(DataConfig(source="ml-1m-ordered", path=str(folder), rating_range=[0, 10]))
+    assert "1 rating(s) of 1 item(s) not in movies.dat (first: line 3, item 77)" in caplog.text
+    assert kept.item_ids[kept.items].tolist() == [1, 77, 2, 3]
+    dropped = load_dataset(DataConfig(source="ml-1m-ordered", path=str(folder), rating_range=[0, 10],
+                                      unknown_items="drop"))
+    assert dropped.item_ids[dropped.items].tolist() == [1, 2, 3]
+    assert dropped.ratings.tolist() == [5, 9, 4] and dropped.order_known
+    (folder / "users.dat").unlink()
+    no_users = load_dataset(DataConfig(source="ml-1m-ordered", path=str(folder), rating_range=[0, 10]))
+    assert no_users.user_features == {} and no_users.n_interactions == 4
+
+
 ML1M = {
     # item 4 has 1 rating, item 2 has 2, items 1 and 3 have 3; user 2 rated only item 4
     "ratings.dat": (

@@ -63,8 +63,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
             "ml-1m-ordered": movielens.load_ml1m_ordered,
         }[src]
         opts = {"rating_range": scale or movielens.MOVIELENS_SCALE, "unknown": cfg.unknown_items}
-        # ml-1m-ordered is SASRec's preprocessed file (validated by its own loader)
-        ds = loader(path) if src == "ml-1m-ordered" else loader(path, **opts)
+        ds = loader(path, **opts)
     elif src in ("csv", "parquet"):
         from marl_two_tower.data.generic import load_table
 

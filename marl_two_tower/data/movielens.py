@@ -1,4 +1,5 @@
-"""MovieLens loaders: ML-100K, ML-1M and ML-1M in the NCF leave-one-out protocol.
+"""MovieLens loaders: ML-100K, ML-1M, ML-1M in SASRec's time order and ML-1M in the NCF
+leave-one-out protocol.
 
 Each loader reads a dataset folder as distributed by GroupLens (or, for NCF, the
 folder described in its README) and returns a :class:`Dataset` with every rating
@@ -272,7 +273,8 @@ _ORDERED_COLS = [
 ]
 
 
-def load_ml1m_ordered(path: str | Path) -> Dataset:
+def load_ml1m_ordered(path: str | Path, rating_range: tuple[float, float] = MOVIELENS_SCALE,
+                      unknown: str = "keep") -> Dataset:
     """Load complete MovieLens-1M in SASRec's time order (folder ``ml-1m-ordered``).
 
     Folder: ``ratings.tsv`` (header ``user item rating timestamp seq``; ``seq`` =
@@ -284,7 +286,9 @@ def load_ml1m_ordered(path: str | Path) -> Dataset:
     (timestamp, then file position) follows ``seq`` exactly; the dataset is marked
     ``order_known`` because ``seq`` gives the order of the users without timestamps
     too. For SASRec's file: 6,040 users, 3,416 items (movies with >= 5 ratings),
-    999,611 interactions.
+    999,611 interactions. ``rating_range`` and ``unknown`` (movies missing from
+    ``movies.dat``), and a missing ``users.dat``: as :func:`load_ml1m` (module
+    docstring); dropped rows keep the others' ``seq`` order.
 
     Raises:
         DataError: a user's ``seq`` values are not exactly 0..n-1, or a timestamp
@@ -292,6 +296,7 @@ def load_ml1m_ordered(path: str | Path) -> Dataset:
     """
     folder = _folder(path)
     t = read_typed_table(require_file(folder, "ratings.tsv"), _ORDERED_COLS, sep="\t", header=True)
+    check_ratings(t, "rating", rating_range)
     f = t.frame
     user = f["user"].to_numpy(np.int64)
     seq = f["seq"].to_numpy(np.int64)
@@ -323,15 +328,13 @@ def load_ml1m_ordered(path: str | Path) -> Dataset:
         raise t.error(r, f"timestamp of user {user[r]} decreases along seq "
                          f"({ts[r - 1]:.0f} at seq {seq[r] - 1}, {ts[r]:.0f} at seq {seq[r]})")
     users, items, ts, ratings = _interactions(t)
-    ds = assemble(
-        "ml-1m-ordered",
-        users,
-        items,
-        ts,
-        ratings,
-        _ml1m_items(require_file(folder, "movies.dat")),
-        _ml1m_users(require_file(folder, "users.dat")),
-    )
+    movies = require_file(folder, "movies.dat")
+    item_info = _ml1m_items(movies)
+    keep = unknown_items(t, items, item_info, unknown, movies)
+    users, items, ts, ratings = users[keep], items[keep], ts[keep], ratings[keep]
+    users_path = _optional_users(folder / "users.dat")
+    user_info = _ml1m_users(users_path) if users_path else None
+    ds = assemble("ml-1m-ordered", users, items, ts, ratings, item_info, user_info)
     ds.order_known = True
     return ds
 
