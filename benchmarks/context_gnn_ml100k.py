@@ -64,13 +64,14 @@ def train(split, overrides: list[str], args) -> tuple[Trainer, dict]:
 
 
 def familiar_stats(model, split, part: str, recs: np.ndarray, users: np.ndarray) -> dict:
-    """F-recall (targets in F(u)) and F-share (top-10 slots from F(u))."""
+    """F-recall (targets in F(u)) and F-share (top-10 slots from F(u)); F(u) = the union
+    of the eval.inference_samples draws' familiar sets, as scored (mean_user_state)."""
     adj = model.score_adjuster
     if adj is None:
         return {}
     model.eval()
     with torch.no_grad():
-        items, _ = adj.overrides(torch.as_tensor(users), model)
+        items = model.mean_user_state(torch.as_tensor(users))[1]
     items = items.cpu().numpy()
     tgt = split.targets(part)[users]
     in_f = (items == tgt[:, None]).any(1)

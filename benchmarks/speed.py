@@ -174,15 +174,16 @@ def serving_part(args, trainers, split) -> dict[str, Any]:
     rec = Recommender(bundle_from_model(model, tr.cfg, split), tr.cfg.serving)
     adj = model.score_adjuster
 
+    items_t = torch.from_numpy(rec.bundle.item_vectors)
+
     @torch.no_grad()
     def tower(u: int):
-        ut = torch.tensor([u])
-        z = model.user_vectors(ut).float().numpy()
+        # the bundle's state computed live (mean over eval.inference_samples draws)
+        z, ov_i, ov_v = model.mean_user_state(torch.tensor([u]), item_vecs=items_t)
         fam = None
-        if adj is not None and adj.max_items:
-            i, v = adj.overrides(ut, model)
-            fam = (i.numpy(), v.float().numpy())
-        return rec.recommend([u], 10, vectors=z, familiar=fam)
+        if adj is not None and adj.max_items and ov_i is not None and ov_v is not None:
+            fam = (ov_i.numpy(), ov_v.float().numpy())
+        return rec.recommend([u], 10, vectors=z.float().numpy(), familiar=fam)
 
     users = np.random.default_rng(0).integers(0, split.n_users, args.requests)
     out: dict[str, Any] = {"requests": int(args.requests), "index": rec.index.describe()}
