@@ -40,6 +40,45 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+LATEST_MARKER = ".model_best.latest"  # names the run a copied latest model_best.pt is of
+
+
+def link_latest(best: str | Path, link: str | Path) -> Path | None:
+    """Point ``link`` (``checkpoints/model_best.pt``) at ``best`` (a run's
+    ``checkpoints/<name>/model_best.pt``), so the commands written for one shared
+    ``checkpoints/`` folder keep working with per-run folders.
+
+    A relative symbolic link, swapped in atomically; where links cannot be made, a copy
+    (recorded in :data:`LATEST_MARKER` beside it). A ``link`` that is a file this
+    function did not make (a checkpoint of an earlier version) is never replaced:
+    returns None then, and logs where the latest best model is.
+    """
+    import logging
+    import os
+    import shutil
+
+    best, link = Path(best), Path(link)
+    marker = link.parent / LATEST_MARKER
+    if link.exists() and not link.is_symlink() and not marker.exists():
+        logging.getLogger(__name__).warning(
+            "%s is a checkpoint of an earlier run without per-run folders; left as it is "
+            "(this run's best model: %s)", link, best)
+        return None
+    link.parent.mkdir(parents=True, exist_ok=True)
+    tmp = link.parent / f".{link.name}.{os.getpid()}.tmp"
+    try:
+        tmp.unlink(missing_ok=True)
+        os.symlink(os.path.relpath(best.resolve(), link.parent.resolve()), tmp)
+        os.replace(tmp, link)
+        marker.unlink(missing_ok=True)
+    except OSError:  # no symbolic links here (some Windows setups): copy instead
+        tmp.unlink(missing_ok=True)
+        with atomic_write(link, "wb") as fh, open(best, "rb") as src:
+            shutil.copyfileobj(src, fh)
+        marker.write_text(f"{best}\n", encoding="utf-8")
+    return link
+
+
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a training checkpoint, serving bundle or saved baseline safely
     (``weights_only=True``: tensors and plain values only, never arbitrary pickle).

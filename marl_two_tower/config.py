@@ -377,7 +377,9 @@ class Config:
     name: str = "run"  # run name; results go to <output_dir>/<name>/
     seed: int = 42  # one seed for everything (torch, numpy, python, samplers)
     output_dir: str = "runs"
-    checkpoint_dir: str = "checkpoints"
+    # "{name}" is replaced by the run name (run_checkpoint_dir): every run keeps its own
+    # checkpoints; checkpoints/model_best.pt links to the latest run's best model
+    checkpoint_dir: str = "checkpoints/{name}"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -716,6 +718,13 @@ def with_overrides(base: Config | dict[str, Any], overrides: list[str] | None) -
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults <- YAML file (optional) <- ``key=value`` overrides, then validate."""
     return with_overrides(load_yaml(path) if path else {}, overrides)
+
+
+def run_checkpoint_dir(cfg: Config) -> Path:
+    """The run's checkpoint folder: ``checkpoint_dir`` with ``{name}`` replaced by the
+    run name (default ``checkpoints/<name>/``, so runs never overwrite each other's
+    ``model_best.pt``/``last.pt``); a path without ``{name}`` is used as given."""
+    return Path(cfg.checkpoint_dir.replace("{name}", cfg.name))
 
 
 def fingerprint_config(cfg: Config) -> dict[str, Any]:

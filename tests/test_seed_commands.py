@@ -104,3 +104,63 @@ def test_inference_mode_names_and_times_both_paths(full_run, tmp_path, capsys):
     assert "latency, tower path cpu: single user p50" in text
     assert "latency, serving path cpu: single user p50" in text
     assert "serving path = " in text and "tower path = " in text
+
+
+# ---------------------------------------------------------------------------
+# point 5: per-run checkpoints
+# ---------------------------------------------------------------------------
+
+
+def test_runs_with_different_names_keep_both_checkpoints(tmp_path, monkeypatch, capsys):
+    """The default ``checkpoint_dir`` (``checkpoints/{name}``): ``train --name a`` then
+    ``--name b`` leave ``checkpoints/a/`` and ``checkpoints/b/`` intact, and
+    ``checkpoints/model_best.pt`` (the seed's path) is the latest run's best model."""
+    import os
+
+    import torch
+
+    from marl_two_tower.config import Config
+
+    assert Config().checkpoint_dir == "checkpoints/{name}"
+    monkeypatch.chdir(tmp_path)
+    short = [a for kv in TINY if kv != "train.epochs=2" for a in ("--set", kv)]
+    short += ["--set", "train.epochs=1"]
+    for name, seed in (("a", "1"), ("b", "2")):
+        assert cli.main(["train", "-q", "--name", name, "--seed", seed, *short]) == 0
+    ck = tmp_path / "checkpoints"
+    a, b = (torch.load(ck / n / "model_best.pt", weights_only=True) for n in ("a", "b"))
+    assert json.loads(a["config"])["name"] == "a" and json.loads(b["config"])["name"] == "b"
+    assert (ck / "a" / "last.pt").exists() and (ck / "b" / "last.pt").exists()
+    assert any(not a["model"][k].equal(b["model"][k]) for k in a["model"])  # two models
+    latest = ck / "model_best.pt"
+    assert latest.is_symlink() and latest.resolve() == (ck / "b" / "model_best.pt").resolve()
+    assert os.readlink(latest) == os.path.join("b", "model_best.pt")  # relative: movable
+    # the seed's evaluate command on the seed's path evaluates the latest run
+    assert cli.main(["evaluate", "-p", "checkpoints/model_best.pt", "-m", "quick",
+                     "-o", str(tmp_path / "ev")]) == 0
+    quick, trained = (_test_metrics(p)["full"] for p in (tmp_path / "ev", tmp_path / "runs" / "b"))
+    assert quick["HR@10"] > 0 and quick == {k: trained[k] for k in quick}
+    results = json.loads((tmp_path / "runs" / "b" / "results.json").read_text())
+    assert results["extra"]["checkpoint"] == str(Path("checkpoints") / "b" / "model_best.pt")
+
+
+def test_latest_link_never_replaces_an_older_checkpoint_file(tmp_path, caplog):
+    """A ``checkpoints/model_best.pt`` written by an earlier version (a real file) is
+    kept; a link or a copy this code made is replaced."""
+    from marl_two_tower import checkpoint as ckpt_io
+
+    root = tmp_path / "checkpoints"
+    (root / "run").mkdir(parents=True)
+    best = root / "run" / "model_best.pt"
+    best.write_bytes(b"new")
+    (root / "model_best.pt").write_bytes(b"old")
+    assert ckpt_io.link_latest(best, root / "model_best.pt") is None
+    assert (root / "model_best.pt").read_bytes() == b"old" and "left as it is" in caplog.text
+    (root / "model_best.pt").unlink()
+    assert ckpt_io.link_latest(best, root / "model_best.pt") == root / "model_best.pt"
+    assert (root / "model_best.pt").read_bytes() == b"new"
+    other = root / "other" / "model_best.pt"
+    other.parent.mkdir()
+    other.write_bytes(b"newer")
+    ckpt_io.link_latest(other, root / "model_best.pt")  # replaces its own link
+    assert (root / "model_best.pt").read_bytes() == b"newer"

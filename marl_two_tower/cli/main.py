@@ -58,7 +58,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if ctx is None or ctx.is_main:
         _print_summary(doc)
         print(f"results: {Path(cfg.output_dir) / cfg.name}/results.json; "
-              f"checkpoint: {Path(cfg.checkpoint_dir) / 'model_best.pt'}")
+              f"checkpoint: {doc['extra']['checkpoint']}")
     return 0
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from marl_two_tower import checkpoint as ckpt_io
 from marl_two_tower.baselines import BASELINES
-from marl_two_tower.config import Config, ConfigError, fingerprint_config
+from marl_two_tower.config import Config, ConfigError, fingerprint_config, run_checkpoint_dir
 from marl_two_tower.data import load_split
 from marl_two_tower.data.split import Split
 from marl_two_tower.eval.arrays import compute_eval_arrays, save_eval_arrays
@@ -47,27 +47,32 @@ def train_and_evaluate(cfg: Config, resume: bool = False, progress: bool = True,
     check_run_paths(cfg)  # a bad folder fails now, not after training
     split = split or load_split(cfg.data)
     check_sampled_protocol(cfg, split)  # evaluation's negatives exist before training
-    last = Path(cfg.checkpoint_dir) / "last.pt"
+    ck_dir = run_checkpoint_dir(cfg)
+    last = ck_dir / "last.pt"
     if resume and not last.exists():
-        log.warning("no last.pt in %s: starting from scratch", cfg.checkpoint_dir)
+        log.warning("no last.pt in %s: starting from scratch", ck_dir)
     elif resume:  # refuse another run's checkpoint before building anything, naming the file
         ckpt_io.check_compatible(ckpt_io.load(last), split.dataset.fingerprint(),
                                  fingerprint_config(cfg), path=last)
     trainer = Trainer(cfg, split, progress=progress, run_dir=Path(cfg.output_dir) / cfg.name)
     state = trainer.fit(resume=resume)
-    if state.best_epoch < 1 and (Path(cfg.checkpoint_dir) / "model_best.pt").exists():
+    if state.best_epoch < 1 and (ck_dir / "model_best.pt").exists():
         # this run saved no best model, so the trainer restored another run's model_best.pt
         raise ckpt_io.CheckpointError(
-            f"{cfg.checkpoint_dir}: this run saved no best model (validation NDCG@10 was never "
+            f"{ck_dir}: this run saved no best model (validation NDCG@10 was never "
             f"a number above -1 in {state.epoch} epoch(s)); refusing to report another run's "
             "model_best.pt")
     score_fn = trainer.model.scorer(trainer.device)
     extra = {"best_epoch": state.best_epoch, "epochs_run": state.epoch,
              "skipped_steps": trainer.skipped_steps,
              "world_size": trainer.dist.world_size if trainer.dist is not None else 1,
-             "checkpoint": str(Path(cfg.checkpoint_dir) / "model_best.pt")}
-    doc = evaluate_and_write(cfg, split, score_fn, state.history, extra,
-                             write=trainer.dist is None or trainer.dist.is_main)
+             "checkpoint": str(ck_dir / "model_best.pt")}
+    main = trainer.dist is None or trainer.dist.is_main
+    if main and "{name}" in cfg.checkpoint_dir and (ck_dir / "model_best.pt").exists():
+        # per-run folders under one root: <root>/model_best.pt = the latest run's best
+        root = Path(cfg.checkpoint_dir.split("{name}")[0] or ".")
+        ckpt_io.link_latest(ck_dir / "model_best.pt", root / "model_best.pt")
+    doc = evaluate_and_write(cfg, split, score_fn, state.history, extra, write=main)
     return trainer, doc
 
 
@@ -109,9 +114,11 @@ def evaluate_and_write(cfg: Config, split: Split, score_fn, history: list[dict[s
     return doc
 
 
-def fit_and_evaluate_baseline(name: str, cfg: Config, split: Split) -> dict[str, Any]:
+def fit_and_evaluate_baseline(name: str, cfg: Config, split: Split,
+                              params: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fit the baseline ``name`` (:data:`~marl_two_tower.baselines.BASELINES`, default
-    hyperparameters) on the train part of ``split``, evaluate it once on test with the
+    hyperparameters unless ``params`` gives constructor arguments, e.g. the demo's
+    shorter SASRec) on the train part of ``split``, evaluate it once on test with the
     same harness as the two-tower runs (:func:`evaluate_model`, every protocol), and
     write its run folder ``<output_dir>/<name>/``: ``per_user.npz``, ``frontier.npz``
     and, last, ``results.json``/``.csv`` (``extra``: model name, kind ``baseline``).
@@ -123,9 +130,10 @@ def fit_and_evaluate_baseline(name: str, cfg: Config, split: Split) -> dict[str,
     c.name = name
     for comp in COMPONENTS:
         getattr(c, comp).enabled = False
-    model = BASELINES[name]().fit(split)
+    model = BASELINES[name](**(params or {})).fit(split)
     metrics = {"test": evaluate_model(split, model.score, c, "test")}
-    doc = build_results(c, split, metrics, extra={"model": name, "kind": "baseline"})
+    doc = build_results(c, split, metrics, extra={"model": name, "kind": "baseline",
+                                                  "params": dict(params or {})})
     run_dir = Path(c.output_dir) / c.name
     save_eval_arrays(run_dir, compute_eval_arrays(split, model.score, c.eval.ks, c.eval.batch_size,
                                                   budget_from_config(c)))
@@ -201,4 +209,4 @@ def check_run_paths(cfg: Config) -> None:
         raise ConfigError(f"name: {cfg.name!r} would write outside output_dir {cfg.output_dir}")
     check_output_folder(cfg.output_dir, "output_dir")
     check_output_folder(run_dir, "name")
-    check_output_folder(cfg.checkpoint_dir, "checkpoint_dir")
+    check_output_folder(run_checkpoint_dir(cfg), "checkpoint_dir")

@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from marl_two_tower import checkpoint as ckpt_io
-from marl_two_tower.config import Config, fingerprint_config
+from marl_two_tower.config import Config, fingerprint_config, run_checkpoint_dir
 from marl_two_tower.data.samplers import PositiveSampler
 from marl_two_tower.data.split import Split
 from marl_two_tower.model.build import build_components, build_model
@@ -146,7 +146,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=cfg.train.mixed_precision == "fp16")
         self.state = TrainState()
-        self.ckpt_dir = Path(cfg.checkpoint_dir)
+        self.ckpt_dir = run_checkpoint_dir(cfg)  # checkpoints/<name>/ by default
         self.data_fingerprint = split.dataset.fingerprint()
         self.callbacks: list[Callable[[Trainer], None]] = []
         self.skipped_steps = 0
