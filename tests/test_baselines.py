@@ -37,6 +37,9 @@ TEST_PARAMS: dict[str, dict] = {
     "itemknn": {"k_neighbors": 20},
     "bpr": {"dim": 16, "epochs": 30, "batch_size": 64, "lr": 0.01, "reg": 1e-2, "seed": 3},
     "ease": {"lam": 5.0},
+    # a sequence model needs more passes over 60 short sequences than MovieLens' defaults
+    "sasrec": {"dim": 32, "max_len": 20, "n_blocks": 1, "n_heads": 1, "epochs": 40, "patience": 40,
+               "lr": 0.01, "seed": 3},
 }
 
 
@@ -83,7 +86,7 @@ PERSONALISED = [n for n in ALL if n != "mostpop"]
 
 
 def test_registry_names_match_classes() -> None:
-    assert set(BASELINES) == {"mostpop", "itemknn", "bpr", "ease"}
+    assert set(BASELINES) == {"mostpop", "itemknn", "bpr", "ease", "sasrec"}
     for name, cls in BASELINES.items():
         assert cls.name == name and issubclass(cls, BaselineRecommender)
 

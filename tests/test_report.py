@@ -29,7 +29,7 @@ def test_table_means_and_deltas_equal_the_runs_json(study):
     doc = read_report(study / "report")
     assert doc["base"] == "Base" and doc["k"] == 10
     rows = {r["label"]: r for r in doc["rows"]}
-    assert set(rows) == {"Base", "+Tail loss", "mostpop", "itemknn", "bpr", "ease"}
+    assert set(rows) == {"Base", "+Tail loss", "mostpop", "itemknn", "bpr", "ease", "sasrec"}
     for key, label in (("base", "Base"), ("tail", "+Tail loss")):
         runs = [read_results(study / key / f"seed{s}") for s in SEEDS]
         for name in ("HR@10", "NDCG@10", "Gini@10", "Coverage@5", "MRR"):
