@@ -36,12 +36,24 @@ import numpy as np
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc), NaN elsewhere."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
+    """User + system CPU time so far of a process and its live descendants (the
+    uvicorn workers of ``serve --workers N``; Linux /proc), NaN elsewhere."""
+    stats = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+                stats[int(d.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+            except (OSError, IndexError, ValueError):
+                continue
+    if pid not in stats:
         return float("nan")
+    tree, grew = {pid}, True
+    while grew:  # add children of the tree until none is left
+        new = {p for p, (parent, _) in stats.items() if parent in tree} - tree
+        tree |= new
+        grew = bool(new)
+    return sum(stats[p][1] for p in tree) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -55,6 +67,7 @@ def start_server(args: argparse.Namespace, port: int, log_path: Path) -> subproc
     cmd += ["--bundle", args.bundle] if args.bundle else ["--checkpoint", args.checkpoint]
     for o in args.overrides:
         cmd += ["--set", o]
+    cmd += ["--workers", str(args.workers)]
     log = open(log_path, "w")  # noqa: SIM115 - closed with the process
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
@@ -202,6 +215,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=200, help="untimed requests first")
     p.add_argument("--timeout", type=float, default=30.0, help="per-request timeout (s)")
     p.add_argument("--client", choices=["raw", "httpx"], default="raw", help="load generator")
+    p.add_argument("--workers", type=int, default=1, help="`serve --workers` (uvicorn processes)")
     args = p.parse_args()
 
     port = free_port()
@@ -211,7 +225,7 @@ def main() -> None:
     try:
         t0 = time.time()
         health = wait_healthy(base, proc)
-        print(f"server up in {time.time() - t0:.1f} s: {health['dataset']} ({health['n_users']} users, "
+        print(f"server up in {time.time() - t0:.1f} s: {health['bundle']['dataset']} ({health['n_users']} users, "
               f"{health['n_items']} items), index {health['index']}; log {log_path}")
         # known users: sample original ids through the API's own id space
         from marl_two_tower.serving.commands import build_recommender
@@ -235,7 +249,7 @@ def main() -> None:
             proc.kill()
     kinds = np.array([r[0] for r in reqs])
     print(f"\n## HTTP load: {args.requests} requests, concurrency {args.concurrency}, k={args.k}, "
-          f"client {args.client}, "
+          f"client {args.client}, {args.workers} server worker(s), "
           f"load average at start {load0:.1f} on {os.cpu_count()} cores\n")
     print("| requests | n | errors | p50 ms | p95 ms | p99 ms | max ms |")
     print("|---|---|---|---|---|---|---|")

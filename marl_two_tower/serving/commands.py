@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the CLI imports this module to build its parser: keep that light
@@ -62,6 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     # flags first: a bad value must not wait for the bundle to load
     AT_LEAST_1(args.threads, "--threads")
+    AT_LEAST_1(args.workers, "--workers")
     if args.port is not None:
         CHECKS[ServingConfig]["port"](args.port, "--port")
     # one request is a few small matrix products: extra threads only add contention
@@ -71,11 +74,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = rec.cfg
     host = args.host or cfg.host
     port = args.port if args.port is not None else cfg.port
-    log.info("serving %s (%d users, %d items, index %s) on http://%s:%d", rec.bundle.source,
-             rec.bundle.n_users, rec.bundle.n_items, rec.index.describe(), host, port)
-    run(create_app(rec, cfg, name=display_name(args.bundle or args.checkpoint)), host=host, port=port,
-        access_log=args.access_log)
+    log.info("serving %s (%d users, %d items, index %s) on http://%s:%d%s", rec.bundle.source,
+             rec.bundle.n_users, rec.bundle.n_items, rec.index.describe(), host, port,
+             f" with {args.workers} worker processes" if args.workers > 1 else "")
+    name = display_name(args.bundle or args.checkpoint)
+    if args.workers > 1:  # every worker builds its own recommender (app_from_env)
+        del rec
+        os.environ[WORKER_ENV] = json.dumps({"bundle": args.bundle, "checkpoint": args.checkpoint,
+                                             "overrides": list(args.overrides), "threads": args.threads,
+                                             "name": name})
+        run(f"{__name__}:app_from_env", host=host, port=port, access_log=args.access_log,
+            workers=args.workers)
+        return 0
+    run(create_app(rec, cfg, name=name), host=host, port=port, access_log=args.access_log)
     return 0
+
+
+# environment variable through which `serve --workers N` hands its settings to the workers
+WORKER_ENV = "MARL_TWO_TOWER_SERVE_WORKER"
+
+
+def app_from_env():
+    """The app of one worker process of ``serve --workers N``: the recommender built
+    from the bundle or checkpoint, overrides and thread count that ``serve`` put in
+    :data:`WORKER_ENV` (uvicorn's workers are fresh processes that import this)."""
+    import faiss
+    import torch
+
+    from marl_two_tower.serving.service import create_app
+
+    spec = json.loads(os.environ[WORKER_ENV])
+    torch.set_num_threads(spec["threads"])
+    faiss.omp_set_num_threads(spec["threads"])
+    rec = build_recommender(spec["bundle"], spec["checkpoint"], spec["overrides"])
+    return create_app(rec, rec.cfg, name=spec["name"])
 
 
 def add_subparsers(sub) -> None:
@@ -97,6 +129,8 @@ def add_subparsers(sub) -> None:
                    help="override a config key, e.g. serving.ivf_nprobe=32 (repeatable)")
     p.add_argument("--host", default=None, help="bind address (default serving.host = 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default serving.port = 8000)")
-    p.add_argument("--threads", type=int, default=1, help="torch/FAISS threads (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="torch/FAISS threads per process (default 1)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="uvicorn worker processes, each with its own copy of the model (default 1)")
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.set_defaults(func=cmd_serve)

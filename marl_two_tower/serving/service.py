@@ -29,10 +29,12 @@ Every error body has one shape, :class:`ErrorOut`: ``{"detail": "<reason>"}``, p
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import math
+import socket
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -41,6 +43,7 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictInt, StrictStr
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from marl_two_tower.config import ServingConfig
 from marl_two_tower.serving.recommender import RecList, Recommender, UnknownFeature
@@ -364,10 +367,33 @@ def create_app(rec: Recommender, cfg: ServingConfig | None = None,
     return app
 
 
-def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, access_log: bool = False) -> None:
-    """Serve ``app`` with uvicorn (loopback by default; a wider bind is logged)."""
+class NoDelayH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with TCP_NODELAY set on every connection (``workers > 1``).
+
+    With several workers uvicorn binds the listening socket itself as
+    ``socket.socket(family)`` (protocol number 0), and asyncio sets TCP_NODELAY only on
+    sockets whose protocol is IPPROTO_TCP: the workers' connections kept Nagle's
+    algorithm, and a response written in two parts waited for the client's delayed
+    ACK, 40 ms per keep-alive request (1,490 -> 705 requests/s at c = 32)."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().connection_made(transport)
+
+
+def run(app: FastAPI | str, host: str = "127.0.0.1", port: int = 8000, access_log: bool = False,
+        workers: int = 1) -> None:
+    """Serve ``app`` with uvicorn (loopback by default; a wider bind is logged). With
+    ``workers > 1``, ``app`` is the ``"module:factory"`` string each worker process
+    calls to build its app."""
     import uvicorn
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding to %s: the API is reachable from other machines", host)
+    if workers > 1:
+        uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info",
+                    workers=workers, factory=True, http=NoDelayH11Protocol)
+        return
     uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info")
