@@ -5,6 +5,9 @@
    component), one trainer each, trained epoch by epoch in turns in one process (the
    order rotates every round), so all see the same machine load; the median over
    ``--repeats`` epochs and its ratio to the base.
+   Wall-clock time on a shared machine swings with the others' load during an epoch;
+   the CPU time of the process (``time.process_time``; one intra-op thread, so it is
+   the work done) is reported beside it and is the steadier ratio.
 2. **Threads**: ``--thread-steps`` supervised steps of the base and the full model
    and one ML-100K evaluation, with 1 intra-op thread and with torch's default (one
    per core), alternating; the ratio default / 1.
@@ -75,16 +78,20 @@ def train_part(args, split, ck: str) -> tuple[dict[str, Any], dict[str, Any]]:
     trainers = {name: Trainer(config(data, extra, f"{ck}/{name}", args.max_steps), split, progress=False)
                 for name, extra in variants().items()}
     times: dict[str, list[float]] = {k: [] for k in trainers}
+    cpu: dict[str, list[float]] = {k: [] for k in trainers}
     names = list(trainers)
     for epoch in range(args.repeats):
         shift = epoch % len(names)
         for name in names[shift:] + names[:shift]:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             trainers[name].train_epoch(epoch)
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
     med = {k: float(np.median(v)) for k, v in times.items()}
+    med_cpu = {k: float(np.median(v)) for k, v in cpu.items()}
     rows = {k: {"s_per_epoch": med[k], "ratio_to_base": med[k] / med["base"],
-                "all_s": [round(t, 3) for t in times[k]],
+                "cpu_s_per_epoch": med_cpu[k], "cpu_ratio_to_base": med_cpu[k] / med_cpu["base"],
+                "all_s": [round(t, 3) for t in times[k]], "all_cpu_s": [round(t, 3) for t in cpu[k]],
                 "batches": min(args.max_steps or len(trainers[k].sampler), len(trainers[k].sampler))}
             for k in trainers}
     return rows, trainers
@@ -208,11 +215,12 @@ def print_tables(doc: dict[str, Any]) -> None:
     if "train" in doc:
         t = doc["train"]
         print(f"Training, ML-100K (configs/ablation.yaml), seconds per epoch, median of "
-              f"{doc['repeats']} epochs in turns\n")
-        print("| model | batches | s/epoch | x base |")
-        print("|---|---|---|---|")
+              f"{doc['repeats']} epochs in turns (wall clock, and CPU time of this process)\n")
+        print("| model | batches | wall s/epoch | x base | CPU s/epoch | x base |")
+        print("|---|---|---|---|---|---|")
         for k, r in t.items():
-            print(f"| {k} | {r['batches']} | {r['s_per_epoch']:.2f} | {r['ratio_to_base']:.2f}x |")
+            print(f"| {k} | {r['batches']} | {r['s_per_epoch']:.2f} | {r['ratio_to_base']:.2f}x | "
+                  f"{r['cpu_s_per_epoch']:.2f} | {r['cpu_ratio_to_base']:.2f}x |")
     if "threads" in doc:
         print(f"\nThreads: 1 vs torch default ({DEFAULT_THREADS}), same work, alternating\n")
         print("| work | s, 1 thread | s, default | default / 1 |")
