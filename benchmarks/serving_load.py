@@ -225,8 +225,9 @@ def main() -> None:
     try:
         t0 = time.time()
         health = wait_healthy(base, proc)
-        print(f"server up in {time.time() - t0:.1f} s: {health['bundle']['dataset']} ({health['n_users']} users, "
-              f"{health['n_items']} items), index {health['index']}; log {log_path}")
+        print(f"server up in {time.time() - t0:.1f} s: {health['bundle']['dataset']} "
+              f"({health['n_users']} users, {health['n_items']} items), index {health['index']}; "
+              f"log {log_path}")
         # known users: sample original ids through the API's own id space
         from marl_two_tower.serving.commands import build_recommender
 
