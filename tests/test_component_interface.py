@@ -24,22 +24,23 @@ TINY = ["data.synthetic.n_users=150", "data.synthetic.n_items=100", "model.dim=1
         "model.id_dim=16", "model.hidden=32", "train.batch_size=128", "train.epochs=2",
         "train.patience=10", "train.max_steps_per_epoch=4"]
 WEIGHT = 0.01
-DROPPED_ITEM = 0
 
 
 class ItemL2(TrainingComponent):
-    """L_l2 = WEIGHT * ||E_items||^2; never trains on DROPPED_ITEM; counts its steps."""
+    """L_l2 = WEIGHT * ||E_items||^2; never trains on its ``dropped`` item (the most
+    popular train item, so there is something to drop); counts its steps."""
 
     name = "item_l2"
     state_key = "item_l2"
 
     def __init__(self, model: TwoTower, split) -> None:
         self.model, self.items = model, split.train_items
+        self.dropped = int(np.argmax(np.bincount(split.train_items)))
         self.steps = 0  # optimiser steps seen (checkpointed)
         self.seen: list[float] = []  # the logged l2 term of every step this epoch
 
     def filter_positives(self, idx: np.ndarray) -> np.ndarray:
-        return idx[self.items[idx] != DROPPED_ITEM]
+        return idx[self.items[idx] != self.dropped]
 
     def loss_terms(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
         return {"l2": WEIGHT * self.model.item_tower.id_emb.weight.pow(2).sum()}
@@ -95,8 +96,8 @@ def test_positives_history_and_checkpoint_state(tmp_path, split):
     tr.train_step = lambda idx, rng: (seen.append(idx), step(idx, rng))[1]
     state = tr.fit()
     used = np.concatenate(seen)
-    assert len(used) and not (split.train_items[used] == DROPPED_ITEM).any()
-    assert (split.train_items == DROPPED_ITEM).any()  # there was something to drop
+    assert len(used) and not (split.train_items[used] == comp.dropped).any()
+    assert (split.train_items == comp.dropped).any()  # there was something to drop
     assert comp.steps == state.step == 8
     for epoch, rec in enumerate(state.history, 1):
         assert rec["item_l2/steps"] == 4.0 * epoch
