@@ -52,6 +52,28 @@ def log_level(args: argparse.Namespace) -> int:
     return logging.WARNING if getattr(args, "quiet", False) else logging.INFO
 
 
+# Shortcut flags of `train` and `ablate` (and the seed's run_training.sh) -> config keys.
+TRAIN_FLAGS = (("epochs", "train.epochs"), ("batch_size", "train.batch_size"), ("lr", "train.lr"),
+               ("device", "train.device"), ("mixed_precision", "train.mixed_precision"))
+
+
+def add_train_flags(p: argparse.ArgumentParser) -> None:
+    """``--epochs``, ``--batch-size``, ``--lr``, ``--device``, ``--mixed-precision``: each one
+    a shortcut for ``--set`` of its config key (:data:`TRAIN_FLAGS`)."""
+    p.add_argument("--epochs", type=int, help="= --set train.epochs (default: the config's)")
+    p.add_argument("--batch-size", type=int,
+                   help="= --set train.batch_size (default: the config's)")
+    p.add_argument("--lr", type=float, help="= --set train.lr (default: the config's)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the config's)")
+    p.add_argument("--mixed-precision", choices=["none", "bf16", "fp16"],
+                   help="autocast dtype, = --set train.mixed_precision (default: the config's)")
+
+
+def flag_overrides(args: argparse.Namespace, flags: tuple[tuple[str, str], ...]) -> list[str]:
+    """``key=value`` overrides of the shortcut flags in ``flags`` that were given."""
+    return [f"{key}={getattr(args, flag)}" for flag, key in flags if getattr(args, flag) is not None]
+
+
 def config_from_args(args: argparse.Namespace, extra: list[str] | None = None) -> Config:
     """The config of ``-c`` with the ``--set`` overrides, then ``extra`` ones, applied."""
     return load_config(args.config, list(args.overrides) + (extra or []))

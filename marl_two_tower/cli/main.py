@@ -16,10 +16,13 @@ from pathlib import Path
 from marl_two_tower import __version__
 from marl_two_tower.cli.common import (
     NO_FLAGS,
+    TRAIN_FLAGS,
     HelpFormatter,
     add_config_args,
     add_output_args,
+    add_train_flags,
     config_from_args,
+    flag_overrides,
     log_level,
 )
 from marl_two_tower.errors import UserError
@@ -37,14 +40,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from marl_two_tower.study.run import train_and_evaluate
     from marl_two_tower.utils import distributed
 
-    extra = []
-    for flag, key in (("epochs", "train.epochs"), ("batch_size", "train.batch_size"),
-                      ("lr", "train.lr"), ("device", "train.device"),
-                      ("mixed_precision", "train.mixed_precision"), ("name", "name"),
-                      ("seed", "seed")):
-        val = getattr(args, flag)
-        if val is not None:
-            extra.append(f"{key}={val}")
+    extra = flag_overrides(args, (*TRAIN_FLAGS, ("name", "name"), ("seed", "seed")))
     extra += _component_overrides(args)
     cfg = config_from_args(args, extra)
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # spawn the ranks; each re-enters here
@@ -303,13 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model, then evaluate it once on test")
     add_config_args(p)
-    p.add_argument("--epochs", type=int, help="= --set train.epochs (default: the config's)")
-    p.add_argument("--batch-size", type=int,
-                   help="= --set train.batch_size (default: the config's)")
-    p.add_argument("--lr", type=float, help="= --set train.lr (default: the config's)")
-    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the config's)")
-    p.add_argument("--mixed-precision", choices=["none", "bf16", "fp16"],
-                   help="autocast dtype, = --set train.mixed_precision (default: the config's)")
+    add_train_flags(p)
     p.add_argument("--name", help="run name: results in <output_dir>/<name>/, checkpoints in "
                                   "checkpoints/<name>/ (default: the config's name)")
     p.add_argument("--seed", type=int, help="the one seed of the run (default: the config's seed)")

@@ -16,18 +16,11 @@ from pathlib import Path
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from marl_two_tower.cli.common import NO_FLAGS, config_from_args
+    from marl_two_tower.cli.common import NO_FLAGS, TRAIN_FLAGS, config_from_args, flag_overrides
     from marl_two_tower.study.ablation import run_study
     from marl_two_tower.study.variants import VARIANTS
 
-    extra = []
-    for flag, key in (("epochs", "train.epochs"), ("batch_size", "train.batch_size"),
-                      ("lr", "train.lr"), ("device", "train.device"),
-                      ("mixed_precision", "train.mixed_precision"), ("seed", "seed")):
-        val = getattr(args, flag)
-        if val is not None:
-            extra.append(f"{key}={val}")
-    cfg = config_from_args(args, extra)
+    cfg = config_from_args(args, flag_overrides(args, (*TRAIN_FLAGS, ("seed", "seed"))))
     exclude = [comp for flag, comp in NO_FLAGS.items() if getattr(args, flag)]
     only = None
     if args.variants:
@@ -89,7 +82,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def add_subparsers(sub: argparse._SubParsersAction) -> None:
     """Register ``ablate``, ``report`` and ``simulate``."""
-    from marl_two_tower.cli.common import NO_FLAGS, add_config_args, add_output_args
+    from marl_two_tower.cli.common import NO_FLAGS, add_config_args, add_output_args, add_train_flags
+    from marl_two_tower.study.variants import VARIANTS
 
     # no --resume (a study always resumes its finished and interrupted runs) and no
     # --name (runs are named <variant>/seed<S> inside --output-dir)
@@ -97,17 +91,11 @@ def add_subparsers(sub: argparse._SubParsersAction) -> None:
     add_config_args(p)
     p.add_argument("--seeds", type=int, default=3, help="number of seeds: seed, seed+1, ...")
     p.add_argument("--output-dir", default="runs/ablation", help="study folder")
-    p.add_argument("--variants", help="comma-separated subset of base,context_gnn,marl,"
-                                      "fair_sampler,buhs,gini (default: all)")
+    p.add_argument("--variants", help="comma-separated subset of "
+                                      f"{','.join(v.key for v in VARIANTS)} (default: all)")
     p.add_argument("--no-baselines", action="store_true",
                    help="skip MostPop/ItemKNN/BPR/EASE (shown on the frontier plot)")
-    p.add_argument("--epochs", type=int, help="= --set train.epochs (default: the config's)")
-    p.add_argument("--batch-size", type=int,
-                   help="= --set train.batch_size (default: the config's)")
-    p.add_argument("--lr", type=float, help="= --set train.lr (default: the config's)")
-    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the config's)")
-    p.add_argument("--mixed-precision", choices=["none", "bf16", "fp16"],
-                   help="= --set train.mixed_precision (default: the config's)")
+    add_train_flags(p)
     p.add_argument("--seed", type=int, help="first seed (default: the config's seed)")
     for flag, comp in NO_FLAGS.items():
         p.add_argument("--" + flag.replace("_", "-"), action="store_true",
