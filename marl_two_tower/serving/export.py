@@ -135,8 +135,8 @@ def compute_user_state(model: TwoTower, n_users: int, batch_size: int = 1024
             fam_v.append(ov_v.float().cpu().masked_fill(ov_i.cpu() < 0, 0.0))
     items = items.float().cpu()
     z_all = torch.cat(zs) if zs else torch.zeros(0, items.shape[1])
-    adj = getattr(model, "score_adjuster", None)
-    if adj is None or not getattr(adj, "max_items", 0) or not fam_i:
+    adj = model.score_adjuster
+    if adj is None or not adj.max_items or not fam_i:
         return z_all, items, None
     width = max(x.shape[1] for x in fam_i)
     pad_i = [torch.nn.functional.pad(x, (0, width - x.shape[1]), value=-1) for x in fam_i]
