@@ -19,8 +19,9 @@ All parts read ML-100K from ``--data`` (default ``$MARL_TWO_TOWER_DATA/ml-100k``
   ``SyntheticConfig`` are these values, rounded.
 * ``models`` (``--models``): MostPop, ItemKNN, BPR-MF, EASE, the SASRec reference,
   the base two-tower and the full model (every component) trained and evaluated on
-  ML-100K (``configs/ml100k.yaml`` / ``configs/ablation.yaml`` settings, as in
-  docs/results.md) and on the demo's data (exactly the demo's settings); the order of
+  ML-100K (``configs/ml100k.yaml`` / ``configs/ablation.yaml`` settings and the
+  baselines' defaults, as in docs/results.md) and on the demo's data (exactly the
+  demo's settings, its ``BASELINE_PARAMS`` included); the order of
   the models by test HR@10 and by Gini@10 on each, and the Spearman rank correlation
   between the two orders. One model at a time, ``train.num_threads=--threads``; a
   model already in the JSON for the same data fingerprint and settings is reused
@@ -49,7 +50,10 @@ ML100K_SIZE = {"n_users": 943, "n_items": 1682, "interactions_per_user": 106.0}
 TARGETS: dict[str, float] = {
     "pop_gini": 0.02, "top10_share": 0.02, "top1_share": 0.01, "items_under_5": 0.03,
     "len_median": 5.0, "len_p90": 15.0, "genres_per_item": 0.05,
-    "log_sequential_lift": 0.1, "successor_hit": 0.01, "drift_gap": 0.01,
+    "log_sequential_lift": 0.1, "log_lift_lag.3": 0.1, "log_lift_lag.8": 0.1,
+    "successor_hit": 0.01, "genre_cos_lift_by_lag.1": 0.02, "genre_cos_lift_by_lag.8": 0.02,
+    "pop_distance_ratio_by_lag.1": 0.02, "pop_distance_ratio_by_lag.8": 0.02, "drift_gap": 0.01,
+    "recency_gain_3": 0.05, "recency_gain_10": 0.05,
     "agegender_excess_kl.5-19": 0.02, "agegender_excess_kl.20-99": 0.02,
     "agegender_excess_kl.100+": 0.02, "occupation_excess_kl.5-19": 0.02,
     "occupation_excess_kl.20-99": 0.02, "occupation_excess_kl.100+": 0.02,
@@ -60,19 +64,24 @@ GRID: dict[str, list[float]] = {
     "demographic_shift": [1.0, 1.5, 2.0, 2.5, 3.0],
     "history_spread": [0.8, 1.0, 1.1, 1.2, 1.3, 1.4],
     "extra_genre_prob": [0.3, 0.4, 0.45, 0.5, 0.55],
-    "transition_prob": [0.0, 0.03, 0.05, 0.08, 0.12, 0.16, 0.2],
-    "taste_drift": [0.0, 0.5, 1.0, 1.5, 2.0],
+    "transition_prob": [0.0, 0.05, 0.1, 0.15, 0.2, 0.3],
+    "episode_length": [1.0, 10.0, 20.0, 40.0, 60.0, 100.0],
+    "transition_successors": [4, 8, 16],
+    "taste_drift": [0.0, 1.0, 2.0, 3.0, 4.0, 6.0],
+    "genre_drift": [0.0, 0.5, 1.0, 2.0],
     "niche_fraction": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
     "niche_rate": [0.0, 0.01, 0.02, 0.03, 0.05, 0.08],
 }
 # knobs searched jointly (they act on the same statistics)
-JOINT = [("niche_fraction", "niche_rate")]
+JOINT = [("niche_fraction", "niche_rate"), ("transition_prob", "episode_length")]
 
 
 def stat(profile: dict[str, Any], key: str) -> float:
     """A (possibly derived or nested) statistic of a profile."""
     if key == "log_sequential_lift":
         return float(np.log(max(profile["sequential_lift"], 1e-6)))
+    if key.startswith("log_lift_lag."):
+        return float(np.log(max(profile["sequential_lift_by_lag"][key.split(".", 1)[1]], 1e-6)))
     if "." in key:
         outer, inner = key.split(".", 1)
         value = profile[outer][inner]
@@ -159,8 +168,9 @@ def fit(data: Path, rounds: int = 2) -> dict[str, Any]:
     for r in range(rounds):
         for group in groups:
             grids = np.meshgrid(*[GRID[k] for k in group], indexing="ij")
-            options = [dict(zip(group, vals, strict=True)) for vals in zip(*[g.ravel() for g in grids],
-                                                                           strict=True)]
+            kinds = [type(getattr(SyntheticConfig(), k)) for k in group]
+            options = [{k: kind(v) for k, kind, v in zip(group, kinds, vals, strict=True)}
+                       for vals in zip(*[g.ravel() for g in grids], strict=True)]
             scored = [(evaluate({**best, **opt}), opt) for opt in options]
             value, opt = min(scored, key=lambda s: s[0])
             best.update(opt)
@@ -201,7 +211,12 @@ def model_configs(dataset: str, data: Path, threads: int, out: Path) -> dict[str
         return {"baselines": load_config("ml100k.yaml", [*real, *run("baselines")]),
                 "base": load_config("ml100k.yaml", [*real, *run("two_tower_base")]),
                 "full": load_config("ablation.yaml", [*real, *on, *run("two_tower_full")])}
-    return {"baselines": demo_config(runs, False, "baselines", common),
+    try:  # the demo's own baseline settings (e.g. its shorter SASRec), where it has them
+        from marl_two_tower.study.demo import BASELINE_PARAMS
+    except ImportError:
+        BASELINE_PARAMS = {}
+    return {"baseline_params": BASELINE_PARAMS,
+            "baselines": demo_config(runs, False, "baselines", common),
             "base": demo_config(runs, False, "two_tower_base", run("two_tower_base")),
             "full": demo_config(runs, False, "two_tower_full", [*run("two_tower_full"), *on])}
 
@@ -224,7 +239,8 @@ def train_one(model: str, cfgs: dict[str, Any], split) -> dict[str, Any]:
 
         cfg = cfgs["baselines"]
         torch.set_num_threads(max(cfg.train.num_threads, 1))
-        fitted = BASELINES[_BASELINE_KEYS[model]]().fit(split)
+        params = cfgs.get("baseline_params", {}).get(_BASELINE_KEYS[model], {})
+        fitted = BASELINES[_BASELINE_KEYS[model]](**params).fit(split)
         metrics = evaluate_model(split, fitted.score, cfg, "test", protocol="full", groups=False)["full"]
         extra = {}
     return {"metrics": {k: metrics.get(k) for k in KEYS}, "seconds": time.perf_counter() - t0,
@@ -238,7 +254,13 @@ def settings_key(model: str, cfgs: dict[str, Any]) -> str:
     from marl_two_tower.config import fingerprint_config
 
     cfg = cfgs[model] if model in ("base", "full") else cfgs["baselines"]
-    text = json.dumps(fingerprint_config(cfg), sort_keys=True, default=str)
+    fp = fingerprint_config(cfg)
+    if fp["data"]["source"] != "synthetic":  # the generator's knobs do not touch real data
+        fp["data"] = {k: v for k, v in fp["data"].items() if k != "synthetic"}
+    if model not in ("base", "full"):  # a baseline reads the data and its own settings only
+        fp = {"data": fp["data"],
+              "params": cfgs.get("baseline_params", {}).get(_BASELINE_KEYS[model], {})}
+    text = json.dumps(fp, sort_keys=True, default=str)
     return hashlib.sha256(f"{model}:{text}".encode()).hexdigest()[:16]
 
 
@@ -292,6 +314,37 @@ def run_models(data: Path, threads: int, force: bool, only: list[str] | None) ->
     return doc
 
 
+def order_check(data: Path, threads: int) -> dict[str, Any]:
+    """Does the order of the train histories help a sequence model? SASRec (the demo's
+    settings) fitted on each dataset's split as is and with every user's train items
+    shuffled (validation and test targets untouched); test HR@10 of both."""
+    import torch
+
+    from marl_two_tower.baselines import SASRec
+    from marl_two_tower.data import load_split
+    from marl_two_tower.eval.protocols import evaluate
+
+    torch.set_num_threads(max(threads, 1))
+    cfgs = {"ml-100k": model_configs("ml-100k", data, threads, Path("/tmp/mtt-realism")),
+            "demo": model_configs("demo", data, threads, Path("/tmp/mtt-realism"))}
+    params = cfgs["demo"].get("baseline_params", {}).get("sasrec", {})
+    out: dict[str, Any] = {"model": "SASRec", "params": params}
+    for name, c in cfgs.items():
+        split = load_split(c["base"].data)
+        row = {}
+        for variant in ("ordered", "train_shuffled"):
+            if variant == "train_shuffled":
+                rng = np.random.default_rng(0)
+                owner = np.repeat(np.arange(split.n_users), np.diff(split.train_indptr))
+                split.train_items = split.train_items[np.lexsort((rng.random(len(owner)), owner))]
+            model = SASRec(**params).fit(split)
+            row[variant] = evaluate(split, model.score, "test", ks=(10,), protocol="full",
+                                    groups=False)["full"]["HR@10"]
+            print(f"order check {name:8s} {variant:15s} HR@10 {row[variant]:.4f}", flush=True)
+        out[name] = row
+    return out
+
+
 def summarise(doc: dict[str, Any]) -> dict[str, Any]:
     """Orders by HR@10 and Gini@10 on each dataset and their Spearman correlations."""
     scores = {ds: {m: r["metrics"] for m, r in doc.get(ds, {}).get("rows", {}).items()
@@ -307,6 +360,81 @@ def summarise(doc: dict[str, Any]) -> dict[str, Any]:
     return {"summary": summary}
 
 
+STAT_ROWS = [("interactions", "n_interactions", "{:,}"), ("density", "density", "{:.3f}"),
+             ("Gini of item popularity", "pop_gini", "{:.3f}"),
+             ("share of the top 10% items", "top10_share", "{:.3f}"),
+             ("share of the top 1% items", "top1_share", "{:.3f}"),
+             ("items with < 5 interactions", "items_under_5", "{:.3f}"),
+             ("history length min / median / p90 / max", ("len_min", "len_median", "len_p90", "len_max"),
+              "{:.0f}"),
+             ("genres per item", "genres_per_item", "{:.2f}"),
+             ("top-3 genre shares", ("genre_shares", 3), "{:.3f}"),
+             ("successor hit (real order / shuffled)", ("successor_hit", "successor_hit_shuffled"),
+              "{:.3f}"),
+             ("sequential lift", "sequential_lift", "{:.2f}"),
+             ("sequential lift at lags 3 / 8 / 13", ("sequential_lift_by_lag", "3", "8", "13"), "{:.2f}"),
+             ("genre cosine lift at lags 1 / 8", ("genre_cos_lift_by_lag", "1", "8"), "{:.3f}"),
+             ("popularity distance ratio at lags 1 / 8", ("pop_distance_ratio_by_lag", "1", "8"),
+              "{:.3f}"),
+             ("recency kNN HR@10: last 3 / last 10 / all items", ("recency_knn_hr", "3", "10", "all"),
+              "{:.3f}"),
+             ("drift gap", "drift_gap", "{:.3f}"),
+             ("popularity percentile, first / last tenth of histories",
+              ("pop_first_decile", "pop_last_decile"), "{:.3f}"),
+             ("excess KL gender x age (5-19 / 20-99 / 100+)", ("agegender_excess_kl",), "{:.3f}"),
+             ("excess KL occupation (5-19 / 20-99 / 100+)", ("occupation_excess_kl",), "{:.3f}")]
+
+
+def _cell(profile: dict[str, Any], key: Any, fmt: str) -> str:
+    if isinstance(key, str):
+        return fmt.format(profile[key])
+    if len(key) == 2 and isinstance(key[1], int):
+        return " / ".join(fmt.format(v) for v in profile[key[0]][: key[1]])
+    if isinstance(profile.get(key[0]), dict) and len(key) > 1:  # named entries of a dict
+        return " / ".join(fmt.format(profile[key[0]][k]) for k in key[1:])
+    if len(key) == 1:  # popularity bands, in BANDS order (the JSON sorts keys)
+        from marl_two_tower.metrics.data_profile import BANDS
+
+        vals = [profile[key[0]][band] for band in BANDS]
+        return " / ".join("n/a" if v is None else fmt.format(v) for v in vals)
+    return " / ".join(fmt.format(profile[k]) for k in key)
+
+
+def markdown_tables(doc: dict[str, Any]) -> str:
+    """The statistics table and the model-order table of docs/data.md, from the JSON."""
+    prof = doc["profiles"]
+    cols = ["ml-100k", "synthetic@ml-100k-size", "demo"]
+    sizes = {c: f"{prof[c]['n_users']} x {prof[c]['n_items']}" for c in cols}
+    lines = ["| statistic | ML-100K | synthetic (ML-100K size) | demo data |", "|---|---|---|---|",
+             "| users x items | " + " | ".join(sizes[c] for c in cols) + " |"]
+    for label, key, fmt in STAT_ROWS:
+        lines.append(f"| {label} | " + " | ".join(_cell(prof[c], key, fmt) for c in cols) + " |")
+    models = doc.get("models")
+    if models:
+        summ = models["summary"]
+        names = summ["models_compared"]
+        lines += ["", "| model | ML-100K HR@10 | demo HR@10 | ML-100K Gini@10 | demo Gini@10 |",
+                  "|---|---|---|---|---|"]
+        for m in names:
+            a, b = models["ml-100k"]["rows"][m]["metrics"], models["demo"]["rows"][m]["metrics"]
+            lines.append(f"| {m} | {a['HR@10']:.4f} | {b['HR@10']:.4f} | {a['Gini@10']:.4f} | "
+                         f"{b['Gini@10']:.4f} |")
+        lines += ["", f"Order by HR@10 (best first): ML-100K {' > '.join(summ['order_HR@10_ml-100k'])}; "
+                      f"demo {' > '.join(summ['order_HR@10_demo'])}. "
+                      f"Spearman rank correlation {summ['spearman_HR@10']:.2f}.",
+                  "",
+                  f"Order by Gini@10 (most even first): ML-100K {' < '.join(summ['order_Gini@10_ml-100k'])}; "
+                  f"demo {' < '.join(summ['order_Gini@10_demo'])}. "
+                  f"Spearman rank correlation {summ['spearman_Gini@10']:.2f}."]
+    check = doc.get("order_check")
+    if check:
+        lines += ["", "| SASRec (demo settings), test HR@10 | ML-100K | demo data |", "|---|---|---|"]
+        for variant, label in (("ordered", "train histories in time order"),
+                               ("train_shuffled", "train histories shuffled")):
+            lines.append(f"| {label} | {check['ml-100k'][variant]:.4f} | {check['demo'][variant]:.4f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DEFAULT_DATA / "ml-100k"), help="ML-100K folder")
@@ -315,9 +443,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", action="store_true", help="the model orders (trains models)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--force", action="store_true", help="retrain models already in the JSON")
+    ap.add_argument("--order-check", action="store_true",
+                    help="SASRec on ordered vs shuffled train histories, both datasets")
+    ap.add_argument("--tables", action="store_true",
+                    help="print the Markdown tables of docs/data.md from the JSON and exit")
     ap.add_argument("--only", nargs="*", choices=MODELS, default=None,
                     help="models to (re)run (default all)")
     args = ap.parse_args(argv)
+    if args.tables:
+        print(markdown_tables(load_results()))
+        return 0
     data = Path(args.data)
     if not (data / "u.data").is_file():
         print(f"error: {data}: no ML-100K u.data (set --data or MARL_TWO_TOWER_DATA)", file=sys.stderr)
@@ -326,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.fit:
         save_section("fit", fit(data))
     save_section("profiles", profiles(data))
+    if args.order_check:
+        save_section("order_check", order_check(data, args.threads))
     if args.models:
         result = run_models(data, args.threads, args.force, args.only)
         save_section("models", result)

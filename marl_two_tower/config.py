@@ -56,19 +56,20 @@ class SyntheticConfig:
     it: docs/data.md).
     """
 
-    n_users: int = 1500  # number of users
-    n_items: int = 1000  # number of items
-    # mean history length (the demo's size: about as many interactions as the first
-    # generator's default gave; ML-100K has 106, see benchmarks/synthetic_realism.py)
-    interactions_per_user: float = 25.0
+    # the default world's size: ML-100K's interactions per item (~56) and density (~7%)
+    # with 38k interactions (the first generator's default gave 34k), so the demo stays
+    # fast; ML-100K itself is 943 x 1682 x 106 (benchmarks/synthetic_realism.py)
+    n_users: int = 800  # number of users
+    n_items: int = 700  # number of items
+    interactions_per_user: float = 50.0  # mean history length
     n_genres: int = 18  # genres (items are multi-genre); ML-100K has 18 (+ "unknown")
     # item popularity curve: > 0 = lognormal, log w = sigma * (normal quantile of the
     # item's random rank) (ML-100K's flat head and long tail); 0 = Zipf, w ~ rank^-zipf_exponent
-    popularity_sigma: float = 2.4
+    popularity_sigma: float = 2.6
     zipf_exponent: float = 1.0  # Zipf exponent (used when popularity_sigma = 0)
     genre_affinity: float = 3.0  # strength of planted per-user genre preferences
     # scale of the genre-preference shifts by gender and age (demographic signal)
-    demographic_shift: float = 3.0
+    demographic_shift: float = 2.5
     latent_dim: int = 8  # dimension of planted latent preference factors
     seed: int = 7  # generator seed (independent of the training seed)
     # redraw repeated (user, item) draws so every history has its drawn length (mean =
@@ -80,18 +81,24 @@ class SyntheticConfig:
     min_history: int = 20
     # log-sd of the lognormal history length above the minimum (right tail of heavy
     # users); 0 = the first generator's min_history + geometric lengths
-    history_spread: float = 1.2
+    history_spread: float = 1.1
     # genre sizes: "ml-100k" = ML-100K's genre shares of interactions (resampled to
     # n_genres), "dirichlet" = random unequal sizes (the first generator)
     genre_mix: Literal["ml-100k", "dirichlet"] = "ml-100k"
-    extra_genre_prob: float = 0.4  # probability of each of two secondary genres per item
-    # taste drift over a history: sd of the change of the genre logits and latent
-    # factors from a history's start to its end (0 = stationary tastes)
-    taste_drift: float = 1.0
+    extra_genre_prob: float = 0.45  # probability of each of two secondary genres per item
+    # taste drift over a history: sd of the change of the latent factors (taste_drift)
+    # and of the genre logits (genre_drift) from a history's start to its end (0 = none)
+    taste_drift: float = 3.0
+    genre_drift: float = 0.0
     # probability that an interaction is one of the previous item's successors (a
     # sparse next-item kernel over related items; 0 = order carries no signal)
-    transition_prob: float = 0.16
-    transition_successors: int = 4  # successors per item (same genre, latent-closest)
+    transition_prob: float = 0.1
+    # successors per item: the next items in its genre's chart (a "page" to pick from)
+    transition_successors: int = 4
+    # mean length (in items) of a history's episodes: a transition follows the episode's
+    # cursor (its first item, then its latest transition), so an episode walks down a
+    # genre chart, like a rating session in MovieLens; 1 = the previous item
+    episode_length: float = 100.0
     # share of the catalogue (least popular by base weight) that are niche items, each
     # with a home segment (an occupation); 0 = none
     niche_fraction: float = 0.8
@@ -476,7 +483,9 @@ CHECKS: dict[type, dict[str, Check]] = {
                       "popularity_sigma": NON_NEGATIVE, "demographic_shift": NON_NEGATIVE,
                       "min_history": AT_LEAST_1, "history_spread": NON_NEGATIVE,
                       "extra_genre_prob": UNIT, "taste_drift": NON_NEGATIVE,
+                      "genre_drift": NON_NEGATIVE,
                       "transition_prob": Range(0, 0.95), "transition_successors": AT_LEAST_1,
+                      "episode_length": Range(1),
                       "niche_fraction": UNIT, "niche_rate": UNIT},
     DataConfig: {"tail_fraction": UNIT, "min_item_count": NON_NEGATIVE},
     ModelConfig: {"dim": AT_LEAST_1, "id_dim": AT_LEAST_1, "hidden": AT_LEAST_1,

@@ -16,8 +16,8 @@ Item side (the *world*):
   ML-100K's genre shares of interactions (:data:`ML100K_GENRE_SHARES`, resampled to
   ``n_genres``); ``"dirichlet"``: random unequal sizes (the first generator).
 * **Successors** (``transition_prob > 0``): each item ``a`` has ``transition_successors``
-  related items (same primary genre, drawn by sqrt-popularity, the latent-closest of
-  4x as many candidates): a sparse "next item" kernel.
+  related items, the next ones after it in its primary genre's chart (the genre's
+  items by popularity): a sparse "next item" kernel whose chains keep a direction.
 * **Niche items** (``niche_fraction > 0``): the least popular ``niche_fraction`` of
   the catalogue (by base weight) each belong to one user *segment*: an occupation
   (21 segments, equally common; items assigned uniformly).
@@ -28,10 +28,10 @@ User side (per user, in chunks of 100k users, each with its own random streams):
   age shift the genre preferences (``demographic_shift`` scales the shifts).
 * **Taste.** Genre logits ``genre_affinity * N(0, 1) + shift(gender) + shift(age) + b``
   (``b`` makes the mean preference equal the genre mix) and latent factors ``p_u``.
-  With ``taste_drift > 0`` the user also has end-of-history tastes (logits and
-  factors moved by ``taste_drift * N(0, 1)``); at relative position ``t in [0, 1]`` of
-  the history the genre comes from the end taste with probability ``t`` and the
-  factors are ``(1 - t) p_start + t p_end``: a slow drift over the history.
+  Drift: the user also has end-of-history tastes, genre logits moved by
+  ``genre_drift * N(0, 1)`` and factors by ``taste_drift * N(0, 1)``; at relative
+  position ``t in [0, 1]`` of the history the genre comes from the end taste with
+  probability ``t`` and the factors are ``(1 - t) p_start + t p_end``: a slow drift.
 * **Lengths.** ``history_spread > 0``: ``lo + LogNormal`` with mean
   ``interactions_per_user`` and log-sd ``history_spread``, ``lo = min(min_history,
   ceil(interactions_per_user / 2))`` (a small mean wins over the minimum); ``0``:
@@ -46,9 +46,14 @@ Each interaction slot of a history, in time order:
 2. **Niche draw** (probability ``niche_rate``): 4 candidates among the niche items
    of the user's segment (by base weight), the same latent pick.
 3. **Transition** (probability ``transition_prob``, not at a history's first slot):
-   the item is one of the previous item's successors (latent pick among them), so
-   the order of a history carries signal. Chains (a transition after a transition)
-   are resolved level by level: vectorised, O(slots) work in total.
+   the item is one of the successors (latent pick among them) of the current
+   *episode*'s cursor. A history is cut into episodes (each slot begins one with
+   probability ``1 / episode_length``); the cursor is the episode's first item, then
+   its latest transition, so an episode walks down a genre chart while its other
+   draws come and go: items close in time are related, and less so the further apart
+   they are (ML-100K's rating sessions; ``episode_length = 1``: a transition follows
+   the previous item). Chains (a transition whose source is a transition) are
+   resolved level by level: vectorised, O(slots) work per level.
 
 A repeated (user, item) draw keeps its first occurrence. With ``exact_lengths`` the
 missing slots are appended at the history's end (end taste, transitions continuing
@@ -87,7 +92,6 @@ FEMALE_SHARE = 0.3  # about 30% as in ML-1M
 N_OCCUPATIONS = 21
 N_SEGMENTS = N_OCCUPATIONS  # niche segments: one per occupation
 _CANDIDATES = 4
-_SUCCESSOR_POOL = 4  # successors are the latent-closest of this many times as many candidates
 _CHUNK_USERS = 100_000  # users per chunk (fixes the RNG streams: do not change)
 _BLOCK = 1 << 20  # interaction rows per block of the candidate-affinity maths
 _TOPUP_ROUNDS = 32  # redraw rounds of exact_lengths; on tiny catalogues a history may stay short
@@ -109,8 +113,9 @@ LEGACY: dict[str, Any] = {
     "zipf_exponent": 1.0, "popularity_sigma": 0.0, "genre_affinity": 3.0, "latent_dim": 8,
     "demographic_shift": 1.0,
     "exact_lengths": False, "min_history": 5, "history_spread": 0.0, "genre_mix": "dirichlet",
-    "extra_genre_prob": 0.3, "taste_drift": 0.0, "transition_prob": 0.0,
-    "transition_successors": 4, "niche_fraction": 0.0, "niche_rate": 0.0,
+    "extra_genre_prob": 0.3, "taste_drift": 0.0, "genre_drift": 0.0, "transition_prob": 0.0,
+    "transition_successors": 4, "episode_length": 1.0, "niche_fraction": 0.0,
+    "niche_rate": 0.0,
 }  # fmt: skip
 
 
@@ -129,7 +134,10 @@ def check_config(cfg: SyntheticConfig) -> None:
             raise bad(key, "a value in [0, 1]")
     if cfg.transition_prob > 0.95:
         raise bad("transition_prob", "<= 0.95 (chains of transitions must end)")
-    for key in ("history_spread", "taste_drift", "popularity_sigma", "demographic_shift"):
+    if cfg.episode_length < 1:
+        raise bad("episode_length", "a value >= 1")
+    for key in ("history_spread", "taste_drift", "genre_drift", "popularity_sigma",
+                "demographic_shift"):
         if getattr(cfg, key) < 0:
             raise bad(key, "a value >= 0")
     if cfg.min_history < 1:
@@ -234,21 +242,21 @@ class _World:
         return bias - bias.mean()
 
     def _successors(self, rng: np.random.Generator) -> np.ndarray:
-        """``[n_items, K]`` successors of every item: ``_SUCCESSOR_POOL * K`` candidates
-        in the item's primary genre by sqrt-popularity, the K latent-closest kept
-        (the item itself excluded)."""
+        """``[n_items, K]`` successors of every item: the K items after it in its primary
+        genre's list (the genre's items by descending base weight, wrapping around to
+        the top), as a user scrolling a genre's chart picks the next item further down.
+        Chained, such steps keep a consistent direction, so items several steps apart
+        stay related (a genre alone in its list falls back to global draws)."""
         cfg = self.cfg
         n, k = cfg.n_items, cfg.transition_successors
-        sampler = _GenreSampler(self.primary, np.sqrt(self.weight), cfg.n_genres)
-        pool = _SUCCESSOR_POOL * k
-        cand = np.empty((n, pool), dtype=np.int64)
-        for c in range(pool):
-            cand[:, c] = sampler.draw(self.primary, rng.random(n))[0]
-        sim = np.einsum("nd,ncd->nc", self.q, self.q[cand])
-        sim[cand == np.arange(n)[:, None]] = -np.inf  # never the item itself
-        best = np.argsort(-sim, axis=1, kind="stable")[:, :k]
-        succ = np.take_along_axis(cand, best, axis=1)
-        # an item alone in its genre has only itself: fall back to a global draw
+        order = np.lexsort((-self.weight, self.primary))  # by genre, then most popular first
+        start = np.searchsorted(self.primary[order], np.arange(cfg.n_genres))
+        end = np.searchsorted(self.primary[order], np.arange(cfg.n_genres), "right")
+        rank = np.empty(n, dtype=np.int64)
+        rank[order] = np.arange(n) - start[self.primary[order]]
+        size = (end - start)[self.primary]
+        step = (rank[:, None] + np.arange(1, k + 1)) % size[:, None]
+        succ = order[start[self.primary][:, None] + step]
         alone = succ == np.arange(n)[:, None]
         if alone.any():
             succ[alone] = self.draw_global(int(alone.sum()), rng)
@@ -315,9 +323,11 @@ def _user_chunk(world: _World, n: int, rng: np.random.Generator,
     length = np.minimum(length, cap)
     out = {"gender": gender, "age": age, "occupation": occupation, "pref": pref,
            "p": p_user, "length": length, "segment": occupation}
-    if cfg.taste_drift > 0:
+    if cfg.taste_drift > 0 or cfg.genre_drift > 0:
         drng = _stream(cfg, 10, first_user)
-        out["pref_end"] = _softmax_cdf(logits + cfg.taste_drift * drng.normal(0, 1, logits.shape))
+        move = drng.normal(0, 1, logits.shape)
+        if cfg.genre_drift > 0:
+            out["pref_end"] = _softmax_cdf(logits + cfg.genre_drift * move)
         out["dp"] = (cfg.taste_drift * drng.normal(0, 1, p_user.shape)).astype(np.float32)
     return out
 
@@ -395,31 +405,49 @@ def _niche_draws(world: _World, users: dict[str, np.ndarray], uid: np.ndarray, t
 def _transitions(world: _World, users: dict[str, np.ndarray], uid: np.ndarray, tau: np.ndarray,
                  first: np.ndarray, prev_item: np.ndarray, item: np.ndarray,
                  rng: np.random.Generator) -> None:
-    """With probability ``transition_prob`` a slot takes a successor of the item before
-    it (latent + Gumbel pick among the successors); in place.
+    """With probability ``transition_prob`` a slot takes a successor of the episode's
+    cursor (latent + Gumbel pick among the successors); in place.
 
-    Slots are user-major and time-ordered; ``first`` marks each user's first slot, whose
-    predecessor is ``prev_item[uid]`` (-1 = none: no transition). A chain of
-    transitions is resolved level by level (depth = slots since the last non-transition
-    slot), every level one vectorised step.
+    Episodes: every slot begins one with probability ``1 / episode_length``, and so
+    does the first slot of a history. The cursor is the episode's first item, then
+    its latest transition: an episode walks down a genre chart while its other draws
+    come and go (``episode_length = 1``: every slot begins an episode, so a transition
+    follows the previous item). Slots are user-major and time-ordered; ``first`` marks the first slot of
+    each user's run of slots, and ``prev_item[uid]`` (-1 = none) is the item just
+    before it (the top-ups of exact lengths continue a history from its last item,
+    which then plays the episode's first item). A transition whose source is itself a
+    transition is resolved after it: level by level (depth = transitions along the
+    chain of sources), every level one vectorised step.
     """
+    cfg = world.cfg
     m = len(uid)
-    trans = rng.random(m) < world.cfg.transition_prob
-    trans &= ~(first & (prev_item[uid] < 0))
+    idx = np.arange(m)
+    trans = rng.random(m) < cfg.transition_prob
+    has_prev = prev_item[uid] >= 0
+    begins = (rng.random(m) < 1.0 / cfg.episode_length) | (first & ~has_prev)
+    start = np.maximum.accumulate(np.where(first, idx, 0))
+    # the episode's cursor: its first item, then each transition in turn (the other
+    # draws of the episode do not move it)
+    cursor = trans | begins
+    last_cursor = np.maximum.accumulate(np.where(cursor, idx, -1))
+    src = np.r_[-1, last_cursor[:-1]]  # the last cursor slot strictly before k
+    virtual = src < start  # none in this run of slots: the item before it, if any
+    trans &= ~(virtual & ~has_prev)
     if not trans.any():
         return
-    idx = np.arange(m)
-    # anchor: the last slot at or before k that is not a transition (a user's first
-    # slot that is a transition anchors on the virtual slot k - 1 = prev_item)
-    anchor = np.maximum.accumulate(np.where(~trans, idx, np.where(first, idx - 1, -1)))
-    depth = idx - anchor
+    depth = trans.astype(np.int64)
+    while True:  # depth of a transition = 1 + depth of its source (max chain length rounds)
+        new = np.where(trans, 1 + np.where(virtual, 0, depth[np.maximum(src, 0)]), 0)
+        if np.array_equal(new, depth):
+            break
+        depth = new
     order = np.flatnonzero(trans)
     order = order[np.argsort(depth[order], kind="stable")]
     bounds = np.searchsorted(depth[order], np.arange(1, depth.max() + 2))
     gumbel = _gumbel(rng, (len(order), world.successors.shape[1]))
     for d in range(len(bounds) - 1):
         ks = order[bounds[d] : bounds[d + 1]]
-        before = np.where(first[ks], prev_item[uid[ks]], item[np.maximum(ks - 1, 0)])
+        before = np.where(virtual[ks], prev_item[uid[ks]], item[np.maximum(src[ks], 0)])
         cand = world.successors[before]
         item[ks] = _pick(users, world, uid[ks], tau[ks], cand, gumbel[bounds[d] : bounds[d + 1]])
 

@@ -14,13 +14,22 @@ generator is calibrated against (``benchmarks/synthetic_realism.py``, docs/data.
   (a, b) whose b is among a's 10 most frequent successors in the other half's
   histories; ``successor_hit_shuffled`` = the same with each user's history shuffled
   (same items, order destroyed); their ratio ``sequential_lift`` is 1 when order
-  carries no item-to-item signal.
+  carries no item-to-item signal. ``sequential_lift_by_lag``: the same ratio for pairs
+  1, 2, 3, 5, 8 and 13 positions apart (how far the order's signal reaches);
+  ``genre_cos_lift_by_lag`` = mean genre cosine of such pairs over that of the
+  shuffled histories, ``pop_distance_ratio_by_lag`` = mean |log popularity
+  difference| of such pairs over the shuffled one (< 1: items close in time are
+  close in popularity).
   ``drift_gap`` = mean cosine between a user's genre vectors (the items' genre shares
   summed) over adjacent quarters of the history (1st-2nd and 3rd-4th, averaged) minus
   over the first and last quarter: > 0 when tastes drift slowly (far parts of a
   history differ more than near parts; short-range transitions barely touch it).
   ``pop_first_decile`` / ``pop_last_decile`` = mean popularity percentile of the items
   in the first / last tenth of the histories.
+* **Recency**: ``recency_knn_hr`` = test HR@10 of an item-kNN scoring with the
+  user's last 3, last 10 or all train items (:func:`recency_knn`), ``recency_gain_3``
+  / ``recency_gain_10`` = last 3 / last 10 over all: > 1 when recent items predict the
+  next one better than the whole history.
 * **Segment affinity** (from the ``gender``/``age`` and ``occupation`` user features):
   for the items of a popularity band, the mean KL divergence of the item's consumers
   over the segments from the population's interaction mix, minus the same for
@@ -44,6 +53,7 @@ from marl_two_tower.data.split import time_order
 from marl_two_tower.metrics.gini import gini
 
 BANDS = {"5-19": (5, 20), "20-99": (20, 100), "100+": (100, np.inf)}
+LAGS = (1, 2, 3, 5, 8, 13)
 
 
 def _top_successors(key: np.ndarray, n_items: int, k: int) -> np.ndarray:
@@ -58,10 +68,12 @@ def _top_successors(key: np.ndarray, n_items: int, k: int) -> np.ndarray:
 
 
 def _successor_hit(users: np.ndarray, items: np.ndarray, n_items: int, half: np.ndarray,
-                   k: int = 10) -> float:
-    same = users[1:] == users[:-1]
-    key = items[:-1][same] * n_items + items[1:][same]
-    who = half[users[:-1][same]]
+                   k: int = 10, lag: int = 1) -> float:
+    """Share of the pairs (a, b) ``lag`` apart in the histories of the users outside
+    ``half`` whose b is among a's ``k`` most frequent lag-``lag`` successors inside it."""
+    same = users[lag:] == users[:-lag]
+    key = items[:-lag][same] * n_items + items[lag:][same]
+    who = half[users[:-lag][same]]
     top = _top_successors(key[who], n_items, k)
     test = key[~who]
     if not len(test) or not len(top):
@@ -119,6 +131,45 @@ def _excess_kl(users: np.ndarray, items: np.ndarray, n_items: int, seg_user: np.
     return out
 
 
+def recency_knn(ds: Dataset, windows: tuple[int, ...] = (3, 10), max_items: int = 5000
+                ) -> dict[str, float] | None:
+    """Test HR@10 of item-kNN (cosine of the train item columns) scoring with a user's
+    last ``w`` train items, for each ``w`` in ``windows``, and with all of them
+    (``"all"``); leave-one-out split, train (+ validation) items masked. None above
+    ``max_items`` items (the dense item-item matrix). Recent items predicting the next
+    one better than the whole history is what sequence-aware models live on
+    (ML-100K: 0.152 with the last 3 vs 0.105 with all)."""
+    from marl_two_tower.data.split import leave_one_out
+
+    if ds.n_items > max_items or ds.n_interactions == 0:
+        return None
+    split = leave_one_out(ds)
+    x = split.train_matrix.astype(np.float64)
+    norm = 1.0 / np.sqrt(np.maximum(np.asarray(x.sum(0)).ravel(), 1.0))
+    sim = (x.T @ x).toarray() * norm[:, None] * norm[None, :]
+    np.fill_diagonal(sim, 0.0)
+    users = split.eval_users("test")
+    if not len(users):
+        return None
+    mask = split.exclusion_matrix("test")[users].toarray() > 0
+    target = split.test_items[users]
+    ptr = split.train_indptr
+    out = {}
+    for w in (*windows, None):
+        lo = ptr[users] if w is None else np.maximum(ptr[users + 1] - w, ptr[users])
+        n = ptr[users + 1] - lo
+        rows = np.repeat(np.arange(len(users)), n)
+        cols = split.train_items[np.concatenate([np.arange(a, b) for a, b in zip(lo, ptr[users + 1],
+                                                                                  strict=True)])]
+        recent = np.zeros((len(users), ds.n_items))
+        np.add.at(recent, (rows, cols), 1.0)
+        score = recent @ sim
+        score[mask] = -np.inf
+        top = np.argpartition(-score, min(10, ds.n_items - 1), axis=1)[:, :10]
+        out["all" if w is None else str(w)] = float((top == target[:, None]).any(1).mean())
+    return out
+
+
 def data_profile(ds: Dataset, seed: int = 0, permutations: int = 5) -> dict[str, Any]:
     """The structure statistics of ``ds`` (see the module docstring); JSON-ready."""
     rng = np.random.default_rng(seed)
@@ -153,6 +204,24 @@ def data_profile(ds: Dataset, seed: int = 0, permutations: int = 5) -> dict[str,
     shuffled = items[np.lexsort((rng.random(len(users)), users))]
     out["successor_hit_shuffled"] = _successor_hit(users, shuffled, n_items, half)
     out["sequential_lift"] = out["successor_hit"] / max(out["successor_hit_shuffled"], 1e-12)
+    out["sequential_lift_by_lag"] = {
+        str(lag): _successor_hit(users, items, n_items, half, lag=lag)
+        / max(_successor_hit(users, shuffled, n_items, half, lag=lag), 1e-12)
+        for lag in LAGS}
+    gnorm = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
+    logpop = np.log(np.maximum(pop, 1).astype(np.float64))
+    out["genre_cos_lift_by_lag"], out["pop_distance_ratio_by_lag"] = {}, {}
+    for lag in LAGS:
+        same = users[lag:] == users[:-lag]
+        if not same.any():
+            continue
+        cos, dist = [], []
+        for x in (items, shuffled):
+            a, b = x[:-lag][same], x[lag:][same]
+            cos.append(float((gnorm[a] * gnorm[b]).sum(1).mean()))
+            dist.append(float(np.abs(logpop[a] - logpop[b]).mean()))
+        out["genre_cos_lift_by_lag"][str(lag)] = cos[0] / max(cos[1], 1e-12)
+        out["pop_distance_ratio_by_lag"][str(lag)] = dist[0] / max(dist[1], 1e-12)
     counts = np.bincount(users, minlength=n_users)
     start = np.repeat(np.cumsum(counts) - counts, counts)
     pos = np.arange(len(users)) - start
@@ -168,6 +237,12 @@ def data_profile(ds: Dataset, seed: int = 0, permutations: int = 5) -> dict[str,
     decile = np.minimum((10 * pos / np.maximum(n_of - 1, 1)).astype(np.int64), 9)
     out["pop_first_decile"] = float(pct[items][decile == 0].mean())
     out["pop_last_decile"] = float(pct[items][decile == 9].mean())
+
+    knn = recency_knn(ds)
+    out["recency_knn_hr"] = knn
+    if knn is not None:
+        out["recency_gain_3"] = knn["3"] / max(knn["all"], 1e-12)
+        out["recency_gain_10"] = knn["10"] / max(knn["all"], 1e-12)
 
     # segment affinity of items by popularity band
     feats = ds.user_features
