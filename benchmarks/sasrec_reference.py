@@ -81,7 +81,8 @@ def run_two_tower(split: Split, args: argparse.Namespace, seed: int) -> dict[str
     from marl_two_tower.train.trainer import Trainer
 
     ck = Path(args.workdir) / f"two_tower_{seed}"
-    shutil.rmtree(ck, ignore_errors=True)
+    if not args.resume:
+        shutil.rmtree(ck, ignore_errors=True)
     overrides = [
         f"data.source={args.source}", f"data.path={args.data}", f"seed={seed}",
         "model.user_encoder=transformer", f"model.history_len={args.max_len}",
@@ -95,13 +96,17 @@ def run_two_tower(split: Split, args: argparse.Namespace, seed: int) -> dict[str
     cfg = load_config(args.config, overrides)
     t0 = time.perf_counter()
     trainer = Trainer(cfg, split, progress=False)
-    state = trainer.fit()
+    state = trainer.fit(resume=args.resume)  # resume: exact replay (trainer.py), more epochs
     fit_seconds = time.perf_counter() - t0
     model = trainer.model
+    epoch_s = [h["time_s"] for h in state.history]
     out: dict[str, Any] = {
         "settings": {"config": args.config, "overrides": overrides},
-        "best_epoch": state.best_epoch, "fit_seconds": fit_seconds,
-        "epoch_seconds": float(np.mean([h["time_s"] for h in state.history])),
+        "best_epoch": state.best_epoch, "epochs_run": state.epoch,
+        # with --resume: this process's seconds only (add the first process's fit_seconds)
+        "fit_seconds": fit_seconds, "resumed": bool(args.resume),
+        "train_seconds_all_epochs": float(sum(epoch_s)),  # training only, every epoch
+        "epoch_seconds": float(np.mean(epoch_s)),
         "history": [{k: v for k, v in h.items() if isinstance(v, (int, float))}
                     for h in state.history]}
     out["val"] = metrics(split, model.scorer(trainer.device), "val")
@@ -135,6 +140,8 @@ def main() -> None:
     ap.add_argument("--tt-lr", type=float, default=1e-3, help="two_tower: learning rate")
     ap.add_argument("--set", nargs="*", default=[], help="two_tower: extra key=value overrides")
     ap.add_argument("--workdir", default="/tmp/mtt-sasrec")
+    ap.add_argument("--resume", action="store_true",
+                    help="two_tower: continue the run in --workdir (e.g. with more --epochs)")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/...)")
     args = ap.parse_args()
     torch.set_num_threads(1)
