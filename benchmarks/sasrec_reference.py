@@ -14,6 +14,8 @@ Rows (``--models``):
 * ``sasrec``: :class:`marl_two_tower.baselines.SASRec`, nothing but the item sequence;
   full-softmax CE on every position; early stopping on validation NDCG@10; for test
   the validation item is appended to the input sequence (``fit(include_val=True)``).
+* ``mostpop``, ``bpr``, ``ease``: the project's baselines (EASE: lambda on validation,
+  refit on train + validation for test).
 * ``two_tower``: the base two-tower with ``model.user_encoder=transformer`` (the same
   encoder fused with the user id and demographics, item tower with genres and year,
   one dot product), trained by the project's Trainer on sequence batches with the
@@ -117,6 +119,35 @@ def run_two_tower(split: Split, args: argparse.Namespace, seed: int) -> dict[str
     return out
 
 
+def run_classic(name: str):
+    """MostPop / BPR-MF / EASE rows of the same table (the project's baselines):
+    EASE's lambda is chosen on validation NDCG@10 and the model refit on train +
+    validation for test (the reference protocol of benchmarks/baselines_ml100k.py)."""
+    from marl_two_tower.baselines import BPR, EASE, MostPop, tune_ease
+
+    def run(split: Split, args: argparse.Namespace, seed: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        settings: dict[str, Any] = {}
+        if name == "ease":
+            lam, _ = tune_ease(split, [50.0, 100.0, 200.0, 500.0, 1000.0])
+            settings = {"lambda": lam, "chosen_on": "validation NDCG@10", "refit": "train+val"}
+            val_model = EASE(lam=lam).fit(split)
+            test_model = EASE(lam=lam).fit(split, include_val=True)
+        else:
+            val_model = MostPop() if name == "mostpop" else BPR(seed=seed)
+            val_model.fit(split)
+            test_model = val_model
+            settings = val_model.get_params()
+        out = {"settings": settings, "best_epoch": None, "epoch_seconds": None,
+               "val": metrics(split, val_model.score, "val")}
+        if not args.val_only:
+            out["test"] = metrics(split, test_model.score, "test")
+        out["fit_seconds"] = time.perf_counter() - t0
+        return out
+
+    return run
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", default="ml-100k", choices=["ml-100k", "ml-1m-ordered", "ml-1m"])
@@ -153,15 +184,16 @@ def main() -> None:
         "protocol": "leave-one-out by time, full ranking, train (+ validation for test) masked, K=10",
         "results": {}}
     for name in args.models:
-        runner = {"sasrec": run_sasrec, "two_tower": run_two_tower}[name]
+        runner = {"sasrec": run_sasrec, "two_tower": run_two_tower,
+                  "mostpop": run_classic("mostpop"), "bpr": run_classic("bpr"),
+                  "ease": run_classic("ease")}[name]
         for seed in args.seeds:
             res = runner(split, args, seed)
             doc["results"].setdefault(name, {})[str(seed)] = res
             shown = res.get("test", res["val"])
             vals = " ".join(f"{k} {shown[k]:.4f}" for k in KEYS if shown[k] is not None)
-            print(f"{name} seed {seed}: {vals}"
-                  + f" | {res['epoch_seconds']:.1f} s/epoch, fit {res['fit_seconds']:.0f} s, "
-                  f"best epoch {res['best_epoch']}", flush=True)
+            print(f"{name} seed {seed}: {vals} | {res['epoch_seconds']} s/epoch, "
+                  f"fit {res['fit_seconds']:.0f} s, best epoch {res['best_epoch']}", flush=True)
     tag = "val" if args.val_only else "test"
     out = Path(args.out or Path(__file__).parent / "results" / f"sasrec_{args.source}_{tag}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
