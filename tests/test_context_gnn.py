@@ -486,3 +486,33 @@ def test_roots_without_timestamps_get_the_uniform_sample():
     w_rec = dict(zip(rec.items1[rec.p1[1].indices].tolist(), rec.p1[1].data, strict=True))
     w_uni = dict(zip(uni.items1[uni.p1[1].indices].tolist(), uni.p1[1].data, strict=True))
     assert w_rec == pytest.approx(w_uni)
+
+
+def test_training_logits_full_softmax_layout_uses_the_target_column(tiny_split):
+    """Full-softmax layout (candidates = the catalogue, positive at column pos[b]): the
+    stratified familiar block masks familiar items except the row's own positive column,
+    which gets the exact familiar logit."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("context_gnn.familiar_loss=stratified"), tiny_split)
+    gnn = model.score_adjuster
+    model.train()
+    idx = np.linspace(0, len(tiny_split.train_items) - 1, 30).astype(np.int64)
+    users = torch.as_tensor(tiny_split.train_users[idx])
+    pos = torch.as_tensor(tiny_split.train_items[idx])
+    cand = torch.arange(tiny_split.n_items)
+    z = model.user_vectors(users, exclude=pos)
+    raw = (z @ model.item_vectors().T).detach()
+    out = gnn.training_logits(model, users, pos, cand, raw.clone(), z, None, target=pos).detach()
+    items, fam = gnn.overrides(users, model, exclude=pos, z=z)
+    checked_pos = 0
+    for b in range(30):
+        f = {int(i): float(v) for i, v in zip(items[b], fam[b].detach(), strict=True) if i >= 0}
+        p = int(pos[b])
+        if p in f:
+            checked_pos += 1
+            assert float(out[b, p]) == pytest.approx(f[p], abs=1e-5)
+        else:
+            assert float(out[b, p]) == pytest.approx(float(raw[b, p]), abs=1e-5)
+        for item in set(f) - {p}:
+            assert float(out[b, item]) == float("-inf")
+    assert checked_pos > 0  # the fixture has familiar positives

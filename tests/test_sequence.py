@@ -23,7 +23,7 @@ from marl_two_tower.data.sequences import (
     trim_left,
 )
 from marl_two_tower.data.split import leave_one_out
-from marl_two_tower.model.chunked_ce import chunked_softmax_ce
+from marl_two_tower.model.chunked_ce import chunked_softmax_ce, chunked_softmax_ce_rows
 from marl_two_tower.model.sequence import SASRecEncoder
 
 # CSR rows: [5, 6, 7], [], [8], [1, 2, 3, 4]
@@ -88,6 +88,21 @@ def test_chunked_ce_matches_cross_entropy(bf16: bool) -> None:
     assert abs(float(out.detach()) - float(ref.detach())) < tol
     torch.testing.assert_close(gh2, gh, atol=tol, rtol=tol)
     torch.testing.assert_close(ge2, ge, atol=tol, rtol=tol)
+
+
+def test_chunked_ce_rows_take_per_row_weights() -> None:
+    """Per-row losses with a weighted reduction (the tail loss's use) match the
+    reference's values and gradients."""
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(23, 6, generator=g, requires_grad=True)
+    e = torch.randn(9, 6, generator=g, requires_grad=True)
+    y = torch.randint(0, 9, (23,), generator=g)
+    w = (torch.arange(23) % 3 == 0).float()
+    ref = (F.cross_entropy(h @ e.T, y, reduction="none") * w).sum() / w.sum()
+    out = (chunked_softmax_ce_rows(h, e, y, chunk=4) * w).sum() / w.sum()
+    torch.testing.assert_close(out, ref)
+    for a, b in zip(torch.autograd.grad(out, (h, e)), torch.autograd.grad(ref, (h, e)), strict=True):
+        torch.testing.assert_close(a, b)
 
 
 def _encoder(dim: int = 16, max_len: int = 6, **kw) -> SASRecEncoder:

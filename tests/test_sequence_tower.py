@@ -15,6 +15,7 @@ from marl_two_tower.data.dataset import Dataset
 from marl_two_tower.data.sequences import SequenceSampler, append_items
 from marl_two_tower.data.split import Split, leave_one_out
 from marl_two_tower.model.build import build_components, build_model, load_trained
+from marl_two_tower.model.losses import rec_loss
 from marl_two_tower.model.two_tower import SequenceUserTower
 from marl_two_tower.train.trainer import Trainer
 
@@ -110,15 +111,19 @@ def test_full_softmax_logits_and_the_score_is_one_dot_product(tmp_path: Path) ->
     model = build_model(cfg, split).eval()
     users, pos = torch.tensor([0, 1, 1]), torch.tensor([split.history(0)[2], split.history(1)[3],
                                                         split.history(1)[1]])
-    z, logits = model.training_logits(users, pos, torch.tensor([0, 1]))
-    assert logits.shape == (3, 3 + 2 * M)
+    z, logits, target = model.training_logits(users, pos, torch.tensor([0, 1]))
+    # full-softmax layout: one column per item in item order, the positive's column = its id
+    assert logits.shape == (3, 2 * M)
+    torch.testing.assert_close(target, pos)
     y = model.item_vectors()
-    expected = z @ y.T
-    torch.testing.assert_close(logits[:, 3:][torch.arange(3) != -1].masked_fill(
-        torch.nn.functional.one_hot(pos, 2 * M).bool(), 0.0),
-        expected.masked_fill(torch.nn.functional.one_hot(pos, 2 * M).bool(), 0.0))
-    torch.testing.assert_close(torch.diagonal(logits[:, :3]), expected[torch.arange(3), pos])
-    assert torch.isinf(logits[:, :3]).sum() == 6  # only the own column of the first block
+    torch.testing.assert_close(logits, z @ y.T)
+    # the loss is the full-softmax CE: -log softmax(z y^T)[pos]
+    expected = -torch.log_softmax(z @ y.T, dim=1)[torch.arange(3), pos].mean()
+    torch.testing.assert_close(rec_loss(logits, "softmax", target=target), expected)
+    # the trainer's path: chunked per-row CE, the [B, n_items] logits never built
+    z2, rows = model.training_row_losses(users, pos, torch.tensor([0, 1]))
+    torch.testing.assert_close(rows, -torch.log_softmax(z @ y.T, dim=1)[torch.arange(3), pos])
+    torch.testing.assert_close(z2, z)
     # inference: user vector . item vector = the model's score
     u = torch.arange(20)
     torch.testing.assert_close(model.score(u), model.user_vectors(u) @ y.T)

@@ -28,35 +28,50 @@ def _logits(h: torch.Tensor, e: torch.Tensor, bias: torch.Tensor | None, bf16: b
 
 
 class _ChunkedCE(torch.autograd.Function):
+    """Per-row losses ``[P]``; the backward takes a per-row upstream gradient g and
+    returns dL/dh = (g * G) E, dL/dE = (g * G)^T h with G = softmax - onehot."""
+
     @staticmethod
     def forward(ctx, h, e, target, bias, chunk: int, bf16: bool):  # type: ignore[override]
         lse = torch.empty(len(h), dtype=torch.float32, device=h.device)
         picked = torch.empty(len(h), dtype=torch.float32, device=h.device)
-        for s in range(0, len(h), chunk):
-            z = _logits(h[s : s + chunk], e, bias, bf16)
-            lse[s : s + chunk] = torch.logsumexp(z, dim=1)
-            picked[s : s + chunk] = z.gather(1, target[s : s + chunk, None]).squeeze(1)
+        with torch.autocast(h.device.type, enabled=False):  # precision is `bf16`'s call
+            for s in range(0, len(h), chunk):
+                z = _logits(h[s : s + chunk], e, bias, bf16)
+                lse[s : s + chunk] = torch.logsumexp(z, dim=1)
+                picked[s : s + chunk] = z.gather(1, target[s : s + chunk, None]).squeeze(1)
         ctx.save_for_backward(h, e, target, lse, bias if bias is not None else torch.empty(0))
         ctx.chunk, ctx.bf16, ctx.has_bias = chunk, bf16, bias is not None
-        return (lse - picked).mean()
+        return lse - picked
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         h, e, target, lse, bias = ctx.saved_tensors
         bias = bias if ctx.has_bias else None
-        scale = grad / len(h)
         gh = torch.empty_like(h, dtype=torch.float32)
         ge = torch.zeros_like(e, dtype=torch.float32)
         mm = torch.bfloat16 if ctx.bf16 else torch.float32
-        e_mm = e.to(mm)
-        for s in range(0, len(h), ctx.chunk):
-            hc = h[s : s + ctx.chunk]
-            p = torch.exp(_logits(hc, e, bias, ctx.bf16) - lse[s : s + ctx.chunk, None])
-            p[torch.arange(len(hc), device=h.device), target[s : s + ctx.chunk]] -= 1.0
-            p = (p * scale).to(mm)
-            gh[s : s + ctx.chunk] = (p @ e_mm).float()
-            ge += (p.T @ hc.to(mm)).float()
+        with torch.autocast(h.device.type, enabled=False):
+            e_mm = e.to(mm)
+            for s in range(0, len(h), ctx.chunk):
+                hc = h[s : s + ctx.chunk]
+                p = torch.exp(_logits(hc, e, bias, ctx.bf16) - lse[s : s + ctx.chunk, None])
+                p[torch.arange(len(hc), device=h.device), target[s : s + ctx.chunk]] -= 1.0
+                p = (p * grad[s : s + ctx.chunk, None].float()).to(mm)
+                gh[s : s + ctx.chunk] = (p @ e_mm).float()
+                ge += (p.T @ hc.to(mm)).float()
         return gh.to(h.dtype), ge.to(e.dtype), None, None, None, None
+
+
+def chunked_softmax_ce_rows(h: torch.Tensor, e: torch.Tensor, target: torch.Tensor,
+                            bias: torch.Tensor | None = None, chunk: int = 256,
+                            bf16: bool = False) -> torch.Tensor:
+    """Per-row softmax cross-entropy ``[P]``:
+    ``logsumexp_j (h_p . E_j + b_j) - (h_p . E_{y_p} + b_{y_p})`` against all rows of
+    ``e [N, d]`` (targets ``[P]`` index ``e``), chunked over P; see the module docstring."""
+    if len(h) == 0:
+        return h.sum(1) * 0.0 + e.sum() * 0.0
+    return _ChunkedCE.apply(h, e, target, bias, int(chunk), bool(bf16))
 
 
 def chunked_softmax_ce(h: torch.Tensor, e: torch.Tensor, target: torch.Tensor,
@@ -66,4 +81,4 @@ def chunked_softmax_ce(h: torch.Tensor, e: torch.Tensor, target: torch.Tensor,
     (targets ``[P]`` index ``e``), chunked over P; see the module docstring."""
     if len(h) == 0:
         return (h.sum() + e.sum()) * 0.0
-    return _ChunkedCE.apply(h, e, target, bias, int(chunk), bool(bf16))
+    return chunked_softmax_ce_rows(h, e, target, bias, chunk, bf16).mean()

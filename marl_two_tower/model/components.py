@@ -45,7 +45,7 @@ from marl_two_tower.data.samplers import PositiveSampler
 from marl_two_tower.data.split import Split
 from marl_two_tower.fairness.fair_sampler import FairSampler
 from marl_two_tower.fairness.gini_agent import GiniAgent
-from marl_two_tower.model.losses import rec_loss
+from marl_two_tower.model.losses import weighted_mean
 from marl_two_tower.model.two_tower import TwoTower
 from marl_two_tower.utils.distributed import DistContext
 
@@ -59,7 +59,9 @@ class TrainBatch:
     users: torch.Tensor  # [B] user ids
     pos: torch.Tensor  # [B] positive item ids
     z: torch.Tensor  # [B, d'] user vectors z_u (with gradient)
-    logits: torch.Tensor  # [B, C] sampled-softmax logits of the fused score; column b = row b's positive
+    # [B] per-row L_rec of the fused score (TwoTower.training_row_losses: sampled or
+    # full softmax, or BCE), with gradient; L_rec is their mean
+    row_losses: torch.Tensor
 
 
 class TrainingComponent:
@@ -135,12 +137,13 @@ class TailLoss(TrainingComponent):
     name = "tail_loss"
 
     def __init__(self, cfg: Config, split: Split, device: torch.device) -> None:
-        self.weight, self.kind = cfg.loss.l_tail, cfg.loss.rec
+        self.weight = cfg.loss.l_tail
         self.tail = torch.as_tensor(split.tail_mask, device=device)
 
     def loss_terms(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
-        return {"tail": self.weight * rec_loss(batch.logits, self.kind,
-                                               weight=self.tail[batch.pos].float())}
+        # the same per-row losses as L_rec, averaged over the tail rows
+        return {"tail": self.weight * weighted_mean(batch.row_losses,
+                                                    self.tail[batch.pos].float())}
 
     def term_weights(self, users: torch.Tensor, pos: torch.Tensor) -> dict[str, float]:
         return {"tail": float(self.tail[pos].sum())}  # L_Tail is a mean over tail rows

@@ -584,8 +584,10 @@ class ContextGNN(ScoreAdjuster):
     def training_logits(self, model: TwoTower, users: torch.Tensor, pos: torch.Tensor,
                         cand_items: torch.Tensor, logits: torch.Tensor,
                         z: torch.Tensor | None = None,
-                        log_q: torch.Tensor | None = None) -> torch.Tensor:
-        """Sampled-softmax logits ``[B, C]`` of the fused score (column b = row b's positive).
+                        log_q: torch.Tensor | None = None,
+                        target: torch.Tensor | None = None) -> torch.Tensor:
+        """Training logits ``[B, C]`` of the fused score over ``cand_items [C]`` (row b's
+        positive in column ``target[b]``; None = column b, the sampled layout).
 
         ``logits`` are the logQ-corrected two-tower logits s - log q_c (``log_q [C]``,
         None = uncorrected). ``familiar_loss='sampled'``: a familiar candidate's logit
@@ -605,10 +607,11 @@ class ContextGNN(ScoreAdjuster):
         if self.cfg.familiar_loss == "sampled":
             return torch.where(in_fam, fam_at - corr, logits)
         ar = torch.arange(len(users), device=logits.device)
+        col = ar if target is None else target
         own = torch.zeros_like(in_fam)
-        own[ar, ar] = True
+        own[ar, col] = True
         out = logits.masked_fill(in_fam & ~own, float("-inf"))
-        out[ar, ar] = torch.where(in_fam[ar, ar], fam_at[ar, ar], out[ar, ar])
+        out[ar, col] = torch.where(in_fam[ar, col], fam_at[ar, col], out[ar, col])
         extra = fam.masked_fill((items < 0) | (items == pos[:, None]), float("-inf"))
         return torch.cat([out, extra], dim=1)
 

@@ -43,33 +43,49 @@ def sampled_softmax_logits(
     return logits.float().masked_fill(hit & ~own, float("-inf"))
 
 
-def softmax_loss(logits: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-row CE against the diagonal target; mean over rows (weighted if given)."""
-    target = torch.arange(logits.shape[0], device=logits.device)
-    per_row = F.cross_entropy(logits, target, reduction="none")
-    if weight is None:
-        return per_row.mean()
-    return (per_row * weight).sum() / weight.sum().clamp(min=1.0)
+def _target(logits: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+    """Column of each row's positive: ``target``, or the diagonal when None."""
+    return torch.arange(logits.shape[0], device=logits.device) if target is None else target
 
 
-def bce_loss(logits: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """BCE with the diagonal as positives and the finite rest as negatives."""
+def softmax_rows(logits: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-row CE ``[B]`` against the positive's column (``target [B]``, None = the
+    diagonal)."""
+    return F.cross_entropy(logits, _target(logits, target), reduction="none")
+
+
+def bce_rows(logits: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-row BCE ``[B]``: softplus(-s_pos) + mean over the row's finite other columns
+    of softplus(s_neg); the positive's column is ``target`` (None = the diagonal)."""
     b = logits.shape[0]
-    pos = logits[torch.arange(b), torch.arange(b)]
+    rows, cols = torch.arange(b, device=logits.device), _target(logits, target)
+    pos = logits[rows, cols]
     finite = torch.isfinite(logits)
     neg = logits.masked_fill(~finite, 0.0)
     neg_mask = finite.clone()
-    neg_mask[torch.arange(b), torch.arange(b)] = False
-    per_row = F.softplus(-pos) + (F.softplus(neg) * neg_mask).sum(1) / neg_mask.sum(1).clamp(min=1)
+    neg_mask[rows, cols] = False
+    return F.softplus(-pos) + (F.softplus(neg) * neg_mask).sum(1) / neg_mask.sum(1).clamp(min=1)
+
+
+def row_losses(logits: torch.Tensor, kind: str = "softmax",
+               target: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-row L_rec ``[B]`` of the configured kind ('softmax' | 'bce')."""
+    return softmax_rows(logits, target) if kind == "softmax" else bce_rows(logits, target)
+
+
+def weighted_mean(per_row: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """mean_b l_b, or sum_b w_b l_b / max(sum_b w_b, 1) with row weights ``w``."""
     if weight is None:
         return per_row.mean()
     return (per_row * weight).sum() / weight.sum().clamp(min=1.0)
 
 
 def rec_loss(logits: torch.Tensor, kind: str = "softmax",
-             weight: torch.Tensor | None = None) -> torch.Tensor:
-    """L_rec of the configured kind ('softmax' | 'bce'), optionally row-weighted.
+             weight: torch.Tensor | None = None,
+             target: torch.Tensor | None = None) -> torch.Tensor:
+    """L_rec of the configured kind ('softmax' | 'bce'), optionally row-weighted, with
+    each row's positive in column ``target[b]`` (None = column b: the sampled layout).
 
     With ``weight`` = tail indicator of each row's positive this is L_Tail.
     """
-    return softmax_loss(logits, weight) if kind == "softmax" else bce_loss(logits, weight)
+    return weighted_mean(row_losses(logits, kind, target), weight)

@@ -32,7 +32,8 @@ from torch import nn
 from marl_two_tower.config import ModelConfig
 from marl_two_tower.data.sequences import last_windows, trim_left
 from marl_two_tower.data.split import Split
-from marl_two_tower.model.losses import sampled_softmax_logits
+from marl_two_tower.model.chunked_ce import chunked_softmax_ce_rows
+from marl_two_tower.model.losses import row_losses, sampled_softmax_logits
 from marl_two_tower.model.sequence import SASRecEncoder
 from marl_two_tower.utils.csr import expand_ranges
 
@@ -72,9 +73,11 @@ class ScoreAdjuster(nn.Module):
     def training_logits(self, model: TwoTower, users: torch.Tensor, pos: torch.Tensor,
                         cand_items: torch.Tensor, logits: torch.Tensor,
                         z: torch.Tensor | None = None,
-                        log_q: torch.Tensor | None = None) -> torch.Tensor:
-        """Sampled-softmax logits ``[B, C]`` (column b = row b's positive, corrected by
-        ``log_q [C]``) with the adjusted items' logits put in; may append columns."""
+                        log_q: torch.Tensor | None = None,
+                        target: torch.Tensor | None = None) -> torch.Tensor:
+        """Training logits ``[B, C]`` over ``cand_items [C]`` (row b's positive in column
+        ``target[b]``, None = column b; corrected by ``log_q [C]``) with the adjusted
+        items' logits put in; may append columns."""
         raise NotImplementedError
 
 
@@ -441,38 +444,67 @@ class TwoTower(nn.Module):
         hit, val = lookup_overrides(ov_items, ov_vals, items)
         return torch.where(hit, val.to(s.dtype), s)
 
+    @property
+    def full_softmax(self) -> bool:
+        """Whether training uses the full-softmax layout (``model.full_softmax_max_items``)."""
+        return 0 < self.n_items <= self.cfg.full_softmax_max_items
+
     def training_logits(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
                         log_q_pos: torch.Tensor | None = None,
-                        log_q_neg: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(z_u ``[B, d']``, sampled-softmax logits ``[B, C]``) of the fused score for a
-        training batch: candidates = the batch's positives ``pos`` then ``neg``, column b
-        = row b's positive, logQ-corrected by ``log_q_*`` (None = uncorrected), each
-        user's own positive left out of its history (``exclude=pos``), and the score
-        adjuster's items given its logits (:meth:`ScoreAdjuster.training_logits`).
+                        log_q_neg: torch.Tensor | None = None,
+                        in_batch_negatives: bool = True,
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(z_u ``[B, d']``, training logits ``[B, C]``, target ``[B]`` or None) of the
+        fused score for a training batch, each user's own positive left out of its history
+        (``exclude=pos``) and the score adjuster's items given its logits
+        (:meth:`ScoreAdjuster.training_logits`).
 
-        Full softmax (``n_items <= model.full_softmax_max_items``): the candidates are
-        the whole catalogue instead (``neg`` and logQ unused, every item is a candidate
-        with probability 1); the first B columns then hold only each row's own
-        positive (column b), so the same ``rec_loss`` is the exact full-softmax CE."""
+        Sampled layout (the default): candidates = the batch's positives ``pos`` then
+        ``neg``, column b = row b's positive (target None), logQ-corrected by ``log_q_*``
+        (None = uncorrected); ``in_batch_negatives=False`` masks the other rows' positives
+        (only ``neg`` are negatives). Full softmax (``n_items <= model.full_softmax_max_items``):
+        the candidates are the whole catalogue in item order (C = n_items, ``neg`` and
+        logQ unused: every item is a candidate with probability 1) and the target is
+        ``pos``, so ``rec_loss(logits, target=pos)`` is the exact full-softmax CE. No
+        ``[B, B]`` block is built: its cost grew with the square of the batch."""
         z = self.user_vectors(users, exclude=pos)
-        if 0 < self.n_items <= self.cfg.full_softmax_max_items:
-            neg = torch.arange(self.n_items, device=pos.device)
-            y_pos, y_neg = self.item_vectors(pos), self.item_vectors()
-            diag = (z * y_pos).sum(-1).float()
-            own = torch.full((len(pos), len(pos)), float("-inf"), device=z.device)
-            own[torch.arange(len(pos)), torch.arange(len(pos))] = diag
-            cat = (z @ y_neg.T).float()
-            cat[torch.arange(len(pos)), pos] = float("-inf")  # the positive is column b
-            logits = torch.cat([own, cat], dim=1)
-            log_q_pos = log_q_neg = None
+        target = None
+        if self.full_softmax:
+            cand = torch.arange(self.n_items, device=pos.device)
+            logits = (z @ self.item_vectors().T).float()
+            target, log_q = pos, None
         else:
             y_pos, y_neg = self.item_vectors(pos), self.item_vectors(neg)
             logits = sampled_softmax_logits(z, pos, neg, y_pos, y_neg, log_q_pos, log_q_neg)
-        if self.score_adjuster is not None:  # ContextGNN: familiar items get pair-wise logits
+            if not in_batch_negatives:
+                b = len(pos)
+                off = ~torch.eye(b, dtype=torch.bool, device=logits.device)
+                logits = torch.cat([logits[:, :b].masked_fill(off, float("-inf")), logits[:, b:]], 1)
+            cand = torch.cat([pos, neg])
             log_q = None if log_q_pos is None or log_q_neg is None else torch.cat([log_q_pos, log_q_neg])
-            logits = self.score_adjuster.training_logits(self, users, pos, torch.cat([pos, neg]),
-                                                         logits, z, log_q)
-        return z, logits
+        if self.score_adjuster is not None:  # ContextGNN: familiar items get pair-wise logits
+            logits = self.score_adjuster.training_logits(self, users, pos, cand, logits, z, log_q,
+                                                         target)
+        return z, logits, target
+
+    def training_row_losses(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
+                            log_q_pos: torch.Tensor | None = None,
+                            log_q_neg: torch.Tensor | None = None, kind: str = "softmax",
+                            in_batch_negatives: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z_u ``[B, d']``, per-row L_rec ``[B]``) on :meth:`training_logits`.
+
+        The full-softmax CE without a score adjuster never builds the ``[B, n_items]``
+        logits: :func:`~marl_two_tower.model.chunked_ce.chunked_softmax_ce_rows` computes
+        the same per-row losses in row chunks (bfloat16 matmuls under bf16 autocast), the
+        dominant cost of a sequence-tower step otherwise."""
+        if self.full_softmax and self.score_adjuster is None and kind == "softmax":
+            z = self.user_vectors(users, exclude=pos)
+            dev = z.device.type
+            bf16 = torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev) == torch.bfloat16
+            return z, chunked_softmax_ce_rows(z, self.item_vectors(), pos, bf16=bf16)
+        z, logits, target = self.training_logits(users, pos, neg, log_q_pos, log_q_neg,
+                                                 in_batch_negatives)
+        return z, row_losses(logits, kind, target)
 
     def supervised_parameters(self) -> list[nn.Parameter]:
         """The parameters the supervised objective trains: all but the controller's."""

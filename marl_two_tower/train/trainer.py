@@ -39,7 +39,6 @@ from marl_two_tower.data.samplers import PositiveSampler
 from marl_two_tower.data.split import Split
 from marl_two_tower.model.build import build_components, build_model
 from marl_two_tower.model.components import TrainBatch, TrainingComponent, component_names
-from marl_two_tower.model.losses import rec_loss
 from marl_two_tower.model.two_tower import TwoTower
 from marl_two_tower.utils import distributed, runtime
 from marl_two_tower.utils.runtime import epoch_rng, interactive_output, resolve_device, set_seed
@@ -179,13 +178,10 @@ class Trainer:
                                    device=self.device)
             if not cfg.train.in_batch_negatives:  # positives are not sampled candidates here
                 log_q_pos = log_q_neg[:1].expand(len(pos))
-        z, logits = self.model.training_logits(users, pos, neg, log_q_pos, log_q_neg)
-        if not cfg.train.in_batch_negatives:  # mask the other rows' positives
-            b = len(pos)
-            off = ~torch.eye(b, dtype=torch.bool, device=logits.device)
-            logits = torch.cat([logits[:, :b].masked_fill(off, float("-inf")), logits[:, b:]], dim=1)
-        out = {"rec": cfg.loss.l_sup * rec_loss(logits, cfg.loss.rec)}
-        batch = TrainBatch(users=users, pos=pos, z=z, logits=logits)
+        z, per_row = self.model.training_row_losses(users, pos, neg, log_q_pos, log_q_neg,
+                                                    cfg.loss.rec, cfg.train.in_batch_negatives)
+        out = {"rec": cfg.loss.l_sup * per_row.mean()}
+        batch = TrainBatch(users=users, pos=pos, z=z, row_losses=per_row)
         for c in self.components:
             terms = c.loss_terms(batch)
             if out.keys() & terms.keys():
