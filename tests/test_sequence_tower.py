@@ -14,7 +14,7 @@ from marl_two_tower.config import load_config
 from marl_two_tower.data.dataset import Dataset
 from marl_two_tower.data.sequences import SequenceSampler, append_items
 from marl_two_tower.data.split import Split, leave_one_out
-from marl_two_tower.model.build import build_components, build_model, load_trained
+from marl_two_tower.model.build import build_model, load_trained
 from marl_two_tower.model.losses import rec_loss
 from marl_two_tower.model.two_tower import SequenceUserTower
 from marl_two_tower.train.trainer import Trainer
@@ -128,10 +128,29 @@ def test_full_softmax_logits_and_the_score_is_one_dot_product(tmp_path: Path) ->
     u = torch.arange(20)
     torch.testing.assert_close(model.score(u), model.user_vectors(u) @ y.T)
     torch.testing.assert_close(model.scorer()(u.numpy()), model.score(u))
-    # the Fair Sampler draws single interactions: refused with a clear message
-    with pytest.raises(ValueError, match="fair_sampler.enabled=false"):
-        build_components(cfg_for(tmp_path, "transformer", "fair_sampler.enabled=true"), split,
-                         model, torch.device("cpu"))
+
+
+def test_fair_sampler_reweights_sequence_positives(tmp_path: Path) -> None:
+    """Under the sequence tower the Fair Sampler weights each row's L_rec by
+    pop(i)^-beta, normalised to mean 1 over the batch, instead of drawing positives."""
+    split = planted_split(30)
+    cfg = cfg_for(tmp_path, "transformer", "fair_sampler.enabled=true", "fair_sampler.beta=0.5",
+                  "model.dropout=0.0")
+    trainer = Trainer(cfg, split, progress=False)
+    fair = trainer.component("fair_sampler")
+    assert fair.positive_sampler is None  # the sequence batches stay the sampler
+    users, pos = torch.tensor([0, 0, 1, 2]), torch.tensor([split.history(0)[1], split.history(0)[2],
+                                                          split.history(1)[1], split.history(2)[3]])
+    pop = np.maximum(split.item_pop[pos.numpy()], 1).astype(float)
+    w = pop ** -0.5
+    np.testing.assert_allclose(fair.row_weights(users, pos).numpy(), w / w.mean(), rtol=1e-6)
+    trainer.model.eval()
+    _, rows = trainer.model.training_row_losses(users, pos, torch.tensor([0]))
+    terms = trainer.losses(users, pos, np.random.default_rng(0))
+    expected = float((rows * torch.as_tensor(w / w.mean(), dtype=torch.float32)).mean())
+    assert float(terms["rec"]) == pytest.approx(cfg.loss.l_sup * expected, rel=1e-5)
+    # an unweighted run gives the plain mean: the weights change the objective
+    assert abs(float(rows.mean()) - expected) > 1e-4
 
 
 def _test_hit_rate(tmp_path: Path, encoder: str) -> float:

@@ -81,7 +81,7 @@ def build_components(cfg: Config, split: Split, model: TwoTower, device: torch.d
         return MARLTrainer(cfg, split, model, device)
 
     builders: dict[str, Callable[[], TrainingComponent]] = {
-        "fair_sampler": lambda: FairSamplerComponent(cfg, split),
+        "fair_sampler": lambda: FairSamplerComponent(cfg, split, device),
         "tail_loss": lambda: TailLoss(cfg, split, device),
         "gini": lambda: GiniTerm(cfg, split, model, device, dist),
         "marl": marl,
@@ -90,10 +90,7 @@ def build_components(cfg: Config, split: Split, model: TwoTower, device: torch.d
     if cfg.model.user_encoder == "transformer":  # batches of whole user sequences
         from marl_two_tower.model.sequence_training import SequenceBatches
 
-        if cfg.fair_sampler.enabled:
-            raise ValueError("model.user_encoder=transformer trains on whole user sequences "
-                             "and cannot use the Fair Sampler's positives: set "
-                             "fair_sampler.enabled=false or model.user_encoder=pooled")
+        # (the Fair Sampler then reweights the positives instead of drawing them)
         comps.insert(0, SequenceBatches(cfg, split))
     return comps
 

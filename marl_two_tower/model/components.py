@@ -45,6 +45,7 @@ from marl_two_tower.data.samplers import PositiveSampler
 from marl_two_tower.data.split import Split
 from marl_two_tower.fairness.fair_sampler import FairSampler
 from marl_two_tower.fairness.gini_agent import GiniAgent
+from marl_two_tower.metrics.gini import gini
 from marl_two_tower.model.losses import weighted_mean
 from marl_two_tower.model.two_tower import TwoTower
 from marl_two_tower.utils.distributed import DistContext
@@ -91,6 +92,11 @@ class TrainingComponent:
         """Weighted loss terms (scalars) added to the objective, in dict order."""
         return {}
 
+    def row_weights(self, users: torch.Tensor, pos: torch.Tensor) -> torch.Tensor | None:
+        """Per-row weights ``[B]`` of L_rec on the batch (None = uniform); the trainer
+        multiplies the weights of every component that gives them."""
+        return None
+
     def term_weights(self, users: torch.Tensor, pos: torch.Tensor) -> dict[str, float]:
         """Total row weight of each of this component's mean terms on the batch (DDP
         rescales a rank's mean by weight / global weight); default: the row count."""
@@ -118,17 +124,48 @@ class TrainingComponent:
 
 class FairSamplerComponent(TrainingComponent):
     """The Fair Sampler as the trainer's positive sampler; logs the Gini of the item
-    counts it drew in the epoch (``sampler/gini``)."""
+    counts it drew in the epoch (``sampler/gini``).
+
+    With the sequence tower (``model.user_encoder=transformer``) the batches are whole
+    user windows (every position is a positive), so the sampler cannot choose the
+    positives. It reweights them instead, with the same distribution: drawing
+    interaction k with probability P(k) ∝ pop(i_k)^(-beta) and averaging L_rec is,
+    in expectation, L_rec over all interactions weighted by w_k = pop(i_k)^(-beta)
+    (importance weighting); the weights are normalised to mean 1 over each batch
+    (self-normalised, so l_sup keeps its scale). The per-batch cap has no weighted
+    counterpart and is not applied there (whole windows hold an item at most once per
+    user); ``sampler/gini`` is then the Gini of the weighted item exposure of the epoch.
+    """
 
     name = "fair_sampler"
 
-    def __init__(self, cfg: Config, split: Split) -> None:
+    def __init__(self, cfg: Config, split: Split, device: torch.device | None = None) -> None:
         fs = cfg.fair_sampler
-        self.sampler = FairSampler(split, cfg.train.batch_size, cfg.seed, fs.beta, fs.max_per_batch)
-        self.positive_sampler = self.sampler
+        self.weighted = cfg.model.user_encoder == "transformer"
+        if self.weighted:
+            pop = np.maximum(np.asarray(split.item_pop, dtype=np.float64), 1.0)
+            self.item_weight = torch.as_tensor(pop ** -fs.beta, dtype=torch.float32,
+                                               device=device)
+            self._mass = torch.zeros(split.n_items, dtype=torch.float64, device=device)
+        else:
+            self.sampler = FairSampler(split, cfg.train.batch_size, cfg.seed, fs.beta,
+                                       fs.max_per_batch)
+            self.positive_sampler = self.sampler
+
+    def row_weights(self, users: torch.Tensor, pos: torch.Tensor) -> torch.Tensor | None:
+        if not self.weighted:
+            return None
+        w = self.item_weight[pos]
+        w = w / w.mean().clamp(min=1e-12)
+        self._mass.index_add_(0, pos, w.double())
+        return w
 
     def epoch_summary(self, epoch: int) -> dict[str, Any]:
-        return {"sampler/gini": self.sampler.last_epoch_gini}
+        if not self.weighted:
+            return {"sampler/gini": self.sampler.last_epoch_gini}
+        value = float(gini(self._mass.cpu().numpy()))
+        self._mass.zero_()
+        return {"sampler/gini": value}
 
 
 class TailLoss(TrainingComponent):

@@ -39,6 +39,7 @@ from marl_two_tower.data.samplers import PositiveSampler
 from marl_two_tower.data.split import Split
 from marl_two_tower.model.build import build_components, build_model
 from marl_two_tower.model.components import TrainBatch, TrainingComponent, component_names
+from marl_two_tower.model.losses import weighted_mean
 from marl_two_tower.model.two_tower import TwoTower
 from marl_two_tower.utils import distributed, runtime
 from marl_two_tower.utils.runtime import epoch_rng, interactive_output, resolve_device, set_seed
@@ -180,7 +181,12 @@ class Trainer:
                 log_q_pos = log_q_neg[:1].expand(len(pos))
         z, per_row = self.model.training_row_losses(users, pos, neg, log_q_pos, log_q_neg,
                                                     cfg.loss.rec, cfg.train.in_batch_negatives)
-        out = {"rec": cfg.loss.l_sup * per_row.mean()}
+        weight = None  # components' per-row weights of L_rec (the Fair Sampler's, sequence batches)
+        for c in self.components:
+            w = c.row_weights(users, pos)
+            if w is not None:
+                weight = w if weight is None else weight * w
+        out = {"rec": cfg.loss.l_sup * weighted_mean(per_row, weight)}
         batch = TrainBatch(users=users, pos=pos, z=z, row_losses=per_row)
         for c in self.components:
             terms = c.loss_terms(batch)
