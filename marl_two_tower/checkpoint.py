@@ -153,12 +153,16 @@ _ABSENT = object()
 def _diff_keys(a: Any, b: Any, default: Any = _ABSENT, prefix: str = "") -> list[str]:
     """Dotted keys where fingerprints ``a`` (the checkpoint's) and ``b`` differ. A key
     the checkpoint lacks is no difference when ``b`` holds its default: a key added
-    by a later version, at the value that reproduces the old behaviour."""
+    by a later version, at the value that reproduces the old behaviour; a key this
+    version's fingerprint leaves out (e.g. ``data.synthetic`` of a run on real data) is
+    not compared."""
     if isinstance(a, dict) and isinstance(b, dict):
         out: list[str] = []
         d = default if isinstance(default, dict) else {}
         for k in set(a) | set(b):
             if k not in a and k in d and b.get(k) == d[k]:
+                continue
+            if k not in b:
                 continue
             out += _diff_keys(a.get(k), b.get(k), d.get(k, _ABSENT), f"{prefix}{k}.")
         return out

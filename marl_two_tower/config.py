@@ -156,7 +156,7 @@ class ModelConfig:
     # embeddings (order-blind); "transformer" = SASRec causal self-attention (Kang &
     # McAuley 2018; model/sequence.py) over the history in time order, output at the last
     # position, trained on every position (sequence batches, model/sequence_training.py)
-    user_encoder: Literal["pooled", "transformer"] = "pooled"
+    user_encoder: Literal["pooled", "transformer"] = "transformer"
     n_blocks: int = 2  # transformer: self-attention blocks (SASRec: 2)
     n_heads: int = 1  # transformer: attention heads, must divide id_dim (SASRec: 1)
     seq_dropout: float = 0.2  # transformer: dropout of embeddings, attention and FFN (SASRec ML-1M: 0.2)
@@ -164,7 +164,7 @@ class ModelConfig:
     # n_items <= this; larger catalogues keep the sampled softmax (in-batch +
     # train.num_negatives, logQ); 0 = always sampled (Klenitskiy & Vasilev 2023: CE over
     # the catalogue >> sampled/BCE for sequential models)
-    full_softmax_max_items: int = 0
+    full_softmax_max_items: int = 20_000
 
 
 @dataclass
@@ -349,6 +349,11 @@ class EvalConfig:
     # draws (seeds inference_seed + 0..S-1), so a reported number is not one lucky draw;
     # 1 = the single draw inference_seed. Other models score once. docs/metrics.md
     inference_samples: int = 4
+    # what a model reads as the user's history when scoring test: "train+val" = the train
+    # items then the validation item, which precedes the test item in time (SASRec's
+    # protocol; no model is retrained on it), "train" = train only. Validation always reads
+    # train only. Models without a history input (BPR-MF, MostPop) are unaffected.
+    test_history: Literal["train", "train+val"] = "train+val"
 
 
 @dataclass
@@ -746,4 +751,6 @@ def fingerprint_config(cfg: Config) -> dict[str, Any]:
     d.pop("eval", None)
     d.pop("serving", None)  # serving settings never block a resume
     d.pop("exposure_budget", None)  # evaluation-time only: trains nothing
+    if d["data"]["source"] != "synthetic":  # the generator's settings read no real data
+        d["data"].pop("synthetic", None)
     return d

@@ -155,6 +155,7 @@ def test_the_exposure_budget_step_evaluates_the_previous_steps_models(tmp_path, 
     from marl_two_tower.eval.arrays import load_eval_arrays
     from marl_two_tower.eval.frontier import load_candidates
     from marl_two_tower.eval.protocols import evaluate
+    from marl_two_tower.eval.scorers import part_scorers
     from marl_two_tower.fairness.exposure import budget_from_config
     from marl_two_tower.model.build import load_trained
     from marl_two_tower.study.ablation import Variant
@@ -176,8 +177,10 @@ def test_the_exposure_budget_step_evaluates_the_previous_steps_models(tmp_path, 
     assert not read_results(out / "tail" / "seed1")["config"]["exposure_budget"]["enabled"]
     # its numbers are the tail model's under the budget, and the budget changed the lists
     model, _, _ = load_trained(tail_ckpt, split=split)
-    budget = budget_from_config(config_from_dict(doc["config"]))
-    ref = evaluate(split, model.scorer(), "test", ks=(5, 10), groups=False, budget=budget)
+    run_cfg = config_from_dict(doc["config"])
+    budget = budget_from_config(run_cfg)
+    test_fn = part_scorers(model, split, run_cfg)["test"]  # test reads train + val histories
+    ref = evaluate(split, test_fn, "test", ks=(5, 10), groups=False, budget=budget)
     assert doc["metrics"]["test"]["full"]["Gini@10"] == pytest.approx(ref["full"]["Gini@10"])
     assert doc["metrics"]["test"]["full"]["HR@10"] == pytest.approx(ref["full"]["HR@10"])
     tail_arr, budget_arr = (load_eval_arrays(out / k / "seed1") for k in ("tail", "budget"))

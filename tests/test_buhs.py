@@ -147,7 +147,7 @@ def test_user_with_only_the_target_gets_an_empty_sample():
 
 def small_model(split, synthesis="attention", seed=0):
     torch.manual_seed(seed)
-    mcfg = ModelConfig(dim=8, id_dim=8, hidden=16, history_len=5)
+    mcfg = ModelConfig(dim=8, id_dim=8, hidden=16, history_len=5, user_encoder="pooled")
     model = TwoTower(split, mcfg)
     ctx = BUHS(split, BUHSConfig(enabled=True, fanout=3, temperature=0.5, synthesis=synthesis,
                                  inference_seed=11), model)

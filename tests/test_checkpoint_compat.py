@@ -36,3 +36,22 @@ def test_a_changed_value_is_refused():
     cfg.model.dim = cfg.model.dim + 1
     with pytest.raises(ckpt_io.CheckpointMismatch, match="model.dim"):
         ckpt_io.check_compatible(old, "d", fingerprint_config(cfg))
+
+
+def test_a_real_data_run_ignores_the_synthetic_generators_settings():
+    """A checkpoint trained on real data stays resumable when the synthetic generator's
+    defaults change (they read no real data), including one whose stored fingerprint
+    still has them."""
+    cfg = Config()
+    cfg.data.source = "ml-100k"
+    old = fingerprint_config(cfg) | {"data": fingerprint_config(cfg)["data"] | {
+        "synthetic": {"n_users": 1, "taste_drift": 0.5}}}
+    ckpt = {"data_fingerprint": "d", "config_fingerprint": json.dumps(old)}
+    cfg.data.synthetic.taste_drift = 9.0
+    ckpt_io.check_compatible(ckpt, "d", fingerprint_config(cfg))
+    # on synthetic data they are the data: a change is refused
+    syn = Config()
+    stored = {"data_fingerprint": "d", "config_fingerprint": json.dumps(fingerprint_config(syn))}
+    syn.data.synthetic.taste_drift = 9.0
+    with pytest.raises(ckpt_io.CheckpointMismatch, match="taste_drift"):
+        ckpt_io.check_compatible(stored, "d", fingerprint_config(syn))

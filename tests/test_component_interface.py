@@ -20,7 +20,9 @@ from marl_two_tower.model.components import TrainBatch, TrainingComponent
 from marl_two_tower.model.two_tower import TwoTower
 from marl_two_tower.train.trainer import StopTraining, Trainer
 
-TINY = ["data.synthetic.n_users=150", "data.synthetic.n_items=100", "model.dim=16",
+# the pooled tower: uniform positives, so the Fair Sampler is the positive sampler
+TINY = ["model.user_encoder=pooled",
+        "data.synthetic.n_users=150", "data.synthetic.n_items=100", "model.dim=16",
         "model.id_dim=16", "model.hidden=32", "train.batch_size=128", "train.epochs=2",
         "train.patience=10", "train.max_steps_per_epoch=4"]
 WEIGHT = 0.01

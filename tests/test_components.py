@@ -21,7 +21,9 @@ from marl_two_tower.model.losses import rec_loss
 from marl_two_tower.model.two_tower import TwoTower
 from marl_two_tower.train.trainer import StopTraining, Trainer
 
-TINY = ["data.synthetic.n_users=150", "data.synthetic.n_items=100", "model.dim=16",
+# the pooled tower: the uniform PositiveSampler and the Fair Sampler's own draws
+TINY = ["model.user_encoder=pooled",
+        "data.synthetic.n_users=150", "data.synthetic.n_items=100", "model.dim=16",
         "model.id_dim=16", "model.hidden=32", "train.batch_size=128", "train.epochs=2",
         "train.patience=10", "buhs.fanout=5"]
 ALL_ON = ["fair_sampler.enabled=true", "buhs.enabled=true", "gini.enabled=true",

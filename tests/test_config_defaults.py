@@ -51,6 +51,7 @@ def test_constructor_defaults_are_the_configs(cls, name, want):
 
 def test_components_built_from_a_config_carry_its_values():
     cfg = Config()
+    cfg.model.user_encoder = "pooled"  # the Fair Sampler draws positives (not weights)
     cfg.data.synthetic.n_users, cfg.data.synthetic.n_items = 120, 60
     cfg.fair_sampler.beta, cfg.fair_sampler.max_per_batch = 0.37, 3
     cfg.exposure_budget.enabled = True
@@ -68,7 +69,13 @@ def test_components_built_from_a_config_carry_its_values():
     d = GiniConfig()
     assert ExposureBudget.from_config(d) == ExposureBudget(d.exposure_cap, d.cap_k, d.cap_candidates,
                                                            d.cover_floor)
-    assert d.cover_floor == 1 and FairSamplerComponent(Config(), split).sampler.beta == 0.1
+    pooled = Config()
+    pooled.model.user_encoder = "pooled"
+    assert d.cover_floor == 1 and FairSamplerComponent(pooled, split).sampler.beta == 0.1
+    # under the sequence tower (the default) the same beta sets the positives' weights
+    weighted = FairSamplerComponent(Config(), split)
+    pop = np.maximum(split.item_pop, 1).astype(np.float64)
+    np.testing.assert_allclose(weighted.item_weight.numpy(), pop ** -0.1, rtol=1e-6)
 
 
 def test_genre_env_batch_defaults_to_the_rl_batch():

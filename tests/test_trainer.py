@@ -14,7 +14,8 @@ from marl_two_tower.eval.protocols import evaluate
 from marl_two_tower.model.build import load_trained
 from marl_two_tower.train.trainer import StopTraining, Trainer
 
-TINY = ["data.synthetic.n_users=200", "data.synthetic.n_items=150", "model.dim=16",
+TINY = ["model.user_encoder=pooled",
+        "data.synthetic.n_users=200", "data.synthetic.n_items=150", "model.dim=16",
         "model.id_dim=16", "model.hidden=32", "train.batch_size=256", "train.epochs=3",
         "train.patience=10"]
 
@@ -30,6 +31,7 @@ def hr10(split, score_fn) -> float:
 def test_recovers_planted_genre_structure(tmp_path):
     # Strong planted genre preferences, mild popularity: popularity alone is weak.
     cfg = load_config(None, [
+        "model.user_encoder=pooled",  # genre taste, not order: the order-blind tower's case
         "data.synthetic.n_users=400", "data.synthetic.n_items=300",
         "data.synthetic.popularity_sigma=0", "data.synthetic.zipf_exponent=0.5",
         "data.synthetic.genre_affinity=5",

@@ -74,6 +74,24 @@ class BaselineRecommender(ABC):
         The tensor is new on every call, so callers may mask it in place.
         """
 
+    def history_scorer(self, split: Split, part: str, test_history: str = "train+val"):
+        """Score function for ``part``: the user rows the model reads are train, plus the
+        validation interaction for test under ``test_history='train+val'`` (input only,
+        no refit: neighbourhood models and EASE score from these rows; BPR-MF and MostPop
+        read none)."""
+        if part != "test" or test_history == "train" or self.include_val:
+            return self.score
+        rows = split.exclusion_matrix("test").astype(np.float32).tocsr()
+
+        def score_fn(users: np.ndarray) -> torch.Tensor:
+            saved, self.train_matrix = self.train_matrix, rows
+            try:
+                return self.score(users)
+            finally:
+                self.train_matrix = saved
+
+        return score_fn
+
     @property
     def n_users(self) -> int:
         return self._require_fitted().shape[0]

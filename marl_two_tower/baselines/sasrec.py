@@ -247,6 +247,15 @@ class SASRec(BaselineRecommender):
             s = h @ self.net.item_emb.weight.T
         return s.float().cpu()
 
+    def history_scorer(self, split: Split, part: str, test_history: str = "train+val"):
+        """Score function for ``part`` reading the train sequence, with the validation
+        item appended for test under ``test_history='train+val'`` (not retrained on it)."""
+        if part == "test" and (test_history == "train+val" or self.include_val):
+            ptr, items = append_items(split.train_indptr, split.train_items, split.val_items)
+        else:
+            ptr, items = split.train_indptr, split.train_items
+        return lambda users: self._score_from(users, ptr, items)
+
     def score(self, users: np.ndarray) -> torch.Tensor:
         """Scores h_u . E_i from the user's last ``max_len`` items (train, plus the
         validation item after ``fit(..., include_val=True)``)."""

@@ -91,6 +91,7 @@ _EVAL_MODES = {"comprehensive": ("both", True), "quick": ("full", False),
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from marl_two_tower.config import TrainConfig, check_device
     from marl_two_tower.eval import modes as eval_modes
+    from marl_two_tower.eval.scorers import part_scorers
     from marl_two_tower.model.build import load_trained
     from marl_two_tower.study.results import build_results, write_results
     from marl_two_tower.study.run import check_output_folder, evaluate_model
@@ -108,7 +109,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         else TrainConfig.num_threads)
     model, _, split = load_trained(args.checkpoint, cfg, device=args.device)
     device = next(model.parameters()).device
-    score_fn = model.scorer(device)
+    score_fn = part_scorers(model, split, cfg, device)["test"]  # eval.test_history
     metrics: dict = {}
     if args.mode in _EVAL_MODES:
         protocol, groups = _EVAL_MODES[args.mode]

@@ -188,19 +188,21 @@ def inference_latency(model: TwoTower, split: Split, k: int = 10, n_single: int 
     return out
 
 
-def _baseline_score_fn(path: str | Path, split: Split, device: str):
-    """Score function of a baseline checkpoint: two-tower or saved baseline recommender."""
+def _baseline_score_fn(path: str | Path, split: Split, device: str, cfg: Config):
+    """Test score function of a baseline checkpoint (two-tower or saved baseline
+    recommender), reading the histories ``cfg.eval.test_history`` says."""
     from marl_two_tower import checkpoint as ckpt_io
+    from marl_two_tower.eval.scorers import part_scorers
 
     ck = ckpt_io.load(path)
     if isinstance(ck.get("model"), str):  # a saved baseline recommender (MostPop, EASE, ...)
         from marl_two_tower.baselines import load_recommender
 
-        return load_recommender(path).score
+        return part_scorers(load_recommender(path), split, cfg)["test"]
     from marl_two_tower.model.build import load_trained
 
     model, _, _ = load_trained(path, split=split, device=device)
-    return model.scorer(next(model.parameters()).device)
+    return part_scorers(model, split, cfg, next(model.parameters()).device)["test"]
 
 
 def statistical_test(score_fn: Any, baseline_ckpt: str | Path, split: Split, cfg: Config,
@@ -209,7 +211,7 @@ def statistical_test(score_fn: Any, baseline_ckpt: str | Path, split: Split, cfg
     if not baseline_ckpt:
         raise ValueError("--statistical-test needs the baseline checkpoint to compare with")
     ks = tuple(cfg.eval.ks)
-    base_fn = _baseline_score_fn(baseline_ckpt, split, device)
+    base_fn = _baseline_score_fn(baseline_ckpt, split, device, cfg)
     a = compute_eval_arrays(split, score_fn, ks, cfg.eval.batch_size, budget_from_config(cfg))
     b = compute_eval_arrays(split, base_fn, ks, cfg.eval.batch_size)
     res = compare([a], [b], metric_names(ks), n_boot=n_boot, seed=seed)

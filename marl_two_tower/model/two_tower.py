@@ -619,7 +619,8 @@ class TwoTower(nn.Module):
         return z_mean, union, (total / n_draws).masked_fill(union < 0, 0.0)
 
     @torch.no_grad()
-    def scorer(self, device: torch.device | str = "cpu", samples: int | None = None):
+    def scorer(self, device: torch.device | str = "cpu", samples: int | None = None,
+               history: tuple[np.ndarray, np.ndarray] | None = None):
         """A ``ScoreFn`` for the evaluator: item vectors are computed once; users are
         scored in the batches the caller passes (the evaluator's ``eval.batch_size``).
 
@@ -637,13 +638,34 @@ class TwoTower(nn.Module):
         ones. ``samples`` defaults to ``self.inference_samples``
         (``eval.inference_samples``, range-checked by the config); S = 1 is draw 0, the
         single fixed-seed draw. Models without such components score once whatever S is.
+
+        ``history`` (CSR ``(indptr, items)`` in time order, e.g. train + the validation
+        item for test: :func:`marl_two_tower.data.sequences.append_items`) is what the
+        user tower reads instead of its train histories, during each call only.
         """
         self.eval()
         if samples is not None and samples < 1:
             raise ValueError(f"samples must be >= 1, got {samples}")
         items = self.item_vectors()
+        tower = self.user_tower
+        swap = None
+        if history is not None:
+            hist, valid = last_windows(history[0], history[1], np.arange(len(history[0]) - 1),
+                                       tower.hist_items.shape[1])
+            swap = (torch.from_numpy(hist).to(tower.hist_items.device),
+                    torch.from_numpy(valid).to(tower.hist_valid.device))
 
         def score_fn(users: np.ndarray) -> torch.Tensor:
+            if swap is None:
+                return _score(users)
+            saved = tower.hist_items, tower.hist_valid
+            tower.hist_items, tower.hist_valid = swap
+            try:
+                return _score(users)
+            finally:
+                tower.hist_items, tower.hist_valid = saved
+
+        def _score(users: np.ndarray) -> torch.Tensor:
             with torch.no_grad():
                 u = torch.as_tensor(users, dtype=torch.long, device=device)
                 z, ov_items, ov_vals = self.mean_user_state(u, samples, item_vecs=items)

@@ -20,6 +20,7 @@ from marl_two_tower.data.split import Split
 from marl_two_tower.eval.arrays import compute_eval_arrays, save_eval_arrays
 from marl_two_tower.eval.frontier import Candidates, compute_candidates, save_candidates
 from marl_two_tower.eval.protocols import sampled_protocol_shortage
+from marl_two_tower.eval.scorers import part_scorers
 from marl_two_tower.fairness.exposure import budget_from_config
 from marl_two_tower.model.build import COMPONENTS
 from marl_two_tower.study.results import build_results, write_results
@@ -62,7 +63,7 @@ def train_and_evaluate(cfg: Config, resume: bool = False, progress: bool = True,
             f"{ck_dir}: this run saved no best model (validation NDCG@10 was never "
             f"a number above -1 in {state.epoch} epoch(s)); refusing to report another run's "
             "model_best.pt")
-    score_fn = trainer.model.scorer(trainer.device)
+    scorers = part_scorers(trainer.model, split, cfg, trainer.device)
     extra = {"best_epoch": state.best_epoch, "epochs_run": state.epoch,
              "skipped_steps": trainer.skipped_steps,
              "world_size": trainer.dist.world_size if trainer.dist is not None else 1,
@@ -72,7 +73,7 @@ def train_and_evaluate(cfg: Config, resume: bool = False, progress: bool = True,
         # per-run folders under one root: <root>/model_best.pt = the latest run's best
         root = Path(cfg.checkpoint_dir.split("{name}")[0] or ".")
         ckpt_io.link_latest(ck_dir / "model_best.pt", root / "model_best.pt")
-    doc = evaluate_and_write(cfg, split, score_fn, state.history, extra, write=main)
+    doc = evaluate_and_write(cfg, split, scorers, state.history, extra, write=main)
     return trainer, doc
 
 
@@ -92,20 +93,22 @@ def check_sampled_protocol(cfg: Config, split: Split) -> None:
         f"negatives; set eval.sampled_negatives <= {avail}")
 
 
-def evaluate_and_write(cfg: Config, split: Split, score_fn, history: list[dict[str, Any]],
-                       extra: dict[str, Any], write: bool = True) -> dict[str, Any]:
-    """Evaluate a trained scorer on test (all protocols) and validation (full) and write
+def evaluate_and_write(cfg: Config, split: Split, scorers: dict[str, Any],
+                       history: list[dict[str, Any]], extra: dict[str, Any],
+                       write: bool = True) -> dict[str, Any]:
+    """Evaluate trained scorers (:func:`part_scorers`) on test (all protocols) and
+    validation (full) and write
     the run folder ``<output_dir>/<name>/``: ``per_user.npz`` (test lists and ranks),
     ``frontier.npz`` (val and test candidates for :mod:`marl_two_tower.eval.frontier`;
     reports never re-score a model) and, last, ``results.json`` (which marks a finished
     run). ``write=False`` (DDP ranks other than 0) only computes."""
-    metrics = {"test": evaluate_model(split, score_fn, cfg, "test"),
-               "val": evaluate_model(split, score_fn, cfg, "val", protocol="full",
+    metrics = {"test": evaluate_model(split, scorers["test"], cfg, "test"),
+               "val": evaluate_model(split, scorers["val"], cfg, "val", protocol="full",
                                      groups=False)}
     doc = build_results(cfg, split, metrics, history, extra)
-    arrays = compute_eval_arrays(split, score_fn, cfg.eval.ks, cfg.eval.batch_size,
+    arrays = compute_eval_arrays(split, scorers["test"], cfg.eval.ks, cfg.eval.batch_size,
                                  budget_from_config(cfg))
-    cands = frontier_candidates(cfg, split, score_fn)
+    cands = frontier_candidates(cfg, split, scorers)
     if write:
         run_dir = Path(cfg.output_dir) / cfg.name
         save_eval_arrays(run_dir, arrays)
@@ -131,21 +134,26 @@ def fit_and_evaluate_baseline(name: str, cfg: Config, split: Split,
     for comp in COMPONENTS:
         getattr(c, comp).enabled = False
     model = BASELINES[name](**(params or {})).fit(split)
-    metrics = {"test": evaluate_model(split, model.score, c, "test")}
+    scorers = part_scorers(model, split, c)
+    metrics = {"test": evaluate_model(split, scorers["test"], c, "test")}
     doc = build_results(c, split, metrics, extra={"model": name, "kind": "baseline",
                                                   "params": dict(params or {})})
     run_dir = Path(c.output_dir) / c.name
-    save_eval_arrays(run_dir, compute_eval_arrays(split, model.score, c.eval.ks, c.eval.batch_size,
-                                                  budget_from_config(c)))
-    save_candidates(run_dir, frontier_candidates(c, split, model.score))
+    save_eval_arrays(run_dir, compute_eval_arrays(split, scorers["test"], c.eval.ks,
+                                                  c.eval.batch_size, budget_from_config(c)))
+    save_candidates(run_dir, frontier_candidates(c, split, scorers))
     write_results(run_dir, doc)
     return doc
 
 
-def frontier_candidates(cfg: Config, split: Split, score_fn) -> dict[str, Candidates]:
+def frontier_candidates(cfg: Config, split: Split, scorers) -> dict[str, Candidates]:
     """Val and test candidates of the exposure budget (its ``gini.cap_candidates``),
-    whether the budget is on or not: every run can then be put on the frontier."""
-    return {part: compute_candidates(split, score_fn, part, cfg.gini.cap_candidates,
+    whether the budget is on or not: every run can then be put on the frontier.
+    ``scorers``: ``{"val": fn, "test": fn}`` (:func:`part_scorers`) or one function
+    for both parts."""
+    if not isinstance(scorers, dict):
+        scorers = {"val": scorers, "test": scorers}
+    return {part: compute_candidates(split, scorers[part], part, cfg.gini.cap_candidates,
                                      max(cfg.eval.ks), cfg.eval.batch_size)
             for part in ("val", "test")}
 
@@ -155,8 +163,8 @@ def backfill_candidates(cfg: Config, split: Split, checkpoint: str | Path) -> Pa
     from marl_two_tower.model.build import load_trained
 
     model, _, split = load_trained(checkpoint, cfg=cfg, split=split, device=cfg.train.device)
-    score_fn = model.scorer(next(model.parameters()).device)
-    return save_candidates(Path(cfg.output_dir) / cfg.name, frontier_candidates(cfg, split, score_fn))
+    scorers = part_scorers(model, split, cfg, next(model.parameters()).device)
+    return save_candidates(Path(cfg.output_dir) / cfg.name, frontier_candidates(cfg, split, scorers))
 
 
 def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, split: Split | None = None,
@@ -182,8 +190,8 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, split: Split | None
     src_extra = (source or {}).get("extra", {})
     extra = {"best_epoch": src_extra.get("best_epoch"), "epochs_run": src_extra.get("epochs_run"),
              "checkpoint": str(checkpoint), "evaluation_only": True}
-    return evaluate_and_write(cfg, split, model.scorer(device), (source or {}).get("history", []),
-                              extra)
+    return evaluate_and_write(cfg, split, part_scorers(model, split, cfg, device),
+                              (source or {}).get("history", []), extra)
 
 
 def check_output_folder(path: str | Path, key: str) -> None:
