@@ -36,6 +36,7 @@ from marl_two_tower.baselines.ease import EASE, tune_ease  # noqa: E402
 from marl_two_tower.config import Config, load_config  # noqa: E402
 from marl_two_tower.data import load_split  # noqa: E402
 from marl_two_tower.eval import frontier as F  # noqa: E402
+from marl_two_tower.eval.scorers import part_scorers  # noqa: E402
 from marl_two_tower.model.build import COMPONENTS, load_trained  # noqa: E402
 from marl_two_tower.study.ablation import run_status  # noqa: E402
 from marl_two_tower.study.results import git_commit, read_results  # noqa: E402
@@ -119,11 +120,13 @@ def main() -> int:
                 m, _, _ = load_trained(Path(cfg.checkpoint_dir) / "model_best.pt", cfg=cfg, split=split,
                                        device="cpu")
                 with actions_zeroed(m):
-                    cands.setdefault("zeroed", []).append(frontier_candidates(cfg, split, m.scorer()))
+                    cands.setdefault("zeroed", []).append(
+                        frontier_candidates(cfg, split, part_scorers(m, split, cfg)))
     t0 = time.perf_counter()
     lam, grid = tune_ease(split)
     ease = EASE(lam).fit(split)
-    cands["ease"] = [frontier_candidates(model_config(args, "base", args.seeds[0]), split, ease.score)]
+    base_cfg = model_config(args, "base", args.seeds[0])
+    cands["ease"] = [frontier_candidates(base_cfg, split, part_scorers(ease, split, base_cfg))]
     ease_s = time.perf_counter() - t0
 
     budget = F.budget_curve(F.BUDGET_FACTORS, floor=1)

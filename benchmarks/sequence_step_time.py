@@ -1,0 +1,79 @@
+"""Time per training row of the sequence-tower base on complete ML-1M (issue 14/15).
+
+    .venv/bin/python benchmarks/sequence_step_time.py                      # this checkout
+    .venv/bin/python benchmarks/sequence_step_time.py --specs 1024,none 8192,bf16
+
+For each ``rows,precision`` spec (``train.batch_size`` rows per step,
+``train.mixed_precision``), builds the Trainer of ``configs/ml1m.yaml`` (transformer
+tower, full-softmax CE over the 3,416 items), runs one warm-up epoch of ``--steps``
+steps (scaled so every spec trains about the same number of rows), then times the next
+one. Reports ms per step, microseconds per row and the implied epoch time (790k rows:
+each user's last 200 train items), plus the mean L_rec of the timed epoch (the same
+batches and seed give the same loss, so a speed change that moves it is visible).
+Single thread, wall clock: on the shared machine compare specs of one run.
+
+The "before" numbers of docs/sequence_tower.md are this script run on the checkout
+before the full-softmax layout change, e.g. ``git worktree add /tmp/before 71fc646``
+and ``PYTHONPATH=/tmp/before .venv/bin/python benchmarks/sequence_step_time.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from marl_two_tower.config import load_config
+from marl_two_tower.data import load_split
+from marl_two_tower.train.trainer import Trainer
+from marl_two_tower.utils.io import to_jsonable, write_text_atomic
+
+DATA = Path(os.environ.get("MARL_TWO_TOWER_DATA",
+                           Path(__file__).resolve().parents[2] / "shared" / "data"))
+EPOCH_ROWS = 790_000  # sum over users of min(train length, 200) on ML-1M, rounded
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--specs", nargs="*", default=["1024,none", "1024,bf16", "4096,none",
+                                                    "4096,bf16", "8192,bf16"])
+    ap.add_argument("--rows", type=int, default=40 * 1024, help="rows per timed epoch")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "sequence_step_time.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    base = [f"data.path={DATA / 'ml-1m-ordered'}", "train.num_threads=1", "train.tensorboard=false",
+            "checkpoint_dir=/tmp/mtt-step-time", "output_dir=/tmp/mtt-step-time"]
+    split = load_split(load_config("ml1m.yaml", base).data)
+    rows_out = []
+    for spec in args.specs:
+        rows, precision = spec.split(",")
+        steps = max(5, args.rows // int(rows))
+        cfg = load_config("ml1m.yaml", base + [f"train.batch_size={rows}",
+                                               f"train.mixed_precision={precision}",
+                                               f"train.max_steps_per_epoch={steps}"])
+        trainer = Trainer(cfg, split, progress=False)
+        trainer.train_epoch(0)  # warm-up: allocator, caches
+        t0 = time.perf_counter()
+        terms = trainer.train_epoch(1)
+        sec = time.perf_counter() - t0
+        row = {"rows": int(rows), "precision": precision, "steps": steps,
+               "ms_per_step": 1000 * sec / steps, "us_per_row": 1e6 * sec / steps / int(rows),
+               "epoch_seconds_implied": sec / steps / int(rows) * EPOCH_ROWS,
+               "rec_loss": terms.get("rec")}
+        rows_out.append(row)
+        print(f"{rows:>6} rows {precision:>4}: {row['ms_per_step']:.0f} ms/step, "
+              f"{row['us_per_row']:.1f} us/row -> {row['epoch_seconds_implied']:.0f} s/epoch, "
+              f"L_rec {row['rec_loss']:.4f}", flush=True)
+    doc = {"command": " ".join(["python", *sys.argv]), "load_average": os.getloadavg(),
+           "results": rows_out}
+    write_text_atomic(Path(args.out), json.dumps(to_jsonable(doc), indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

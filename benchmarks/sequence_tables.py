@@ -1,0 +1,81 @@
+"""Render the sequence-tower results tables (docs/sequence_tower.md, README) from JSON.
+
+    .venv/bin/python benchmarks/sequence_tables.py --source ml-1m-ordered
+    .venv/bin/python benchmarks/sequence_tables.py --source ml-100k
+
+Reads every ``benchmarks/results/{sasrec,sequence,baselines}_<source>_test*.json``
+written by ``benchmarks/sasrec_reference.py`` and prints one Markdown table: per model,
+the mean (and, with more than one seed, the standard deviation) of the test metrics
+over seeds, the seeds, seconds per epoch and fit minutes (a resumed run: the sum of its
+epochs' training seconds, validation excluded). A model's runs from several
+files are pooled by seed; a later file's seed replaces an earlier one's (``--files``
+gives the order; default: sorted names). Nothing is typed in: the docs' tables are
+this script's output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+KEYS = ["HR@10", "NDCG@10", "Coverage@10", "Gini@10", "TailHR@10"]
+LABELS = {"mostpop": "MostPop", "bpr": "BPR-MF", "ease": "EASE (lambda on val, refit train+val)",
+          "itemknn": "ItemKNN", "sasrec": "SASRec reference", "two_tower": "two-tower, transformer tower"}
+ORDER = ["mostpop", "itemknn", "bpr", "ease", "sasrec", "two_tower"]
+RESULTS = Path(__file__).parent / "results"
+
+
+def collect(files: list[Path]) -> dict[str, dict[str, dict]]:
+    """model -> seed -> run record (a later file's seed wins)."""
+    out: dict[str, dict[str, dict]] = {}
+    for f in files:
+        doc = json.loads(f.read_text())
+        for model, runs in doc["results"].items():
+            for seed, run in runs.items():
+                if "test" in run:
+                    out.setdefault(model, {})[seed] = run | {"file": f.name}
+    return out
+
+
+def cell(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+
+
+def table(runs: dict[str, dict[str, dict]]) -> str:
+    lines = ["| model | seeds | " + " | ".join(KEYS) + " | s/epoch | fit (min) | best epoch |",
+             "|---" * (len(KEYS) + 5) + "|"]
+    for model in sorted(runs, key=lambda m: ORDER.index(m) if m in ORDER else len(ORDER)):
+        seeds = sorted(runs[model], key=int)
+        rs = [runs[model][s] for s in seeds]
+        metrics = [cell([r["test"][k] for r in rs]) for k in KEYS]
+        eps = [r["epoch_seconds"] for r in rs if r.get("epoch_seconds")]
+        # a resumed run's process timed only its own epochs: count every epoch's training
+        fits = [(r["train_seconds_all_epochs"] if r.get("resumed") else r["fit_seconds"]) / 60
+                for r in rs]
+        best = [str(r["best_epoch"]) for r in rs if r.get("best_epoch")]
+        lines.append(f"| {LABELS.get(model, model)} | {', '.join(seeds)} | " + " | ".join(metrics)
+                     + f" | {np.mean(eps):.0f} | {np.mean(fits):.1f} | {', '.join(best)} |"
+                     if eps else
+                     f"| {LABELS.get(model, model)} | {', '.join(seeds)} | " + " | ".join(metrics)
+                     + f" | | {np.mean(fits):.1f} | |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--source", default="ml-1m-ordered")
+    ap.add_argument("--files", nargs="*", type=Path, default=None)
+    args = ap.parse_args()
+    files = args.files or sorted(p for pat in ("sasrec", "sequence", "baselines")
+                                 for p in RESULTS.glob(f"{pat}_{args.source}_test*.json"))
+    print(table(collect(files)))
+    print("\nfrom: " + ", ".join(f.name for f in files))
+
+
+if __name__ == "__main__":
+    main()
