@@ -282,10 +282,11 @@ def _print_summary(doc: dict) -> None:
         print(f"sampled HR@10 {test['sampled'].get('HR@10', float('nan')):.4f}")
 
 
-def _synthetic_default() -> bool:
+def _synthetic_default(key: str = "exact_lengths"):
+    """A default of the synthetic generator's config (one source of defaults)."""
     from marl_two_tower.config import SyntheticConfig
 
-    return SyntheticConfig().exact_lengths
+    return getattr(SyntheticConfig(), key)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -352,8 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, default=1_000_000,
                    help="number of users (the scale benchmark's size; the demo uses 1500)")
     p.add_argument("--items", type=int, default=100_000, help="number of items")
-    p.add_argument("--interactions-per-user", type=float, default=55.0, help="mean history length")
-    p.add_argument("--genres", type=int, default=12, help="number of genres")
+    p.add_argument("--interactions-per-user", type=float,
+                   default=_synthetic_default("interactions_per_user"),
+                   help="mean history length (default: data.synthetic.interactions_per_user "
+                        f"= {_synthetic_default('interactions_per_user')})")
+    p.add_argument("--genres", type=int, default=_synthetic_default("n_genres"),
+                   help=f"number of genres (default: data.synthetic.n_genres = "
+                        f"{_synthetic_default('n_genres')})")
     p.add_argument("--seed", type=int, default=7, help="generator seed")
     p.add_argument("--exact-lengths", action=argparse.BooleanOptionalAction, default=None,
                    help="redraw repeated (user, item) draws so histories have their drawn "
