@@ -145,7 +145,8 @@ def test_fair_sampler_reweights_sequence_positives(tmp_path: Path) -> None:
     w = pop ** -0.5
     np.testing.assert_allclose(fair.row_weights(users, pos).numpy(), w / w.mean(), rtol=1e-6)
     trainer.model.eval()
-    _, rows = trainer.model.training_row_losses(users, pos, torch.tensor([0]))
+    with torch.no_grad():
+        _, rows = trainer.model.training_row_losses(users, pos, torch.tensor([0]))
     terms = trainer.losses(users, pos, np.random.default_rng(0))
     expected = float((rows * torch.as_tensor(w / w.mean(), dtype=torch.float32)).mean())
     assert float(terms["rec"]) == pytest.approx(cfg.loss.l_sup * expected, rel=1e-5)

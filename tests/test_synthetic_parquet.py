@@ -154,7 +154,7 @@ def test_generate_subcommand(tmp_path, capsys):
                  "--seed", "3", "--output", str(out), "-q"]) == 0
     ds = load_dataset(DataConfig(source="parquet", path=str(out)))
     ref = S.generate(SyntheticConfig(n_users=300, n_items=120, interactions_per_user=12, seed=3,
-                                     n_genres=12, exact_lengths=True))  # --genres defaults to 12
+                                     exact_lengths=True))  # --genres: the config's n_genres
     _assert_same(ds, ref)
     assert f"{ref.n_interactions} interactions" in capsys.readouterr().out
 
