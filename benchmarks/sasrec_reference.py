@@ -21,7 +21,8 @@ Rows (``--models``):
   one dot product), trained by the project's Trainer on sequence batches with the
   full-softmax CE (``model.full_softmax_max_items``), early stopping on validation
   NDCG@10; for test its history also gets the validation item appended
-  (``UserTower.use_history``), as for SASRec.
+  (``eval.test_history=train+val``, :func:`marl_two_tower.eval.scorers.part_scorers`),
+  as for SASRec.
 
 ``--val-only`` stops after model selection and reports validation metrics (for the
 hyper-parameter grid; the test split is not touched). Writes ``--out`` (JSON): per
@@ -46,9 +47,9 @@ import torch
 from marl_two_tower.baselines import SASRec
 from marl_two_tower.config import load_config
 from marl_two_tower.data import load_split
-from marl_two_tower.data.sequences import append_items
 from marl_two_tower.data.split import Split
 from marl_two_tower.eval.protocols import evaluate
+from marl_two_tower.eval.scorers import part_scorers
 from marl_two_tower.utils.io import to_jsonable, write_text_atomic
 
 KEYS = ["HR@10", "NDCG@10", "Coverage@10", "Gini@10", "TailHR@10"]
@@ -111,11 +112,10 @@ def run_two_tower(split: Split, args: argparse.Namespace, seed: int) -> dict[str
         "epoch_seconds": float(np.mean(epoch_s)),
         "history": [{k: v for k, v in h.items() if isinstance(v, (int, float))}
                     for h in state.history]}
-    out["val"] = metrics(split, model.scorer(trainer.device), "val")
+    scorers = part_scorers(model, split, cfg, trainer.device)  # test reads train + val
+    out["val"] = metrics(split, scorers["val"], "val")
     if not args.val_only:
-        model.user_tower.use_history(*append_items(split.train_indptr, split.train_items,
-                                                   split.val_items))
-        out["test"] = metrics(split, model.scorer(trainer.device), "test")
+        out["test"] = metrics(split, scorers["test"], "test")
     return out
 
 

@@ -221,10 +221,15 @@ class UserTower(UserFeatures):
         e.g. train + the validation item before scoring test
         (:func:`marl_two_tower.data.sequences.append_items`); training is unaffected
         only if it is over."""
+        self.hist_items, self.hist_valid = self.windows(indptr, items)
+
+    def windows(self, indptr: np.ndarray, items: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(items, valid) ``[n_users, history_len]`` on the buffers' device: every user's
+        most recent items of these CSR sequences, right-aligned (what the tower reads)."""
         hist, valid = last_windows(indptr, items, np.arange(len(indptr) - 1),
                                    self.hist_items.shape[1])
-        self.hist_items = torch.from_numpy(hist).to(self.hist_items.device)
-        self.hist_valid = torch.from_numpy(valid).to(self.hist_valid.device)
+        return (torch.from_numpy(hist).to(self.hist_items.device),
+                torch.from_numpy(valid).to(self.hist_valid.device))
 
     def pooled_history(self, users: torch.Tensor, item_emb: nn.Embedding,
                        exclude: torch.Tensor | None = None) -> torch.Tensor:
@@ -648,12 +653,7 @@ class TwoTower(nn.Module):
             raise ValueError(f"samples must be >= 1, got {samples}")
         items = self.item_vectors()
         tower = self.user_tower
-        swap = None
-        if history is not None:
-            hist, valid = last_windows(history[0], history[1], np.arange(len(history[0]) - 1),
-                                       tower.hist_items.shape[1])
-            swap = (torch.from_numpy(hist).to(tower.hist_items.device),
-                    torch.from_numpy(valid).to(tower.hist_valid.device))
+        swap = None if history is None else tower.windows(*history)
 
         def score_fn(users: np.ndarray) -> torch.Tensor:
             if swap is None:
