@@ -56,7 +56,9 @@ COMPARISONS = (  # (model, against): paired at matched Gini
 
 def model_config(args: argparse.Namespace, model: str, seed: int) -> Config:
     on = [f"{c}.enabled=true" for c in COMPONENTS] if model == "full" else []
-    run = Path(args.runs) / model
+    if model == "full":
+        on += list(args.full_set)
+    run = Path(args.runs) / (args.full_dir if model == "full" else model)
     return load_config("ablation.yaml", [f"data.path={args.data}", "train.num_threads=1",
                                          f"seed={seed}", f"name=seed{seed}", f"output_dir={run}",
                                          f"checkpoint_dir={run}/seed{seed}/checkpoints", *on])
@@ -96,6 +98,11 @@ def main() -> int:
     p.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "frontier_ml100k.json"))
     p.add_argument("--plot", default=str(REPO / "docs" / "img" / "frontier_ml100k.png"))
     p.add_argument("--replot", action="store_true", help="only redraw --plot from --output")
+    p.add_argument("--full-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override of the full model only (repeatable; default: none)")
+    p.add_argument("--full-dir", default="full",
+                   help="the full model's folder under --runs (default: full), so variants "
+                        "of it share the base runs")
     args = p.parse_args()
     if args.replot:
         plot(json.loads(Path(args.output).read_text()), args.plot)
@@ -151,6 +158,7 @@ def main() -> int:
         "data": {"name": split.dataset.name, "fingerprint": split.dataset.fingerprint(),
                  "n_users": split.n_users, "n_items": split.n_items},
         "seeds": args.seeds, "targets": list(TARGETS), "n_boot": args.n_boot,
+        "full_overrides": list(args.full_set),
         "knobs": {"budget": {"factors": list(F.BUDGET_FACTORS), "floor": 1, "k": 10},
                   "online": {"factors": list(F.BUDGET_FACTORS), "window": "all evaluated users",
                              "order": "user index"},

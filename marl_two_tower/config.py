@@ -295,6 +295,13 @@ class MARLConfig:
     per_agent_critic: bool = True  # per-agent value heads V_g on per-agent rewards (else V only)
     tail_feature: Literal["binary", "smooth"] = "binary"  # tail(i): tail_mask or inverse popularity
     steer_supervised: bool = False  # False: L_rec sees the base score (towers never cancel boosts)
+    # units of b and t: "absolute" score units, or "score_std" = multiples of sigma_u, the
+    # std over the catalogue of u's base scores (a boost of 1 moves a genre by one spread
+    # for every user, whatever the tower's temperature): docs/marl.md "Action units"
+    action_units: Literal["absolute", "score_std"] = "absolute"
+    # reward targets are dropped from the supervised positives (True) or stay positives
+    # (False: the RL state still leaves them out; L_rec keeps every train interaction)
+    holdout_positives: bool = True
 
 
 @dataclass

@@ -111,6 +111,7 @@ class GenreAgents(Controller):
         # it is not registered as a submodule (no parameter is owned twice).
         self.item_encoder = item_encoder
         self._item_cache: tuple[Any, torch.Tensor] | None = None
+        self._cov_cache: tuple[Any, torch.Tensor] | None = None  # see spread()
         self._stats_cache: tuple[Any, GenreStats] | None = None  # see observe()
         self.history = GenreHistory(split.train_matrix, ds.item_genres, split.tail_mask)
         self.register_buffer("item_genres", torch.as_tensor(ds.item_genres, dtype=torch.float32))
@@ -202,8 +203,36 @@ class GenreAgents(Controller):
         """Deterministic action s_a tanh(mu): ``[B, G, 2]``."""
         return self.squash(self.policy(obs)[0])
 
+    def spread(self, e_u: torch.Tensor) -> torch.Tensor:
+        """sigma_u ``[B]``: the standard deviation over the catalogue of u's base scores.
+
+        With s_0(u, i) = scale_T <e_u, e_i> and C the (population) covariance of the e_i,
+        std_i s_0(u, i) = scale_T sqrt(e_u^T C e_u): O(d^2) per user, no [B, n] product.
+        It is what :func:`marl_two_tower.model.marl.env.RecEnvCore.observe` measures on
+        the base scores directly (tested equal). C is cached with the item embeddings.
+        """
+        emb = self.item_embeddings()
+        key = self._item_cache[0] if self._item_cache is not None else None
+        if key is None or self._cov_cache is None or self._cov_cache[0] != key:
+            centred = emb - emb.mean(0, keepdim=True)
+            self._cov_cache = (key, centred.T @ centred / max(len(emb), 1))
+        cov = self._cov_cache[1]
+        e = e_u.float()
+        var = ((e @ cov) * e).sum(-1).clamp(min=0.0)
+        # scale_T of the owning model (the item encoder is its bound method; 1 otherwise)
+        scale = getattr(getattr(self.item_encoder, "__self__", None), "scale", 1.0)
+        scale = scale.detach() if isinstance(scale, torch.Tensor) else scale
+        return var.sqrt() * scale
+
+    def units(self, e_u: torch.Tensor) -> torch.Tensor:
+        """Multiplier ``[B]`` of every action: sigma_u (``action_units="score_std"``) or 1."""
+        if self.cfg.action_units == "score_std":
+            return self.spread(e_u)
+        return e_u.new_ones(len(e_u), dtype=torch.float32)
+
     def user_features(self, users: torch.Tensor, e_u: torch.Tensor) -> torch.Tensor:
-        """[b_u ; t_u] ``[B, 2G]`` appended to z_u (deterministic actions).
+        """[b_u ; t_u] ``[B, 2G]`` appended to z_u (deterministic actions, times sigma_u
+        with ``action_units="score_std"``).
 
         In training mode with ``steer_supervised=False`` the features are zero: the
         supervised loss then fits the base score, so the towers never learn to cancel
@@ -212,7 +241,7 @@ class GenreAgents(Controller):
         if self.training and not self.cfg.steer_supervised:
             return e_u.new_zeros(len(users), 2 * self.n_agents)
         with torch.no_grad():
-            a = self.act(self.observe(users, e_u))
+            a = self.act(self.observe(users, e_u)) * self.units(e_u)[:, None, None]
         return torch.cat([a[..., 0], a[..., 1]], dim=-1).to(e_u.dtype)
 
     def item_features(self) -> torch.Tensor:
@@ -321,7 +350,10 @@ class MARLTrainer(TrainingComponent):
         self._agent = {k: np.zeros(g_n) for k in ("reward", "b_mean", "b_std", "t_mean", "t_std")}
 
     def filter_positives(self, idx: np.ndarray) -> np.ndarray:
-        """Drop reward-target interactions from a batch of supervised positives."""
+        """Drop reward-target interactions from a batch of supervised positives (unless
+        ``marl.holdout_positives`` is False: then every train interaction stays)."""
+        if not self.cfg.marl.holdout_positives:
+            return idx
         return idx[~self.holdout[idx]]
 
     def after_batch(self, index: int, rng: np.random.Generator) -> None:

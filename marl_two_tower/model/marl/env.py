@@ -223,6 +223,7 @@ class RLBatch:
     state: torch.Tensor  # [B, state_dim]
     active: torch.Tensor  # [A, B] genre index of u's a-th most frequent genre
     active_ok: torch.Tensor  # [A, B] bool, that genre occurs in u's history
+    units: torch.Tensor | None = None  # [B] action multiplier (sigma_u or 1), see RecEnvCore
 
 
 @dataclass
@@ -276,11 +277,24 @@ class RecEnvCore:
         return RLBatch(users=users, targets=targets, base=base,
                        mask=self.history.mask(users, self.n_items, self.device), obs=obs,
                        state=critic_state(obs, base.e_u.shape[1]), active=top_genre.T,
-                       active_ok=(top_count > 0).T)
+                       active_ok=(top_count > 0).T, units=self.units(base))
+
+    def units(self, base: BaseScores) -> torch.Tensor:
+        """Action multiplier ``[B]``: sigma_u = std over items of u's base dot-product
+        scores (``action_units="score_std"``; the same number as
+        :meth:`GenreAgents.spread`, which the user tower uses at inference) or 1."""
+        if self.cfg.action_units == "score_std":
+            return base.scores.float().std(-1, unbiased=False)
+        return torch.ones(base.scores.shape[0], device=base.scores.device)
+
+    def _scaled(self, batch: RLBatch, actions: torch.Tensor) -> torch.Tensor:
+        """Actions ``[..., B, G, 2]`` in score units (times sigma_u when configured)."""
+        return actions if batch.units is None else actions * batch.units[:, None, None]
 
     def scores(self, batch: RLBatch, actions: torch.Tensor) -> torch.Tensor:
         """Steered scores ``[..., B, n]`` for actions ``[..., B, G, 2]``."""
-        s = steered_scores(batch.base.scores.float(), actions, self.item_genres, self.tail_feat)
+        s = steered_scores(batch.base.scores.float(), self._scaled(batch, actions),
+                           self.item_genres, self.tail_feat)
         return _apply_overrides(s, batch.base.overrides)
 
     @torch.no_grad()
@@ -302,7 +316,7 @@ class RecEnvCore:
             # agent g's own effect: only its action applied to u's base scores
             # (only the genre's own items move: s + m_{i,g} (b_{u,g} + t_{u,g} tail(i)))
             rows = torch.arange(b, device=self.device)[None, :]
-            act = actions[rows, batch.active]  # [A, B, 2]
+            act = self._scaled(batch, actions)[rows, batch.active]  # [A, B, 2]
             own = (batch.base.scores.float()[None]
                    + self.item_genres.T[batch.active]
                    * (act[..., 0, None] + act[..., 1, None] * self.tail_feat))
