@@ -240,6 +240,10 @@ class TailLossConfig:
     """L_Tail: recommendation loss on tail positives only (DESIGN §4)."""
 
     enabled: bool = False
+    # the candidates of a tail row's softmax: "all" = the rows' own L_rec (tail rows
+    # up-weighted), "tail" = the tail items only (how well u's tail item is ranked
+    # among the tail: what the exposure budget draws on): docs/fairness_components.md
+    candidates: Literal["all", "tail"] = "all"
 
 
 @dataclass

@@ -17,6 +17,7 @@ from marl_two_tower.fairness import fair_sampler as fair_mod
 from marl_two_tower.fairness import gini_agent as gini_mod
 from marl_two_tower.model import buhs as buhs_mod
 from marl_two_tower.model.build import build_model
+from marl_two_tower.model.components import TrainBatch
 from marl_two_tower.model.losses import rec_loss
 from marl_two_tower.model.two_tower import TwoTower
 from marl_two_tower.train.trainer import StopTraining, Trainer
@@ -66,6 +67,34 @@ def test_trainer_tail_term_scales_with_l_tail_and_counts_tail_positives(tmp_path
     assert terms[1.0]["tail"] == pytest.approx(2 * terms[0.5]["tail"], rel=1e-6)
     assert terms[1.0]["rec"] == pytest.approx(terms[0.5]["rec"], rel=1e-6)
     assert split.tail_mask[split.train_items[idx]].any()
+
+
+def test_tail_only_candidates_rank_each_tail_positive_among_the_tail(tmp_path, split):
+    """tail_loss.candidates=tail: oracle = the CE of <z_b, y_j> over the tail items j,
+    row by row, averaged over the tail rows; head rows give no gradient."""
+    tr = Trainer(cfg_for(tmp_path, "tail_loss.enabled=true", "tail_loss.candidates=tail",
+                         "loss.l_tail=0.5"), split, progress=False)
+    (comp,) = [c for c in tr.components if c.name == "tail_loss"]
+    idx = np.arange(128)
+    users = torch.as_tensor(split.train_users[idx])
+    pos = torch.as_tensor(split.train_items[idx])
+    z = tr.model.user_vectors(users, exclude=pos).detach().requires_grad_(True)
+    batch = TrainBatch(users=users, pos=pos, z=z, row_losses=torch.zeros(len(idx)))
+    got = comp.loss_terms(batch)["tail"]
+    tail = np.flatnonzero(split.tail_mask)
+    y = tr.model.item_vectors().detach()
+    rows = [b for b in range(len(idx)) if split.tail_mask[int(pos[b])]]
+    assert 0 < len(rows) < len(idx)
+    oracle = []
+    for b in rows:
+        s = (z[b].detach() @ y[tail].T).double()
+        col = int(np.flatnonzero(tail == int(pos[b]))[0])
+        oracle.append(float(torch.logsumexp(s, 0) - s[col]))
+    assert float(got.detach()) == pytest.approx(0.5 * np.mean(oracle), rel=1e-5)
+    got.backward()
+    head_rows = [b for b in range(len(idx)) if b not in rows]
+    assert torch.equal(z.grad[head_rows], torch.zeros_like(z.grad[head_rows]))
+    assert z.grad[rows].abs().sum() > 0
 
 
 def n_params(model: torch.nn.Module) -> int:

@@ -82,7 +82,7 @@ def build_components(cfg: Config, split: Split, model: TwoTower, device: torch.d
 
     builders: dict[str, Callable[[], TrainingComponent]] = {
         "fair_sampler": lambda: FairSamplerComponent(cfg, split, device),
-        "tail_loss": lambda: TailLoss(cfg, split, device),
+        "tail_loss": lambda: TailLoss(cfg, split, device, model),
         "gini": lambda: GiniTerm(cfg, split, model, device, dist),
         "marl": marl,
     }

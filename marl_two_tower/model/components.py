@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from marl_two_tower.config import Config
 from marl_two_tower.data.samplers import PositiveSampler
@@ -169,18 +170,43 @@ class FairSamplerComponent(TrainingComponent):
 
 
 class TailLoss(TrainingComponent):
-    """L_Tail = l_tail * L_rec over the rows whose positive is a tail item (DESIGN §4)."""
+    """L_Tail = l_tail * a recommendation loss over the rows whose positive is a tail
+    item (DESIGN §4), in one of two forms (``tail_loss.candidates``):
+
+    * ``all``: the rows' own L_rec (same candidates, same per-row losses), averaged
+      over the tail rows, i.e. tail positives up-weighted in L_rec;
+    * ``tail``: a softmax over the tail items only,
+      L = mean over tail rows b of -log softmax_{j in T}(<z_b, y_j>)[pos_b]: it trains
+      the order *within* the tail (which tail item u wants), not the tail against the
+      head, which is the part an exposure budget that pushes tail items into lists
+      draws on. The dot product only (ContextGNN's adjusted items keep their L_rec).
+    """
 
     name = "tail_loss"
 
-    def __init__(self, cfg: Config, split: Split, device: torch.device) -> None:
+    def __init__(self, cfg: Config, split: Split, device: torch.device,
+                 model: TwoTower | None = None) -> None:
         self.weight = cfg.loss.l_tail
+        self.kind = cfg.tail_loss.candidates
+        if self.kind == "tail" and model is None:
+            raise ValueError("tail_loss.candidates='tail' needs the model (its item vectors)")
+        self.model = model
         self.tail = torch.as_tensor(split.tail_mask, device=device)
+        self.tail_items = torch.nonzero(self.tail, as_tuple=True)[0]
+        # column of each tail item in the tail-only logits (-1 for head items)
+        self.tail_col = torch.full((split.n_items,), -1, dtype=torch.long, device=device)
+        self.tail_col[self.tail_items] = torch.arange(len(self.tail_items), device=device)
 
     def loss_terms(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
-        # the same per-row losses as L_rec, averaged over the tail rows
-        return {"tail": self.weight * weighted_mean(batch.row_losses,
-                                                    self.tail[batch.pos].float())}
+        rows = self.tail[batch.pos]
+        if self.kind == "all":  # the same per-row losses as L_rec, averaged over the tail rows
+            return {"tail": self.weight * weighted_mean(batch.row_losses, rows.float())}
+        if not bool(rows.any()):
+            return {"tail": batch.z.sum() * 0.0}  # keeps the graph and the term's key
+        assert self.model is not None
+        logits = batch.z[rows] @ self.model.item_vectors(self.tail_items).T
+        target = self.tail_col[batch.pos[rows]]
+        return {"tail": self.weight * F.cross_entropy(logits.float(), target)}
 
     def term_weights(self, users: torch.Tensor, pos: torch.Tensor) -> dict[str, float]:
         return {"tail": float(self.tail[pos].sum())}  # L_Tail is a mean over tail rows
