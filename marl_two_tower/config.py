@@ -306,6 +306,25 @@ class MARLConfig:
     # reward targets are dropped from the supervised positives (True) or stay positives
     # (False: the RL state still leaves them out; L_rec keeps every train interaction)
     holdout_positives: bool = True
+    # when the agents learn: "interleaved" (an RL step every rl_every supervised steps,
+    # against the moving towers) and/or after the fit on the frozen validation-selected
+    # towers for finetune_steps RL steps ("after_fit": only then). docs/marl.md "Two stages"
+    schedule: Literal["interleaved", "after_fit"] = "interleaved"
+    finetune_steps: int = 0  # RL steps on the frozen selected model after the fit
+    # which snapshot of the after-fit stage is kept (every finetune_eval_every steps, the
+    # agents before the stage included): "validation" = the best validation NDCG@10 (the
+    # towers' own selection rule), "holdout" = the best reward on the reward targets of
+    # a share finetune_holdout of the users that never train the agents
+    finetune_judge: Literal["validation", "holdout"] = "validation"
+    finetune_holdout: float = 0.2
+    finetune_eval_every: int = 25
+    # each agent's reward: the team reward r_{u,g} = R_u ("team"), or its difference
+    # reward R_u(a) - R_u(a with a_{u,g} = 0) ("difference": what g's own action changed,
+    # Wolpert & Tumer 2001; G extra list evaluations per step): docs/marl.md
+    agent_credit: Literal["team", "difference"] = "team"
+    # control cost rho: every reward pays rho (b_{u,g}^2 + t_{u,g}^2) for agent g's action
+    # (the team reward the mean over agents), so an agent steers only where it buys reward
+    action_cost: float = 0.0
 
 
 @dataclass
@@ -524,7 +543,10 @@ CHECKS: dict[type, dict[str, Check]] = {
                  "lr": POSITIVE, "grad_clip": POSITIVE, "k": AT_LEAST_1,
                  "alpha": NON_NEGATIVE, "beta": NON_NEGATIVE, "gamma": NON_NEGATIVE,
                  "delta": NON_NEGATIVE, "eta": NON_NEGATIVE, "jaccard_weight": NON_NEGATIVE,
-                 "jaccard_max_genres": AT_LEAST_1, "hidden": AT_LEAST_1},
+                 "jaccard_max_genres": AT_LEAST_1, "hidden": AT_LEAST_1,
+                 "finetune_steps": NON_NEGATIVE, "action_cost": NON_NEGATIVE,
+                 "finetune_holdout": Range(0, 1, open_hi=True),
+                 "finetune_eval_every": AT_LEAST_1},
     LossConfig: {"l_sup": NON_NEGATIVE, "l_rl": NON_NEGATIVE, "l_fair": NON_NEGATIVE,
                  "l_tail": NON_NEGATIVE},
     TrainConfig: {"epochs": AT_LEAST_1, "batch_size": AT_LEAST_1, "lr": POSITIVE,

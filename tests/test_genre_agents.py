@@ -422,3 +422,81 @@ def test_checkpoint_round_trip_restores_agents(tmp_path):
     torch.testing.assert_close(model.scorer()(users), tr.model.scorer()(users))
     assert isinstance(model.controller, GenreAgents)
     assert isinstance(tr.component("marl"), MARLTrainer)
+
+
+# ---------------------------------------------------------------------------
+# Difference credit, control cost and the after-fit stage
+# ---------------------------------------------------------------------------
+
+
+def test_difference_rewards_are_each_agents_own_effect_minus_its_cost():
+    split = toy_split()
+    cfg = hr_only_config(action_cost=0.1)
+    core, _ = toy_core(split, cfg)
+    batch = core.observe(core.eligible)
+    actions = torch.zeros(len(core.eligible), 4, 2)
+    actions[:, PLANTED, 0] = 1.0  # only the planted genre's agent acts
+    res = core.step(batch, actions)
+    diff = core.difference_rewards(batch, actions, res)
+    zero = core.step(batch, torch.zeros_like(actions))
+    cost = 0.1 * 1.0 ** 2
+    # agent 0: its list effect minus its own cost; the others did nothing: 0
+    own = (res.reward + res.terms["action_cost"]) - zero.reward - cost
+    torch.testing.assert_close(diff[:, PLANTED], own)
+    others = [g for g in range(4) if g != PLANTED]
+    assert torch.equal(diff[:, others], torch.zeros_like(diff[:, others]))
+    # the team reward pays the mean cost over agents
+    torch.testing.assert_close(res.terms["action_cost"], torch.full_like(res.reward, cost / 4))
+    assert float(diff[:, PLANTED].mean()) > 0.3  # boosting the planted genre pays
+
+
+def _stage_cfg(**marl) -> Config:
+    return _small_cfg(schedule="after_fit", finetune_steps=6, finetune_eval_every=2,
+                      agent_credit="difference", lr=1e-2, **marl)
+
+
+@pytest.mark.parametrize("rising", [False, True])
+def test_after_fit_stage_keeps_the_validation_best_snapshot(rising):
+    """Judged by validation: a falling validation curve keeps the agents from before
+    the stage; a rising one keeps the last snapshot."""
+    cfg = _stage_cfg()
+    split = load_split(cfg.data)
+    torch.manual_seed(0)
+    model = build_model(cfg, split)
+    mt = MARLTrainer(cfg, split, model, torch.device("cpu"))
+    before = copy.deepcopy(model.controller.state_dict())
+    calls = []
+
+    def validate():
+        calls.append(1)
+        return {"NDCG@10": (len(calls) if rising else -len(calls)) / 100}
+
+    rec = mt.after_fit(0, validate)
+    assert len(calls) == 1 + 3  # before the stage, then every 2 of 6 steps
+    assert rec["marl_finetune/steps"] == 6
+    assert rec["marl_finetune/kept_step"] == (6 if rising else 0)
+    after = model.controller.state_dict()
+    same = all(torch.equal(before[k], after[k]) for k in before)
+    assert same is (not rising)
+    n = len(mt.core.eligible)
+    assert rec["marl_finetune/holdout_users"] == round(0.2 * n)
+
+
+def test_after_fit_stage_runs_once_and_is_saved(tmp_path):
+    cfg = _stage_cfg()
+    cfg.checkpoint_dir = str(tmp_path)
+    split = load_split(cfg.data)
+    tr = Trainer(cfg, split, progress=False)
+    st = tr.fit()
+    assert st.after_fit_done and st.history[-1]["phase"] == "marl"
+    assert tr.component("marl").epoch_summary()["marl/steps"] == 0  # no interleaved steps
+    stored = torch.load(tmp_path / "model_best.pt", weights_only=True)["model"]
+    for k, v in tr.model.state_dict().items():
+        if k.startswith("controller."):
+            assert torch.equal(stored[k], v), k
+    # a resumed finished run neither repeats the stage nor loses it
+    tr2 = Trainer(cfg, split, progress=False)
+    st2 = tr2.fit(resume=True)
+    assert sum(r.get("phase") == "marl" for r in st2.history) == 1
+    for k, v in tr.model.state_dict().items():
+        assert torch.equal(tr2.model.state_dict()[k], v), k

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,6 +114,14 @@ class TrainingComponent:
         """Entries for the history record of epoch ``epoch`` (1-based); resets per-epoch
         accumulators. Float values (and dicts of them) also go to TensorBoard."""
         return {}
+
+    def after_fit(self, seed: int, validate: Callable[[], dict[str, float]]) -> dict[str, Any] | None:
+        """Called once after the epoch loop, on the validation-selected weights; a
+        component that then changes the model (the genre agents' second stage) returns
+        a history record (the trainer saves the model as ``model_best.pt`` again),
+        otherwise None. ``seed`` is the run's seed; ``validate()`` gives the model's
+        validation metrics @10 (:meth:`Trainer.validate`, the only data selection sees)."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs (saved under :attr:`state_key`)."""

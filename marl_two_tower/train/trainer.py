@@ -94,6 +94,7 @@ class TrainState:
     best_epoch: int = -1
     bad_evals: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    after_fit_done: bool = False  # the components' after_fit stage ran (not twice on resume)
 
 
 class StopTraining(Exception):
@@ -298,7 +299,24 @@ class Trainer:
             self.dist.barrier()  # rank 0 has written model_best.pt
         if (self.ckpt_dir / "model_best.pt").exists():
             self.load_checkpoint(self.ckpt_dir / "model_best.pt", weights_only_state=True)
+        if not self.state.after_fit_done:
+            self._after_fit()
         return self.state
+
+    def _after_fit(self) -> None:
+        """The components' after_fit stage on the selected weights (e.g. the genre agents
+        trained on the frozen towers); a changed model is saved as ``model_best.pt`` and
+        its record appended to the history."""
+        changed = False
+        for c in self.components:
+            record = c.after_fit(self.cfg.seed, self.validate)
+            if record is not None:
+                self.state.history.append({"epoch": self.state.epoch, "phase": c.name, **record})
+                changed = True
+        self.state.after_fit_done = True
+        if changed:  # both, so a resumed finished run neither repeats nor loses the stage
+            self.save_checkpoint(self.ckpt_dir / "model_best.pt")
+            self.save_checkpoint(self.ckpt_dir / "last.pt")
 
     def _fit(self, writer: Any) -> None:
         """The epoch loop of :meth:`fit`; each record also goes to ``writer`` if any."""

@@ -37,6 +37,7 @@ parameters append a one-hot agent id to the observation instead.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -304,12 +305,25 @@ def collect(agents: GenreAgents, core: RecEnvCore, users: np.ndarray,
             generator: torch.Generator | None = None) -> tuple[Rollout, RLBatch, dict[str, Any]]:
     """Observe a batch, sample actions, score them: one rollout of the genre agents."""
     batch = core.observe(users)
+    ro, res, greedy = rollout(agents, core, batch, generator)
+    return ro, batch, {"result": res, "greedy": greedy}
+
+
+def rollout(agents: GenreAgents, core: RecEnvCore, batch: RLBatch,
+            generator: torch.Generator | None = None) -> tuple[Rollout, Any, torch.Tensor]:
+    """Sample actions on an observed batch and score them: (rollout, step result,
+    deterministic actions). Per-agent rewards are the step's, or the difference
+    rewards with ``agent_credit="difference"``."""
     with torch.no_grad():
         raw, logp, greedy = agents.sample(batch.obs, generator)
-        res = core.step(batch, agents.squash(raw))
+        actions = agents.squash(raw)
+        res = core.step(batch, actions)
+        agent_reward = res.agent_reward
+        if agents.cfg.agent_credit == "difference":
+            agent_reward = core.difference_rewards(batch, actions, res)
     ro = Rollout(obs=batch.obs, state=batch.state, raw=raw, logp=logp,
-                 reward=res.reward.float(), agent_reward=res.agent_reward.float())
-    return ro, batch, {"result": res, "greedy": greedy}
+                 reward=res.reward.float(), agent_reward=agent_reward.float())
+    return ro, res, greedy
 
 
 class MARLTrainer(TrainingComponent):
@@ -357,9 +371,110 @@ class MARLTrainer(TrainingComponent):
         return idx[~self.holdout[idx]]
 
     def after_batch(self, index: int, rng: np.random.Generator) -> None:
-        """One RL step after every ``rl_every``-th supervised batch of the epoch."""
-        if (index + 1) % self.cfg.marl.rl_every == 0:
+        """One RL step after every ``rl_every``-th supervised batch of the epoch
+        (``schedule="interleaved"``)."""
+        if self.cfg.marl.schedule == "interleaved" and (index + 1) % self.cfg.marl.rl_every == 0:
             self.step(rng)
+
+    def after_fit(self, seed: int,
+                  validate: Callable[[], dict[str, float]] | None = None) -> dict[str, Any] | None:
+        """Second stage: ``finetune_steps`` RL steps on the frozen, validation-selected
+        towers (``schedule="after_fit"``, or after interleaved steps when
+        ``finetune_steps > 0``).
+
+        The towers no longer move, so the base scores, masks and observations of all
+        eligible users are computed once (:meth:`RecEnvCore.observe`) and every step
+        draws ``rl_batch_users`` of them (:meth:`RLBatch.subset`): a step is then one
+        actor pass, a top-K (G + 1 with difference credit) and an update.
+
+        With fixed observations and one target per user an actor can memorise its
+        users' targets, and on ML-100K agents that raise HR@10 on held-out users' reward
+        targets still lowered it on validation and test (docs/marl.md), so snapshots are
+        judged every ``finetune_eval_every`` steps and the best is kept, the agents
+        before the stage included: by validation NDCG@10 (``finetune_judge=
+        "validation"``, ``validate()``), or by the deterministic reward on the targets of
+        a share ``finetune_holdout`` of the users that never train (``"holdout"``).
+        Returns the stage's record (learning-curve ends, the judge's curve, the step
+        kept, train/held-out HR of the kept agents against zero actions)."""
+        mc = self.cfg.marl
+        steps = mc.finetune_steps
+        if steps <= 0:
+            return None
+        t0 = time.perf_counter()
+        rng = np.random.default_rng([seed, 7, 1])  # the stage's own stream
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        users = rng.permutation(self.core.eligible)
+        n_hold = int(round(mc.finetune_holdout * len(users)))
+        train_users, hold_users = np.sort(users[n_hold:]), np.sort(users[:n_hold])
+        if len(train_users) == 0:
+            raise ValueError("marl.finetune_holdout leaves no user to train the agents on")
+        everyone = self.core.observe(train_users)
+        held = self.core.observe(hold_users) if n_hold else None
+        zero_hold = (float(self.core.step(held, torch.zeros(n_hold, self.agents.n_agents, 2,
+                                                                device=held.obs.device)).reward.mean())
+                     if held is not None else float("nan"))
+
+        by_val = mc.finetune_judge == "validation"
+        if by_val and validate is None:
+            raise ValueError("marl.finetune_judge='validation' needs the trainer's validate()")
+
+        def judged() -> float:
+            self.agents.eval()
+            if by_val:
+                assert validate is not None
+                return float(validate().get("NDCG@10", 0.0))
+            if held is None:
+                return float("nan")
+            with torch.no_grad():
+                return float(self.core.step(held, self.agents.act(held.obs)).reward.mean())
+
+        best = (judged(), 0, copy.deepcopy(self.agents.state_dict()))
+        evals = [(0, best[0])]
+        n = len(train_users)
+        size = min(mc.rl_batch_users, n)
+        curve = []
+        for i in range(steps):
+            self.agents.train()
+            rows = torch.from_numpy(np.sort(rng.choice(n, size=size, replace=False)))
+            batch = everyone.subset(rows.to(everyone.targets.device))
+            ro, _, _ = rollout(self.agents, self.core, batch, gen)
+            if not (torch.isfinite(ro.reward).all() and torch.isfinite(ro.agent_reward).all()):
+                self._skipped += 1
+                continue
+            stats = self.agents.update(ro, self.optimizer, self.cfg.loss.l_rl)
+            if "skipped" in stats:
+                self._skipped += 1
+                continue
+            curve.append(float(ro.reward.mean()))
+            if (by_val or held is not None) and ((i + 1) % mc.finetune_eval_every == 0
+                                                 or i + 1 == steps):
+                r = judged()
+                evals.append((i + 1, r))
+                if r > best[0]:
+                    best = (r, i + 1, copy.deepcopy(self.agents.state_dict()))
+        if by_val or held is not None:
+            self.agents.load_state_dict(best[2])
+        self.agents.eval()
+        out = {"marl_finetune/steps": float(len(curve)), "marl_finetune/kept_step": float(best[1]),
+               "marl_finetune/reward_first": _tenth(curve, first=True),
+               "marl_finetune/reward_last": _tenth(curve, first=False),
+               "marl_finetune/holdout_users": float(n_hold),
+               "marl_finetune/judge": mc.finetune_judge,
+               "marl_finetune/judged_kept": best[0],
+               "marl_finetune/judged_curve": {str(s): r for s, r in evals},
+               "marl_finetune/holdout_reward_zero_action": zero_hold}
+        with torch.no_grad():
+            for name, b in (("train", everyone), ("holdout", held)):
+                if b is None:
+                    continue
+                greedy = self.agents.act(b.obs)
+                det, zero = self.core.step(b, greedy), self.core.step(b, torch.zeros_like(greedy))
+                out[f"marl_finetune/{name}_hr_kept"] = float(det.terms["hr"].mean())
+                out[f"marl_finetune/{name}_hr_zero_action"] = float(zero.terms["hr"].mean())
+                out[f"marl_finetune/{name}_action_b_spread"] = float(greedy[..., 0].std())
+                out[f"marl_finetune/{name}_action_t_spread"] = float(greedy[..., 1].std())
+        out["marl_finetune/time_s"] = time.perf_counter() - t0
+        return out
 
     def step(self, rng: np.random.Generator) -> dict[str, float]:
         """One RL step on ``rl_batch_users`` users drawn with ``rng``."""
@@ -435,6 +550,14 @@ class MARLTrainer(TrainingComponent):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+
+
+def _tenth(curve: list[float], first: bool) -> float:
+    """Mean of the first (or last) tenth of a learning curve (nan when empty)."""
+    if not curve:
+        return float("nan")
+    k = max(len(curve) // 10, 1)
+    return float(np.mean(curve[:k] if first else curve[-k:]))
 
 
 def build_genre_agents(cfg: Config, split: Split, model: TwoTower) -> GenreAgents:

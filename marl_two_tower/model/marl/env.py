@@ -225,6 +225,18 @@ class RLBatch:
     active_ok: torch.Tensor  # [A, B] bool, that genre occurs in u's history
     units: torch.Tensor | None = None  # [B] action multiplier (sigma_u or 1), see RecEnvCore
 
+    def subset(self, rows: torch.Tensor) -> RLBatch:
+        """The batch of users ``rows`` (indices into this batch): every per-user field
+        sliced, so one observation of frozen towers serves many RL steps."""
+        b = self.base
+        ov = None if b.overrides is None else (b.overrides[0][rows], b.overrides[1][rows])
+        return RLBatch(users=self.users[rows.cpu().numpy()], targets=self.targets[rows],
+                       base=BaseScores(e_u=b.e_u[rows], scores=b.scores[rows],
+                                       item_emb=b.item_emb, overrides=ov),
+                       mask=self.mask[rows], obs=self.obs[rows], state=self.state[rows],
+                       active=self.active[:, rows], active_ok=self.active_ok[:, rows],
+                       units=None if self.units is None else self.units[rows])
+
 
 @dataclass
 class StepResult:
@@ -325,9 +337,34 @@ class RecEnvCore:
             j_user, j_slot = pairwise_jaccard(per_agent, batch.active_ok)
             j_agent.scatter_(1, batch.active.T, j_slot.T)
         terms["jaccard"] = j_user
-        reward = terms["reward"] - w.jaccard * j_user
-        agent_reward = terms["reward"][:, None] - w.jaccard * j_agent
+        # control cost of each agent's action (in the action's own units)
+        cost = self.cfg.action_cost * (actions.double() ** 2).sum(-1)  # [B, G]
+        terms["action_cost"] = cost.mean(1)
+        reward = terms["reward"] - w.jaccard * j_user - terms["action_cost"]
+        agent_reward = terms["reward"][:, None] - w.jaccard * j_agent - cost
         return StepResult(reward=reward, agent_reward=agent_reward, lists=lists, terms=terms)
+
+
+    @torch.no_grad()
+    def difference_rewards(self, batch: RLBatch, actions: torch.Tensor,
+                           result: StepResult) -> torch.Tensor:
+        """r_{u,g} = R_u(a) - R_u(a_{-g}) - rho |a_{u,g}|^2 ``[B, G]``: each agent's
+        difference reward (R_u here without control costs), a_{-g} = the joint action
+        with agent g's (b, t) set to 0 (Wolpert & Tumer, 2001), minus its own cost.
+
+        The other agents' exploration noise cancels from agent g's reward, so its policy
+        gradient is not drowned by the G - 1 others (the team reward gives all agents
+        the same number). One extra list evaluation per agent."""
+        out = torch.empty(len(batch.users), self.n_agents, dtype=result.reward.dtype,
+                          device=result.reward.device)
+        # the list part of R without any control cost; agent g then pays its own cost
+        listed = result.reward + result.terms["action_cost"]
+        for g in range(self.n_agents):
+            without = actions.clone()
+            without[:, g] = 0.0
+            res = self.step(batch, without)
+            out[:, g] = listed - (res.reward + res.terms["action_cost"])
+        return out - self.cfg.action_cost * (actions.double() ** 2).sum(-1).to(out.dtype)
 
 
 # ---------------------------------------------------------------------------
