@@ -130,7 +130,9 @@ def test_ddp_matches_single_process_with_same_global_batch(ddp):
     assert r0["losses"].keys() == single["losses"].keys()
     for k, v in single["losses"].items():
         assert r0["losses"][k] == pytest.approx(v, rel=1e-5, abs=1e-7), k
-    assert r0["lambda"] == pytest.approx(single["lambda"], abs=1e-7)  # G over the global batch
+    # G over the global batch; lambda is float32 near 1, where one ulp is 1.2e-7, so the
+    # tolerance is a few ulps (a rank-local G would move it by ~1e-4)
+    assert r0["lambda"] == pytest.approx(single["lambda"], abs=5e-7)
 
 
 def make_initial_params(kind: str, root: str) -> dict:
