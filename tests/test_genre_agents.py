@@ -500,3 +500,15 @@ def test_after_fit_stage_runs_once_and_is_saved(tmp_path):
     assert sum(r.get("phase") == "marl" for r in st2.history) == 1
     for k, v in tr.model.state_dict().items():
         assert torch.equal(tr2.model.state_dict()[k], v), k
+
+
+def test_holdout_positives_off_keeps_every_train_interaction():
+    cfg = _small_cfg(holdout_positives=False)
+    split = load_split(cfg.data)
+    model = build_model(cfg, split)
+    mt = MARLTrainer(cfg, split, model, torch.device("cpu"))
+    idx = np.arange(len(split.train_items))
+    assert mt.holdout.sum() > 0  # the reward targets are still known (the RL state leaves them out)
+    assert np.array_equal(mt.filter_positives(idx), idx)
+    cfg.marl.holdout_positives = True
+    assert len(mt.filter_positives(idx)) == len(idx) - int(mt.holdout.sum())
