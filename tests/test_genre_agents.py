@@ -512,3 +512,10 @@ def test_holdout_positives_off_keeps_every_train_interaction():
     assert np.array_equal(mt.filter_positives(idx), idx)
     cfg.marl.holdout_positives = True
     assert len(mt.filter_positives(idx)) == len(idx) - int(mt.holdout.sum())
+
+
+def test_after_fit_schedule_without_steps_is_an_error():
+    cfg = _small_cfg(schedule="after_fit", finetune_steps=0)
+    split = load_split(cfg.data)
+    with pytest.raises(ValueError, match="finetune_steps > 0"):
+        MARLTrainer(cfg, split, build_model(cfg, split), torch.device("cpu"))

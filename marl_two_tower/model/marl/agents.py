@@ -344,6 +344,9 @@ class MARLTrainer(TrainingComponent):
     def __init__(self, cfg: Config, split: Split, model: TwoTower, device: torch.device) -> None:
         if not isinstance(model.controller, GenreAgents):
             raise TypeError("MARL training needs model.controller to be GenreAgents")
+        if cfg.marl.schedule == "after_fit" and cfg.marl.finetune_steps <= 0:
+            raise ValueError("marl.schedule='after_fit' trains the agents only after the fit: "
+                             "set marl.finetune_steps > 0 (got 0), or schedule='interleaved'")
         self.cfg, self.agents = cfg, model.controller
         self.core = RecEnvCore(split, cfg.marl, TwoTowerScorer(model), device)
         self.optimizer = torch.optim.Adam(self.agents.parameters(), lr=cfg.marl.lr)
@@ -438,12 +441,7 @@ class MARLTrainer(TrainingComponent):
             rows = torch.from_numpy(np.sort(rng.choice(n, size=size, replace=False)))
             batch = everyone.subset(rows.to(everyone.targets.device))
             ro, _, _ = rollout(self.agents, self.core, batch, gen)
-            if not (torch.isfinite(ro.reward).all() and torch.isfinite(ro.agent_reward).all()):
-                self._skipped += 1
-                continue
-            stats = self.agents.update(ro, self.optimizer, self.cfg.loss.l_rl)
-            if "skipped" in stats:
-                self._skipped += 1
+            if "skipped" in self._learn(ro):
                 continue
             curve.append(float(ro.reward.mean()))
             if (by_val or held is not None) and ((i + 1) % mc.finetune_eval_every == 0
@@ -463,18 +461,37 @@ class MARLTrainer(TrainingComponent):
                "marl_finetune/judged_kept": best[0],
                "marl_finetune/judged_curve": {str(s): r for s, r in evals},
                "marl_finetune/holdout_reward_zero_action": zero_hold}
-        with torch.no_grad():
-            for name, b in (("train", everyone), ("holdout", held)):
-                if b is None:
-                    continue
-                greedy = self.agents.act(b.obs)
-                det, zero = self.core.step(b, greedy), self.core.step(b, torch.zeros_like(greedy))
-                out[f"marl_finetune/{name}_hr_kept"] = float(det.terms["hr"].mean())
-                out[f"marl_finetune/{name}_hr_zero_action"] = float(zero.terms["hr"].mean())
-                out[f"marl_finetune/{name}_action_b_spread"] = float(greedy[..., 0].std())
-                out[f"marl_finetune/{name}_action_t_spread"] = float(greedy[..., 1].std())
+        out |= self._kept_vs_zero({"train": everyone, "holdout": held})
         out["marl_finetune/time_s"] = time.perf_counter() - t0
         return out
+
+    @torch.no_grad()
+    def _kept_vs_zero(self, batches: dict[str, RLBatch | None]) -> dict[str, float]:
+        """HR@K of the current deterministic actions and of zero actions, and the actions'
+        spread, on each named observed batch (``marl_finetune/<name>_*``)."""
+        out = {}
+        for name, b in batches.items():
+            if b is None:
+                continue
+            greedy = self.agents.act(b.obs)
+            det, zero = self.core.step(b, greedy), self.core.step(b, torch.zeros_like(greedy))
+            out[f"marl_finetune/{name}_hr_kept"] = float(det.terms["hr"].mean())
+            out[f"marl_finetune/{name}_hr_zero_action"] = float(zero.terms["hr"].mean())
+            out[f"marl_finetune/{name}_action_b_spread"] = float(greedy[..., 0].std())
+            out[f"marl_finetune/{name}_action_t_spread"] = float(greedy[..., 1].std())
+        return out
+
+    def _learn(self, ro: Rollout) -> dict[str, float]:
+        """The actor-critic update on a rollout; a non-finite reward or loss skips it
+        (counted in ``marl/skipped``, returned as ``{"skipped": 1.0}``)."""
+        if not (torch.isfinite(ro.reward).all() and torch.isfinite(ro.agent_reward).all()):
+            log.warning("non-finite MARL reward; RL step skipped")
+            self._skipped += 1
+            return {"skipped": 1.0}
+        stats = self.agents.update(ro, self.optimizer, self.cfg.loss.l_rl)
+        if "skipped" in stats:
+            self._skipped += 1
+        return stats
 
     def step(self, rng: np.random.Generator) -> dict[str, float]:
         """One RL step on ``rl_batch_users`` users drawn with ``rng``."""
@@ -491,13 +508,8 @@ class MARLTrainer(TrainingComponent):
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         self.agents.train()
         ro, batch, info = collect(self.agents, self.core, users, gen)
-        if not (torch.isfinite(ro.reward).all() and torch.isfinite(ro.agent_reward).all()):
-            log.warning("non-finite MARL reward; RL step skipped")
-            self._skipped += 1
-            return {"skipped": 1.0}
-        stats = self.agents.update(ro, self.optimizer, self.cfg.loss.l_rl)
+        stats = self._learn(ro)
         if "skipped" in stats:
-            self._skipped += 1
             return stats
         res, greedy = info["result"], info["greedy"]
         terms = res.terms
