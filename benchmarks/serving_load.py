@@ -201,11 +201,25 @@ async def run_load(base: str, reqs: list[tuple[str, str, dict]], concurrency: in
     return lat, ok, errors, time.perf_counter() - t0
 
 
+def render_table(path: Path) -> str:
+    """The Markdown table of docs/speed.md from the runs ``--out`` appended to ``path``."""
+    lines = ["| workers | load avg (start) | throughput req/s | p50 ms | p99 ms | max ms | errors "
+             "| server CPU / request | beside it |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in json.loads(path.read_text()):
+        g = r["groups"]["all"]
+        lines.append(f"| {r['workers']} | {r['load_average_start']:.1f} | {r['throughput_rps']:,.0f} "
+                     f"| {g['p50_ms']:.1f} | {g['p99_ms']:.1f} | {g['max_ms']:.1f} | {r['errors']} "
+                     f"| {r['server_cpu_ms_per_request']:.2f} ms | {r.get('note', 'nothing')} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group()
     src.add_argument("--bundle")
     src.add_argument("--checkpoint")
+    p.add_argument("--table", type=Path, metavar="JSON",
+                   help="print the Markdown table of the runs in JSON (written by --out) and exit")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--requests", type=int, default=5000)
     p.add_argument("--concurrency", type=int, default=32)
@@ -216,7 +230,14 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=30.0, help="per-request timeout (s)")
     p.add_argument("--client", choices=["raw", "httpx"], default="raw", help="load generator")
     p.add_argument("--workers", type=int, default=1, help="`serve --workers` (uvicorn processes)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="append this run's numbers to a JSON file (a list of runs; default: none)")
     args = p.parse_args()
+    if args.table is not None:  # render only: no server
+        print(render_table(args.table))
+        return
+    if args.bundle is None and args.checkpoint is None:
+        p.error("one of --bundle or --checkpoint is required (or --table JSON)")
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -256,10 +277,17 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     groups = [("all", np.ones(len(reqs), bool)), ("GET known user", kinds == "known"),
               ("GET unknown user (cold start)", kinds == "cold"), ("POST batch of 8", kinds == "batch8")]
+    record = {"requests": args.requests, "concurrency": args.concurrency, "k": args.k,
+              "client": args.client, "workers": args.workers, "load_average_start": round(load0, 2),
+              "load_average_end": round(os.getloadavg()[0], 2), "cores": os.cpu_count(),
+              "source": args.bundle or args.checkpoint, "groups": {}}
     for name, m in groups:
         if not m.any():
             continue
         v = lat[m]
+        record["groups"][name] = {"n": int(m.sum()), "errors": int((~ok[m]).sum()),
+                                  **{f"p{q}_ms": float(np.percentile(v, q)) for q in (50, 95, 99)},
+                                  "max_ms": float(v.max())}
         print(f"| {name} | {int(m.sum())} | {int((~ok[m]).sum())} | {np.percentile(v, 50):.1f} | "
               f"{np.percentile(v, 95):.1f} | {np.percentile(v, 99):.1f} | {v.max():.1f} |")
     users = int((kinds == "known").sum() + (kinds == "cold").sum() + 8 * (kinds == "batch8").sum())
@@ -270,6 +298,17 @@ def main() -> None:
           "(wall-clock latencies include waiting for a core on a shared machine)")
     for e in errors:
         print("  error:", e)
+    if args.out is not None:
+        record.update(throughput_rps=len(reqs) / wall, user_lists_per_s=users / wall, wall_s=wall,
+                      errors=int((~ok).sum()), server_cpu_ms_per_request=srv_cpu / n * 1e3,
+                      client_cpu_ms_per_request=cli_cpu / n * 1e3,
+                      command="benchmarks/serving_load.py " + " ".join(sys.argv[1:]))
+        runs = json.loads(args.out.read_text()) if args.out.exists() else []
+        runs.append(record)
+        tmp = args.out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(runs, indent=1) + "\n")
+        tmp.replace(args.out)  # atomic: a failed run never leaves half a file
+        print(f"appended to {args.out}")
 
 
 if __name__ == "__main__":

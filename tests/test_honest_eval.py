@@ -412,7 +412,7 @@ def test_deterministic_models_score_once(tiny: Split) -> None:
     assert model.stochastic_modules() == []
     calls = []
     orig = model.user_vectors
-    model.user_vectors = lambda u, exclude=None: calls.append(1) or orig(u, exclude)
+    model.user_vectors = lambda u, exclude=None, tower=None: calls.append(1) or orig(u, exclude, tower)
     users = np.arange(10)
     out = model.scorer(samples=8)(users)
     assert len(calls) == 1

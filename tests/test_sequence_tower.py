@@ -184,3 +184,67 @@ def test_transformer_checkpoint_round_trip(tmp_path: Path) -> None:
     assert stored.model.user_encoder == "transformer"
     u = np.arange(40)
     torch.testing.assert_close(model.scorer()(u), trainer.model.scorer()(u), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("n_blocks", [0, 1, 2])
+def test_last_slot_only_equals_the_full_pass(n_blocks: int) -> None:
+    """SASRecEncoder.last runs only the last query through the final block; it must
+    equal the last column of the full forward, with padding, empty rows and heads."""
+    from marl_two_tower.model.sequence import SASRecEncoder
+
+    torch.manual_seed(0)
+    enc = SASRecEncoder(16, 12, n_blocks, n_heads=2, dropout=0.3).eval()
+    x = torch.randn(9, 12, 16)
+    valid = torch.rand(9, 12) > 0.4
+    valid[:, -1] = True
+    valid[0] = False  # an all-padding row
+    with torch.no_grad():
+        full = enc(x, valid)[:, -1]
+        last = enc.last(x, valid)
+    assert last.shape == (9, 16)
+    torch.testing.assert_close(last, full, atol=1e-5, rtol=0)
+    assert not torch.equal(last[1], last[2])  # not a constant: each row its own state
+
+
+def test_rows_at_their_window_end_take_the_last_slot_path(tmp_path: Path) -> None:
+    """One row per user with its last train item excluded (the RL state) reads the
+    window's last slot only; it equals each row encoded with the full pass."""
+    split = planted_split(30)
+    model = build_model(cfg_for(tmp_path, "transformer"), split).eval()
+    tower, emb = model.user_tower, model.item_tower.id_emb
+    users = np.arange(10)
+    last_items = np.array([split.history(u)[-1] for u in users])
+    with torch.no_grad():
+        fast = tower.sequence_history(torch.tensor(users), emb, exclude=torch.tensor(last_items))
+        for r, u in enumerate(users):
+            hist = torch.tensor(split.history(u)[:-1])[None]
+            full = tower.encoder(emb(hist), torch.ones_like(hist, dtype=torch.bool))[:, -1]
+            torch.testing.assert_close(fast[r:r + 1], full, atol=1e-5, rtol=0)
+
+
+def test_inference_draws_share_one_user_tower_pass(tmp_path: Path) -> None:
+    """With ContextGNN and BUHS (components that draw at inference) on the transformer
+    tower, mean_user_state runs the tower once for all draws; the mean state equals the
+    per-draw states computed one by one."""
+    split = planted_split(30)
+    cfg = cfg_for(tmp_path, "transformer", "context_gnn.enabled=true", "buhs.enabled=true",
+                  "eval.inference_samples=3")
+    model = build_model(cfg, split).eval()
+    assert model.stochastic_modules()
+    users = torch.arange(12)
+    calls = []
+    hook = model.user_tower.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        z_mean, _, _ = model.mean_user_state(users)
+    hook.remove()
+    assert len(calls) == 1
+    zs = []
+    with torch.no_grad():
+        for d in range(3):
+            for m in model.stochastic_modules():
+                m.inference_draw = d
+            zs.append(model.user_vectors(users))
+    for m in model.stochastic_modules():
+        m.inference_draw = 0
+    assert not torch.allclose(zs[0], zs[1])  # the draws differ, so the test can fail
+    torch.testing.assert_close(z_mean, torch.stack(zs).mean(0), atol=1e-6, rtol=0)

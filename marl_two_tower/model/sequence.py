@@ -51,12 +51,13 @@ class CausalSelfAttention(nn.Module):
         self.out = nn.Linear(dim, dim)
 
     def forward(self, q: torch.Tensor, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``q, h [B, L, d]``, ``mask [B, 1, L, L]`` (True = may attend) -> ``[B, L, d]``."""
+        """``q [B, Q, d]``, ``h [B, L, d]``, ``mask [B, 1, Q, L]`` (True = may attend) ->
+        ``[B, Q, d]`` (Q = L, or fewer queries: the last ones, :meth:`SASRecEncoder.last`)."""
         b, n, d = q.shape
         heads = self.n_heads
 
         def split(t: torch.Tensor) -> torch.Tensor:
-            return t.view(b, n, heads, d // heads).transpose(1, 2)
+            return t.view(b, t.shape[1], heads, d // heads).transpose(1, 2)
 
         k, v = self.kv(h).chunk(2, dim=-1)
         a = F.scaled_dot_product_attention(
@@ -77,7 +78,16 @@ class Block(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout),
                                  nn.Linear(dim, dim), nn.Dropout(dropout))
 
-    def forward(self, h: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor,
+                last_only: bool = False) -> torch.Tensor:
+        """``[B, L, d]`` -> ``[B, L, d]``, or with ``last_only`` the last slot's output
+        ``[B, 1, d]`` only: its query still attends to every key of ``h``, and every other
+        op of the block is per position, so it equals ``forward(h, ...)[:, -1:]``."""
+        if last_only:
+            q = self.ln_attn(h[:, -1:])
+            h = q + self.attn(q, h, mask[:, :, -1:])
+            h = self.ln_ffn(h)
+            return (h + self.ffn(h)) * keep[:, -1:]
         q = self.ln_attn(h)
         h = q + self.attn(q, h, mask)
         h = self.ln_ffn(h)
@@ -119,9 +129,10 @@ class SASRecEncoder(nn.Module):
         eye = torch.eye(n, dtype=torch.bool, device=valid.device)
         return ((causal & valid[:, None, None, :]) | eye)
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, valid: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         """Hidden states ``[B, L, d]`` for embedded items ``x [B, L, d]`` (L <= max_len);
-        ``out[:, t]`` is the representation of the prefix ending at slot t."""
+        ``out[:, t]`` is the representation of the prefix ending at slot t. With
+        ``last_only``, ``[B, 1, d]``: the last slot's only (:meth:`last`)."""
         n = x.shape[1]
         if n > self.max_len:
             raise ValueError(f"sequence length {n} exceeds max_len {self.max_len}")
@@ -129,10 +140,16 @@ class SASRecEncoder(nn.Module):
         pos = self.pos_emb((valid.long().cumsum(1) - 1).clamp(min=0))  # index among the items
         h = self.emb_dropout(x * math.sqrt(self.dim) + pos) * keep
         mask = self.mask(valid)
-        for block in self.blocks:
-            h = block(h, mask, keep)
+        for i, block in enumerate(self.blocks):
+            h = block(h, mask, keep, last_only=last_only and i == len(self.blocks) - 1)
+        if last_only and not self.blocks:
+            h = h[:, -1:]
         return self.ln_out(h)
 
     def last(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """The user vector: the output at the last slot (the most recent item), ``[B, d]``."""
-        return self.forward(x, valid)[:, -1]
+        """The user vector: the output at the last slot (the most recent item), ``[B, d]``.
+
+        Only the last slot's query goes through the final block (the earlier blocks
+        need every position, as keys): at inference that block costs one query per row
+        instead of L (the RL state, validation, evaluation and serving read only it)."""
+        return self.forward(x, valid, last_only=True)[:, 0]

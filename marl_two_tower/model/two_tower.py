@@ -302,14 +302,15 @@ class SequenceUserTower(UserTower):
         return np.where(found, idx - self.seq_indptr[users], -1)
 
     def _encode(self, rows: np.ndarray, drop_last: np.ndarray | int, item_emb: nn.Embedding,
-                device: torch.device) -> torch.Tensor:
+                device: torch.device, last_only: bool = False) -> torch.Tensor:
         """Encoder outputs ``[W, L', d]`` for the windows ending ``drop_last`` items before
-        the end of the train sequences of ``rows`` (leading all-padding columns cut)."""
+        the end of the train sequences of ``rows`` (leading all-padding columns cut);
+        ``[W, 1, d]``, the last slot's, with ``last_only``."""
         x, valid = last_windows(self.seq_indptr, self.seq_items, rows, self.window, drop_last)
         cut = trim_left(valid)
         x = torch.from_numpy(x[:, cut:]).to(device)
         valid = torch.from_numpy(valid[:, cut:]).to(device)
-        return self.encoder(item_emb(x), valid)
+        return self.encoder(item_emb(x), valid, last_only=last_only)
 
     def sequence_history(self, users: torch.Tensor, item_emb: nn.Embedding,
                          exclude: torch.Tensor | None = None) -> torch.Tensor:
@@ -333,8 +334,11 @@ class SequenceUserTower(UserTower):
         key = u * np.int64(len(self.seq_items) + 2) + (win_end + 1)
         _, first, inv = np.unique(key, return_index=True, return_inverse=True)
         w_user, w_end = u[first], win_end[first]
+        # every row reads its window's last slot (one row per user: the RL state's users
+        # with their reward target left out): only that slot is encoded
+        last_only = bool(np.array_equal(w_end[inv], end))
         out = self._encode(w_user, np.diff(self.seq_indptr)[w_user] - 1 - w_end, item_emb,
-                           users.device)
+                           users.device, last_only=last_only)
         # slot of the row's last input item, counted from the window's right end
         slot = np.maximum(out.shape[1] - 1 - (w_end[inv] - end), 0)
         dev = users.device
@@ -413,16 +417,20 @@ class TwoTower(nn.Module):
         e = self.item_tower(items)
         return F.normalize(e, dim=-1) if self.cfg.normalize else e
 
-    def encode_users(self, users: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
-        """e_u with every registered context fused in (L2-normalised when configured)."""
-        e, _ = self.user_tower(users, self.item_tower.id_emb, exclude)
+    def encode_users(self, users: torch.Tensor, exclude: torch.Tensor | None = None,
+                     tower: torch.Tensor | None = None) -> torch.Tensor:
+        """e_u with every registered context fused in (L2-normalised when configured).
+        ``tower``: the user tower's output for these users, if already computed (the
+        inference draws of :meth:`mean_user_state` share it)."""
+        e = self.user_tower(users, self.item_tower.id_emb, exclude)[0] if tower is None else tower
         for name, ctx in self.contexts.items():
             e = self.fusions[name](e, ctx(users, self, exclude))
         return F.normalize(e, dim=-1) if self.cfg.normalize else e
 
-    def user_vectors(self, users: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
-        """z_u = [scale * e_u ; controller user features]."""
-        e = self.encode_users(users, exclude)
+    def user_vectors(self, users: torch.Tensor, exclude: torch.Tensor | None = None,
+                     tower: torch.Tensor | None = None) -> torch.Tensor:
+        """z_u = [scale * e_u ; controller user features] (``tower``: :meth:`encode_users`)."""
+        e = self.encode_users(users, exclude, tower)
         z = e * self.scale
         if self.controller is not None:
             z = torch.cat([z, self.controller.user_features(users, e.detach())], dim=-1)
@@ -593,11 +601,16 @@ class TwoTower(nn.Module):
         adj = self.score_adjuster
         zs: list[torch.Tensor] = []
         ovs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # the user tower itself draws nothing at inference (eval mode, no component
+        # inside it samples): its output is computed once for all the draws
+        tower = None
+        if n_draws > 1 and not any(hasattr(m, "inference_draw") for m in self.user_tower.modules()):
+            tower = self.user_tower(users, self.item_tower.id_emb, None)[0]
         try:
             for d in range(n_draws):
                 for m in stochastic:
                     m.inference_draw = d
-                z = self.user_vectors(users)
+                z = self.user_vectors(users, tower=tower)
                 zs.append(z)
                 if adj is not None:
                     ovs.append(adj.overrides(users, self, z=z))
