@@ -252,3 +252,41 @@ def test_buhs_query_is_the_user_towers_own_features():
     want = torch.cat([ut.id_emb.weight[u], *(ut.demo_emb[n].weight[codes[n]] for n in names)], 1)
     torch.testing.assert_close(ut.features(u), want, rtol=0, atol=0)
     assert ut.feature_dim == 4 * 8 == ctx.synthesis.w_q.in_features
+
+
+def _transformer_buhs(split, history: str):
+    torch.manual_seed(0)
+    mcfg = ModelConfig(dim=8, id_dim=8, hidden=16, history_len=8, user_encoder="transformer",
+                       n_blocks=1)
+    model = TwoTower(split, mcfg)
+    ctx = BUHS(split, BUHSConfig(enabled=True, fanout=2, temperature=0.5, history=history), model)
+    return model, ctx
+
+
+def test_training_rows_of_the_transformer_tower_draw_from_their_prefix():
+    """User 0's history is items 1..6 in time order. A training row predicting the item
+    at position t draws only from the t items before it (buhs.history=prefix, the
+    transformer's own input); history=all (default) also draws items after it; an
+    unseen pair reads the whole history; the pooled tower cannot take 'prefix'."""
+    split = degree_split()
+    hist = split.history(0).tolist()
+    assert hist == [1, 2, 3, 4, 5, 6]
+    n = 3000
+    users = torch.zeros(n, dtype=torch.long)
+    _, ctx = _transformer_buhs(split, "prefix")
+    ctx.train()
+    for t in range(len(hist)):
+        items, valid = ctx.sample(users, torch.full((n,), hist[t]))
+        drawn = set(items[valid].tolist())
+        assert drawn == set(hist[:t]), (t, drawn)  # every earlier item, nothing later
+        assert bool(valid.any()) == (t > 0)  # the first item has an empty prefix
+    _, ctx = _transformer_buhs(split, "all")
+    ctx.train()
+    items, valid = ctx.sample(users, torch.full((n,), hist[2]))
+    assert set(items[valid].tolist()) == set(hist) - {hist[2]}
+    _, ctx = _transformer_buhs(split, "prefix")
+    items, valid = ctx.sample(users, torch.full((n,), 8))  # not in user 0's history
+    assert set(items[valid].tolist()) == set(hist)
+    mcfg = ModelConfig(dim=8, id_dim=8, hidden=16, history_len=5, user_encoder="pooled")
+    with pytest.raises(ValueError, match="buhs.history='prefix'"):
+        BUHS(split, BUHSConfig(enabled=True, history="prefix"), TwoTower(split, mcfg))

@@ -19,7 +19,11 @@ a sampled target is thereby *replaced* by the next draw from the rest of the
 history (the official code instead overwrites it with a copy of another sampled
 item; excluding first keeps the distribution exactly p restricted to H_u \\ {target},
 the same distribution the model sees at inference, where the target is not in the
-train history). At inference the sample is drawn once per user with a fixed seed
+train history). With the transformer tower a training row (u, t) predicts t from the
+items before it; ``buhs.history = prefix`` makes BUHS draw from the items before t too
+(the past only, as at inference), ``all`` (default, chosen on validation) from
+H_u \\ {t}, the items after t included (docs/buhs.md).
+At inference the sample is drawn once per user with a fixed seed
 (``inference_seed``) and cached, so recommendations are reproducible and do not
 depend on how users are batched.
 
@@ -97,14 +101,17 @@ class BiasedHistorySampler(nn.Module):
         return w / w.sum()
 
     def forward(self, users: torch.Tensor, exclude: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                generator: torch.Generator | None = None,
+                prefix: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampled items ``[B, fanout]`` (time order) and their validity mask.
 
-        ``exclude[b]`` (the training target) is never drawn for row b. Rows without
-        any candidate (empty history, or only the target) are all invalid.
+        ``exclude[b]`` (the training target) is never drawn for row b; ``prefix[b]``
+        (optional) restricts row b to the first ``prefix[b]`` items of the history.
+        Rows without any candidate (empty history, or only the target) are all invalid.
         """
         return draw_biased(self.indptr, self.items, self.inv_deg, self.fanout, self.temperature,
-                           users, exclude, generator, logit=self.logit, pair_keys=self.pair_keys)
+                           users, exclude, generator, logit=self.logit, pair_keys=self.pair_keys,
+                           prefix=prefix)
 
     @torch.no_grad()
     def sample_all(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,7 +129,8 @@ class BiasedHistorySampler(nn.Module):
 def draw_biased(indptr: torch.Tensor, train_items: torch.Tensor, inv_deg: torch.Tensor, fanout: int,
                 temperature: float, users: torch.Tensor, exclude: torch.Tensor | None = None,
                 generator: torch.Generator | None = None, logit: torch.Tensor | None = None,
-                pair_keys: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                pair_keys: torch.Tensor | None = None,
+                prefix: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The BUHS draw on a CSR history (see module doc); returns (items, valid) ``[B, fanout]``.
 
     The noise is one ``[rows, max history length]`` uniform tensor (then one
@@ -133,13 +141,18 @@ def draw_biased(indptr: torch.Tensor, train_items: torch.Tensor, inv_deg: torch.
     ``B x max length`` rectangle (histories are heavy-tailed). Optional caches of the
     caller: ``logit`` = ``inv_deg[train_items] / temperature`` per interaction,
     ``pair_keys`` = sorted ``user * n_items + item`` of the interactions (counts a
-    target's occurrences in a history by binary search).
+    target's occurrences in a history by binary search). ``prefix [B]``: row b draws
+    from the first ``prefix[b]`` items of its history only (the items before its
+    target, in time order).
     """
     f, dev = fanout, train_items.device
     users = users.to(dev)
     b = len(users)
     start = indptr[users]
     length = indptr[users + 1] - start
+    if prefix is not None:
+        length = torch.minimum(length, prefix.to(dev).clamp(min=0))
+        pair_keys = None  # they count occurrences in the whole history, not the prefix
     width = max(int(length.max()), 1) if b else 1
     excl = None if exclude is None else exclude.to(dev)
     n_avail = length
@@ -277,14 +290,27 @@ class BUHS(nn.Module):
         # over eval.inference_samples draws); one cached sample per draw seen
         self.inference_draw = 0
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        # training rows draw from the items before their target (buhs.history)
+        positions = getattr(model.user_tower, "positions", None)
+        if cfg.history == "prefix" and positions is None:
+            raise ValueError("buhs.history='prefix' needs a user tower that reads time-ordered "
+                             "prefixes (model.user_encoder=transformer); the pooled tower reads "
+                             "the whole history: use buhs.history=all")
+        self._positions = positions if cfg.history == "prefix" else None
 
     def sample(self, users: torch.Tensor, exclude: torch.Tensor | None = None) -> tuple[torch.Tensor,
                                                                                          torch.Tensor]:
-        """Training (or ``exclude`` given): a fresh draw from torch's RNG.
+        """Training (or ``exclude`` given): a fresh draw from torch's RNG (from the items
+        before the target with ``buhs.history = prefix``).
         Inference (eval mode, no exclusion): the per-user sample of seed
         ``inference_seed + inference_draw``, drawn once and cached."""
         if self.training or exclude is not None:
-            return self.sampler(users, exclude)
+            prefix = None
+            if exclude is not None and self._positions is not None:
+                pos = self._positions(users.cpu().numpy(), exclude.cpu().numpy())
+                # an unseen (user, item) pair (position -1) reads the whole history
+                prefix = torch.from_numpy(np.where(pos < 0, np.iinfo(np.int64).max, pos))
+            return self.sampler(users, exclude, prefix=prefix)
         seed = self.inference_seed + self.inference_draw
         if seed not in self._cache:
             self._cache[seed] = self.sampler.sample_all(seed)
