@@ -63,11 +63,13 @@ def table(doc: dict[str, Any]) -> str:
     a, b = doc["labels"]
     lines += ["", f"Test, {b} vs {a} (seed means; user bootstrap CI, Wilcoxon over users "
               "for per-user metrics, bootstrap p for list metrics):", "",
-              "| metric | " + a + " | " + b + " | delta | 95% CI | p |", "|---|---|---|---|---|---|"]
+              "| metric | " + a + " | " + b + " | delta | relative | 95% CI | p |",
+              "|---|---|---|---|---|---|---|"]
     for m, e in doc["test_b_vs_a"].items():
         ci = e["delta_ci95"]
-        lines.append(f"| {m} | {e['base_value']:.4f} | {e['value']:.4f} | {e['delta']:+.4f} "
-                     f"| [{ci[0]:+.4f}, {ci[1]:+.4f}] | {e['p_value']:.3f} ({e['test']}) |")
+        rel = e["delta"] / e["base_value"] if e["base_value"] else float("nan")
+        lines.append(f"| {m} | {e['base_value']:.4f} | {e['value']:.4f} | {e['delta']:+.4f} | {rel:+.1%} "
+                     f"| [{ci[0]:+.4f}, {ci[1]:+.4f}] | {e['p_value']:.3g} ({e['test']}) |")
     return "\n".join(lines)
 
 

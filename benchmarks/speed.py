@@ -210,8 +210,10 @@ def serving_part(args, trainers, split) -> dict[str, Any]:
 
 
 def print_tables(doc: dict[str, Any]) -> None:
-    print(f"\nload average {doc['load_average']} on {doc['cpu_count']} cores; 1 intra-op thread "
-          f"unless stated; torch default = {DEFAULT_THREADS}\n")
+    default = doc.get("threads", {}).get("default_threads", DEFAULT_THREADS)
+    print(f"\nload average {doc.get('load_average_start')} at the start, {doc['load_average']} at the "
+          f"end, on {doc['cpu_count']} cores; 1 intra-op thread unless stated; torch default = "
+          f"{default}\n")
     if "train" in doc:
         t = doc["train"]
         print(f"Training, ML-100K (configs/ablation.yaml), seconds per epoch, median of "
@@ -222,7 +224,7 @@ def print_tables(doc: dict[str, Any]) -> None:
             print(f"| {k} | {r['batches']} | {r['s_per_epoch']:.2f} | {r['ratio_to_base']:.2f}x | "
                   f"{r['cpu_s_per_epoch']:.2f} | {r['cpu_ratio_to_base']:.2f}x |")
     if "threads" in doc:
-        print(f"\nThreads: 1 vs torch default ({DEFAULT_THREADS}), same work, alternating\n")
+        print(f"\nThreads: 1 vs torch default ({default}), same work, alternating\n")
         print("| work | s, 1 thread | s, default | default / 1 |")
         print("|---|---|---|---|")
         for k, r in doc["threads"].items():
@@ -265,7 +267,12 @@ def main() -> int:
     p.add_argument("--skip-ml1m", action="store_true")
     p.add_argument("--skip-threads", action="store_true")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "speed.json"))
+    p.add_argument("--table", type=Path, metavar="JSON", default=None,
+                   help="only print the tables of an earlier run's JSON")
     args = p.parse_args()
+    if args.table is not None:
+        print_tables(json.loads(args.table.read_text()))
+        return 0
 
     from marl_two_tower.data import load_split
 
