@@ -74,9 +74,10 @@ def train_part(args, split, ck: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Part 1: median seconds per epoch of every variant, trained in turns."""
     from marl_two_tower.train.trainer import Trainer
 
-    data = [f"data.path={args.data}", f"seed={args.seed}"]
+    data = [f"data.source={args.source}", f"data.path={args.data}", f"seed={args.seed}"]
+    chosen = {k: v for k, v in variants().items() if not args.variants or k in args.variants}
     trainers = {name: Trainer(config(data, extra, f"{ck}/{name}", args.max_steps), split, progress=False)
-                for name, extra in variants().items()}
+                for name, extra in chosen.items()}
     times: dict[str, list[float]] = {k: [] for k in trainers}
     cpu: dict[str, list[float]] = {k: [] for k in trainers}
     names = list(trainers)
@@ -216,7 +217,8 @@ def print_tables(doc: dict[str, Any]) -> None:
           f"{default}\n")
     if "train" in doc:
         t = doc["train"]
-        print(f"Training, ML-100K (configs/ablation.yaml), seconds per epoch, median of "
+        print(f"Training, {doc.get('source', 'ml-100k')} (configs/ablation.yaml), seconds per epoch, "
+              f"median of "
               f"{doc['repeats']} epochs in turns (wall clock, and CPU time of this process)\n")
         print("| model | batches | wall s/epoch | x base | CPU s/epoch | x base |")
         print("|---|---|---|---|---|---|")
@@ -266,6 +268,11 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--skip-ml1m", action="store_true")
     p.add_argument("--skip-threads", action="store_true")
+    p.add_argument("--source", default="ml-100k",
+                   help="data.source of the training part (e.g. ml-1m-ordered with --data .../ml-1m-ordered)")
+    p.add_argument("--variants", nargs="*", default=None,
+                   help="training variants to time (default: all; 'base' is always needed for the ratios)")
+    p.add_argument("--train-only", action="store_true", help="only the training part (1)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "speed.json"))
     p.add_argument("--table", type=Path, metavar="JSON", default=None,
                    help="only print the tables of an earlier run's JSON")
@@ -281,12 +288,16 @@ def main() -> int:
                            "cpu_count": os.cpu_count(), "load_average_start": load_avg(),
                            "repeats": args.repeats}
     with tempfile.TemporaryDirectory() as ck:
-        split = load_split(config([f"data.path={args.data}"], [], ck, 0).data)
+        if args.variants and "base" not in args.variants:
+            p.error("--variants must include base (the ratios are to it)")
+        split = load_split(config([f"data.source={args.source}", f"data.path={args.data}"], [], ck, 0).data)
+        doc["source"] = args.source
         doc["train"], trainers = train_part(args, split, ck)
-        if not args.skip_threads:
-            doc["threads"] = thread_part(args, trainers, split)
-        doc["eval"] = eval_part(args, trainers, split)
-        doc["serving"] = serving_part(args, trainers, split)
+        if not args.train_only:
+            if not args.skip_threads:
+                doc["threads"] = thread_part(args, trainers, split)
+            doc["eval"] = eval_part(args, trainers, split)
+            doc["serving"] = serving_part(args, trainers, split)
     doc["load_average"] = load_avg()
     print_tables(doc)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
