@@ -7,6 +7,8 @@ then puts on the frontier, from candidates computed once per split:
 * the base two-tower under the exposure budget, and under the popularity penalty;
 * the full model under the exposure budget (offline joint allocation) and under the
   online budget (what ``serve`` returns, one window over all users, in user order);
+* both under per-item prices (the budget's dual variables fitted on the evaluated
+  users' candidates; a stateless item bias a server applies per request);
 * the full model with the genre agents' actions zeroed (the controller part of z_u
   set to 0 on the same checkpoint) under the budget;
 * EASE (lambda chosen on validation, fitted on train) under the budget.
@@ -16,6 +18,10 @@ reported on test with user-bootstrap 95% CIs; paired comparisons are Wilcoxon
 signed-rank over users on per-user hit@10 at each model's own matched setting.
 
     .venv/bin/python benchmarks/frontier_ml100k.py --data ../shared/data/ml-100k --seeds 42
+
+``--components C ... --full-dir NAME`` makes the "full" model the base plus those
+components only (one component's own frontier against the same base runs); the
+zeroed-actions curve is left out when the genre agents are not among them.
 """
 
 from __future__ import annotations
@@ -51,11 +57,14 @@ COMPARISONS = (  # (model, against): paired at matched Gini
     ("full / budget", "EASE / budget"),
     ("full / online budget", "base / budget"),
     ("full / online budget", "full / budget"),
+    ("full / item prices", "full / budget"),
+    ("full / item prices", "full / online budget"),
+    ("base / item prices", "base / budget"),
 )
 
 
 def model_config(args: argparse.Namespace, model: str, seed: int) -> Config:
-    on = [f"{c}.enabled=true" for c in COMPONENTS] if model == "full" else []
+    on = [f"{c}.enabled=true" for c in (args.components or COMPONENTS)] if model == "full" else []
     if model == "full":
         on += list(args.full_set)
     run = Path(args.runs) / (args.full_dir if model == "full" else model)
@@ -100,6 +109,9 @@ def main() -> int:
     p.add_argument("--replot", action="store_true", help="only redraw --plot from --output")
     p.add_argument("--full-set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override of the full model only (repeatable; default: none)")
+    p.add_argument("--components", nargs="+", choices=COMPONENTS, default=None,
+                   help="the components the 'full' model switches on (default: all), e.g. "
+                        "--components buhs exposure_budget for the base plus BUHS; use with --full-dir")
     p.add_argument("--full-dir", default="full",
                    help="the full model's folder under --runs (default: full), so variants "
                         "of it share the base runs")
@@ -123,7 +135,7 @@ def main() -> int:
                 "best_epoch": doc["extra"].get("best_epoch"),
                 "test_full": {k: doc["metrics"]["test"]["full"].get(k)
                               for k in ("HR@10", "NDCG@10", "Coverage@10", "Gini@10", "TailHR@10")}})
-            if model == "full":  # the same checkpoint, agents' actions zeroed
+            if model == "full" and cfg.marl.enabled:  # the same checkpoint, agents' actions zeroed
                 m, _, _ = load_trained(Path(cfg.checkpoint_dir) / "model_best.pt", cfg=cfg, split=split,
                                        device="cpu")
                 with actions_zeroed(m):
@@ -141,7 +153,10 @@ def main() -> int:
         "base / budget": ("base", budget), "base / popularity penalty": ("base", F.popularity_curve()),
         "full / budget": ("full", budget), "full / online budget": ("full", F.online_curve()),
         "full, MARL actions zeroed / budget": ("zeroed", budget), "EASE / budget": ("ease", budget),
+        "base / item prices": ("base", F.price_curve()), "full / item prices": ("full", F.price_curve()),
     }
+    if "zeroed" not in cands:  # a "full" model without the genre agents (e.g. base + one component)
+        del curves["full, MARL actions zeroed / budget"]
     fronts, timings = {}, {}
     for name, (key, settings) in curves.items():
         t0 = time.perf_counter()
@@ -151,17 +166,19 @@ def main() -> int:
               f"in {timings[name]:.1f} s", flush=True)
     summaries = {name: F.frontier_summary(f, args.n_boot) for name, f in fronts.items()}
     paired = {f"{a} vs {b}": {f"{t:.2f}": F.paired_matched(fronts[a].matched[t], fronts[b].matched[t])
-                              for t in TARGETS} for a, b in COMPARISONS}
+                              for t in TARGETS} for a, b in COMPARISONS if a in fronts and b in fronts}
     doc = {
         "benchmark": "frontier_ml100k", "git_commit": git_commit(),
         "command": "python benchmarks/frontier_ml100k.py " + " ".join(sys.argv[1:]),
         "data": {"name": split.dataset.name, "fingerprint": split.dataset.fingerprint(),
                  "n_users": split.n_users, "n_items": split.n_items},
         "seeds": args.seeds, "targets": list(TARGETS), "n_boot": args.n_boot,
-        "full_overrides": list(args.full_set),
+        "full_overrides": list(args.full_set), "full_components": list(args.components or COMPONENTS),
         "knobs": {"budget": {"factors": list(F.BUDGET_FACTORS), "floor": 1, "k": 10},
                   "online": {"factors": list(F.BUDGET_FACTORS), "window": "all evaluated users",
                              "order": "user index"},
+                  "prices": {"factors": list(F.BUDGET_FACTORS), "k": 10,
+                             "fit": "fairness/exposure.py fit_item_prices on the split's candidates"},
                   "popularity": {"weights": list(F.POPULARITY_WEIGHTS),
                                  "score": "s(u,i) - w * log(1 + pop(i))"}},
         "ease": {"lambda": lam, "val_ndcg10": grid, "fit": "train only", "wall_s": ease_s},

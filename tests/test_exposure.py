@@ -163,3 +163,49 @@ def test_configs_from_before_the_switch_evaluate_as_they_did() -> None:
     assert fingerprint_config(a) == fingerprint_config(b) == fingerprint_config(config_from_dict(old))
     with pytest.raises(ValueError, match="floor"):
         ExposureBudget(factor=2.0, k=10, n_candidates=1000, floor=11)
+
+
+# ---------------------------------------------------------------------------
+# Item prices: the stateless, per-request form of the budget
+# ---------------------------------------------------------------------------
+
+
+def test_item_prices_hand_case() -> None:
+    """Two users, two items, k = 1, capacity 1; both prefer item 0: user 0 by 1 nat
+    (log p -1 vs -2), user 1 by 0.5 (-1 vs -1.5). Item 0's margins are 1 and 0.5; the
+    price that leaves it one list is the 2nd largest, 0.5, plus the bid increment eps.
+    Then user 1 takes item 1 (-1.5 > -1 - 0.5 - eps), user 0 keeps item 0, item 1 needs
+    no price, and the next round stops."""
+    from marl_two_tower.fairness.exposure import fit_item_prices, priced_lists
+
+    cand = np.array([[0, 1], [0, 1]])
+    logp = np.array([[-1.0, -2.0], [-1.0, -1.5]])
+    prices = fit_item_prices(cand, logp, k=1, capacity=1, n_items=2, damping=1.0, eps=1e-3)
+    np.testing.assert_allclose(prices, [0.501, 0.0])
+    assert priced_lists(cand, logp, prices, k_max=2).tolist() == [[0, 1], [1, 0]]
+    # damping 0.5 gets there in steps (0.2505, then 0.37575, ...) and stops once it holds
+    half = fit_item_prices(cand, logp, k=1, capacity=1, n_items=2, damping=0.5, eps=1e-3)
+    assert 0.5 < half[0] <= 0.501 and half[1] == 0.0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_item_prices_bring_exposure_down_to_about_the_cap(seed: int) -> None:
+    """Random users with a popular head: the plain top-5 puts the head items in half the
+    lists; priced lists hold every item within two slots of the cap (here: exactly at
+    it), full and without repeats; a cap nothing reaches gives zero prices and the plain
+    lists."""
+    from marl_two_tower.fairness.exposure import fit_item_prices, priced_lists
+
+    cand, pri = random_candidates(seed, n_users=200, n_items=40, m=40)
+    logp = pri - np.log(np.exp(pri).sum(1, keepdims=True))
+    k, cap = 5, 40
+    plain = np.bincount(cand[:, :k].ravel(), minlength=40)
+    assert plain.max() > 90
+    prices = fit_item_prices(cand, logp, k, cap, 40, iters=200)
+    recs = priced_lists(cand, logp, prices, k)
+    counts = np.bincount(recs.ravel(), minlength=40)
+    assert counts.max() <= cap + 2 and counts.max() < plain.max() / 2
+    assert (recs >= 0).all() and all(len(set(r)) == k for r in recs.tolist())  # full, no repeats
+    loose = fit_item_prices(cand, logp, k, 10_000, 40)
+    assert not loose.any()
+    np.testing.assert_array_equal(priced_lists(cand, logp, loose, k), cand[:, :k])

@@ -218,3 +218,20 @@ def test_candidates_round_trip(split: Split, tmp_path) -> None:
         s = F.Setting("budget", 2.0, 1)
         assert np.array_equal(F.lists_for(back[part], s).recs, F.lists_for(c[part], s).recs)
     assert F.load_candidates(tmp_path / "nothing") is None
+
+
+def test_prices_arm_lowers_gini_and_is_plain_when_loose(split: Split) -> None:
+    """The stateless price arm: a cap nothing reaches gives the plain lists exactly; as
+    the cap tightens the Gini falls, ending far below off (within the few slots over
+    cap that simultaneous best responses leave), and every list is a user's own
+    candidates re-ordered (no item outside them)."""
+    c = cands(split, popular_scores(split, 2))["test"]
+    loose = F.lists_for(c, F.Setting("prices", 1e6))
+    np.testing.assert_array_equal(loose.recs, c.plain.recs)
+    pts = F.curve(c, F.price_curve((16, 4, 2, 1.25)), k=10)
+    g = [p.metrics["Gini@10"] for p in pts]
+    assert g[0] > 0.8 and g[-1] < g[0] - 0.4, g
+    assert all(b <= a + 0.02 for a, b in zip(g, g[1:], strict=False)), g
+    recs = F.lists_for(c, F.Setting("prices", 2.0)).recs
+    for r, cand in zip(recs, c.cand, strict=True):
+        assert set(r[r >= 0]) <= set(cand[cand >= 0])

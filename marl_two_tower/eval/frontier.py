@@ -34,6 +34,11 @@ Every knob value then re-allocates these arrays (numpy only, no model call).
   ``serving.exposure_window`` = U lists (:func:`~marl_two_tower.fairness.exposure.allocate_in_order`:
   first come, first served, no coverage floor; docs/serving.md says where this differs
   from the offline budget); swept over f like the budget;
+* ``prices``: per-item prices lambda_i (:func:`~marl_two_tower.fairness.exposure.fit_item_prices`,
+  the dual variables of the budget's capacity constraints at cap factor f, fitted on the
+  evaluated users' candidates, no labels) and every user's own top-K by
+  log p(i | u) - lambda_i: a stateless item bias a server applies to each request
+  alone (no window, ANN-compatible); swept over f like the budget;
 * ``off``: the plain evaluation. Every curve starts at it.
 
 **Matched Gini** (:func:`match_gini`). A curve is the sequence of settings in knob
@@ -89,6 +94,8 @@ from marl_two_tower.fairness.exposure import (
     ExposureBudget,
     allocate_in_order,
     fair_share_cap,
+    fit_item_prices,
+    priced_lists,
     rerank_with_budget,
 )
 from marl_two_tower.metrics import ranking as M
@@ -120,6 +127,7 @@ __all__ = [
     "paired_matched",
     "plain_metrics",
     "popularity_curve",
+    "price_curve",
     "save_candidates",
 ]
 
@@ -132,7 +140,7 @@ BUDGET_FACTORS = (64.0, 32.0, 16.0, 12.0, 8.0, 6.0, 5.0, 4.0, 3.5, 3.0, 2.5, 2.0
                   1.25, 1.0)
 POPULARITY_WEIGHTS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0)
 CURVE_METRICS = ("HR", "NDCG", "Gini", "Coverage", "TailHR")  # @K on every curve point
-Arm = Literal["off", "budget", "popularity", "online"]
+Arm = Literal["off", "budget", "popularity", "online", "prices"]
 
 
 # ---------------------------------------------------------------------------
@@ -247,11 +255,13 @@ class Setting:
             return f"cap {self.value:g}" + (f" + floor {self.floor}" if self.floor else "")
         if self.arm == "online":
             return f"online cap {self.value:g}"
+        if self.arm == "prices":
+            return f"prices for cap {self.value:g}"
         return f"w {self.value:g}"
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"arm": self.arm, "label": self.label}
-        if self.arm in ("budget", "online"):
+        if self.arm in ("budget", "online", "prices"):
             d |= {"factor": self.value, "floor": self.floor, "k": self.k}
         elif self.arm == "popularity":
             d["weight"] = self.value
@@ -270,6 +280,11 @@ def online_curve(factors: Sequence[float] = BUDGET_FACTORS, k: int = 10) -> list
     return [Setting("off")] + [Setting("online", float(f), 0, k) for f in sorted(set(factors), reverse=True)]
 
 
+def price_curve(factors: Sequence[float] = BUDGET_FACTORS, k: int = 10) -> list[Setting]:
+    """off, then item prices fitted for each cap factor, loose to tight."""
+    return [Setting("off")] + [Setting("prices", float(f), 0, k) for f in sorted(set(factors), reverse=True)]
+
+
 def popularity_curve(weights: Sequence[float] = POPULARITY_WEIGHTS) -> list[Setting]:
     """off (w = 0), then the popularity penalty at each weight w > 0, ascending."""
     return [Setting("off")] + [Setting("popularity", float(w)) for w in sorted(set(weights)) if w > 0]
@@ -279,7 +294,9 @@ def lists_for(c: Candidates, s: Setting) -> RankResult:
     """The top-``k_max`` lists of every user of ``c`` under setting ``s``.
 
     off: the plain evaluation itself. budget: :func:`rerank_with_budget` on the
-    candidates with log p(i | u) as the cross-user priority. popularity: each user's
+    candidates with log p(i | u) as the cross-user priority. prices: item prices fitted
+    for the cap on these candidates, then each user's own top by log p - lambda.
+    popularity: each user's
     candidates sorted by log p(i | u) - w log(1 + pop(i)) (stable, so ties keep the
     candidate order).
     """
@@ -292,6 +309,10 @@ def lists_for(c: Candidates, s: Setting) -> RankResult:
     elif s.arm == "online":
         cap = fair_share_cap(s.value, s.k, len(c.cand), c.n_items)  # window = the U users
         recs = allocate_in_order(c.cand, k_max, cap, c.n_items, s.k)
+    elif s.arm == "prices":
+        cap = fair_share_cap(s.value, s.k, len(c.cand), c.n_items)
+        prices = fit_item_prices(c.cand, c.logp, s.k, cap, c.n_items)
+        recs = priced_lists(c.cand, c.logp.astype(np.float64), prices, k_max)
     elif s.arm == "popularity":
         valid = c.cand >= 0
         pen = np.log1p(c.item_pop[np.where(valid, c.cand, 0)].astype(np.float64))
@@ -302,7 +323,7 @@ def lists_for(c: Candidates, s: Setting) -> RankResult:
         if recs.shape[1] < k_max:
             recs = np.pad(recs, ((0, 0), (0, k_max - recs.shape[1])), constant_values=-1)
     else:
-        raise ValueError(f"unknown knob arm {s.arm!r} (expected off, budget, online or popularity)")
+        raise ValueError(f"unknown knob arm {s.arm!r} (expected off, budget, online, prices or popularity)")
     # target ranks as for the budget in rank_full: its slot, or beyond the list
     return reallocated(c.plain, recs.astype(np.int64))
 

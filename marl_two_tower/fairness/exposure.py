@@ -229,6 +229,81 @@ def allocate_in_order(cand: np.ndarray, k_max: int, capacity: int, n_items: int,
     return out
 
 
+def _priced_order(cand: np.ndarray, logp: np.ndarray, prices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(keys log p(i | u) - lambda_i ``[U, M]``, -inf on pads; each row's column order by
+    descending key, stable so ties keep the candidate order)."""
+    valid = cand >= 0
+    keys = np.where(valid, logp - prices[np.where(valid, cand, 0)], -np.inf)
+    return keys, np.argsort(-keys, axis=1, kind="stable")
+
+
+def priced_lists(cand: np.ndarray, logp: np.ndarray, prices: np.ndarray, k_max: int) -> np.ndarray:
+    """Top-``k_max`` lists when every user ranks its candidates by log p(i | u) - lambda_i:
+    per-item prices, the same for every user (stateless: a served list needs no other)."""
+    keys, order = _priced_order(cand, logp, prices)
+    order = order[:, :k_max]
+    recs = np.take_along_axis(cand, order, axis=1)
+    recs = np.where(np.isfinite(np.take_along_axis(keys, order, axis=1)), recs, -1)
+    if recs.shape[1] < k_max:
+        recs = np.pad(recs, ((0, 0), (0, k_max - recs.shape[1])), constant_values=-1)
+    return recs
+
+
+def fit_item_prices(cand: np.ndarray, logp: np.ndarray, k: int, capacity: int, n_items: int,
+                    iters: int = 60, damping: float = 0.5, eps: float = 1e-3) -> np.ndarray:
+    """Per-item prices lambda_i >= 0 under which every user's own top-``k`` by
+    log p(i | u) - lambda_i puts each item in at most about ``capacity`` lists.
+
+    lambda are the dual variables of the capacity constraints of the max-likelihood
+    allocation LP (max sum log p over top-k lists, each item in <= C lists): with the
+    right prices the users' independent choices are the capacitated allocation
+    (Lagrangian relaxation; the auction view of Bertsekas 1988), so a server that
+    subtracts lambda_i from the scores (an item bias, ANN-compatible) gets budgeted
+    lists without state or a window. Found by damped best responses: given the others'
+    prices, user u keeps item i in its top-k iff lambda_i < m_ui = log p(i | u) - tau_ui,
+    tau_ui = u's k-th best key among its other candidates (the (k+1)-th key if i is in
+    the top-k now, the k-th otherwise); the smallest price that leaves i in at most C
+    lists is the (C+1)-th largest m_ui over users (0 if i has at most C candidates
+    rows) plus ``eps`` nats (the auction's bid increment: the (C+1)-th row then ranks i
+    strictly below its alternative), and every item moves ``damping`` of the way to it
+    at once. Stops when no item exceeds C or after ``iters`` rounds (the last prices are
+    returned: users that move together can leave some items a slot or two over C).
+    """
+    n_users, m = cand.shape
+    prices = np.zeros(n_items, dtype=np.float64)
+    if n_users == 0 or m == 0:
+        return prices
+    valid = cand >= 0
+    safe = np.where(valid, cand, 0)
+    lp = np.where(valid, logp.astype(np.float64), -np.inf)
+    rows = np.arange(n_users)[:, None]
+    for _ in range(iters):
+        keys, order = _priced_order(cand, lp, prices)
+        top = np.take_along_axis(cand, order[:, :k], axis=1)
+        counts = np.bincount(top[top >= 0], minlength=n_items)
+        if counts.max(initial=0) <= capacity:
+            break
+        sk = np.take_along_axis(keys, order, axis=1)
+        kth = sk[:, k - 1] if m >= k else np.full(n_users, -np.inf)
+        k1th = sk[:, k] if m > k else np.full(n_users, -np.inf)
+        rank = np.empty_like(order)
+        rank[rows, order] = np.arange(m)[None, :]
+        margin = lp - np.where(rank < k, k1th[:, None], kth[:, None])
+        # per item, the (C+1)-th largest margin over its rows; margins <= 0 never set a
+        # price (the target is at least 0), so only the positive ones are ranked
+        ok = valid & (margin > 0)
+        it, mg = safe[ok], margin[ok]
+        srt = np.lexsort((-mg, it))
+        it_s, mg_s = it[srt], mg[srt]
+        starts = np.searchsorted(it_s, np.arange(n_items))
+        ends = np.searchsorted(it_s, np.arange(n_items), side="right")
+        has = ends - starts > capacity
+        target = np.zeros(n_items)
+        target[has] = np.maximum(mg_s[starts[has] + capacity] + eps, 0.0)
+        prices += damping * (target - prices)
+    return prices
+
+
 def budget_from_config(cfg: Config) -> ExposureBudget | None:
     """The configured budget: on when ``exposure_budget.enabled`` and ``gini.exposure_cap``
     > 0 (the GINI training loss, ``gini.enabled``, is a separate switch)."""
