@@ -417,6 +417,13 @@ class ServingConfig:
     # `exposure_window` served lists is skipped (cap_k = the bundle's gini.cap_k); 0 = off
     exposure_cap: float = 0.0
     exposure_window: int = 10_000
+    # how the cap is enforced: "window" = the sliding window above (stateful, first
+    # come first served); "prices" = per-item prices lambda_i fitted once at start on the
+    # bundle's users under C = ceil(exposure_cap * cap_k * U / n_items)
+    # (fairness/exposure.py fit_item_prices), subtracted from every score: stateless,
+    # each list independent of the others (docs/serving.md "Item prices")
+    exposure_mode: Literal["window", "prices"] = "window"
+    exposure_fit_users: int = 20_000  # users the prices are fitted on (a fixed-seed sample beyond)
 
 
 @dataclass
@@ -569,7 +576,7 @@ CHECKS: dict[type, dict[str, Check]] = {
                     "hnsw_ef_search": AT_LEAST_1, "max_k": AT_LEAST_1, "max_batch": AT_LEAST_1,
                     "cold_start_beta": UNIT, "cold_start_tail_quota": UNIT,
                     "cold_start_prior": NON_NEGATIVE, "exposure_cap": NON_NEGATIVE,
-                    "exposure_window": AT_LEAST_1},
+                    "exposure_window": AT_LEAST_1, "exposure_fit_users": AT_LEAST_1},
     Config: {"name": _run_name, "seed": SEED},
 }
 

@@ -204,6 +204,64 @@ def test_served_lists_under_the_online_exposure_budget(trained):
     assert all(len(x) == 10 for x in served)
 
 
+def test_served_lists_under_item_prices(trained):
+    """exposure_mode=prices: the served lists are each user's own top-10 by
+    s(u, i) - lambda_i with the prices fitted on the bundle's users (oracle: the dense
+    scores, the same fit on the same candidates); stateless (a user's list does not
+    depend on who asked before); exposure close to the cap; explain sums to the score."""
+    from marl_two_tower.fairness.exposure import fair_share_cap, fit_item_prices, priced_lists
+
+    model, cfg, split, _ = trained
+    b = bundle_from_model(model, cfg, split)
+    users = np.arange(b.n_users)
+    plain = Recommender(b, ServingConfig(seen="train"))
+    priced = Recommender(b, ServingConfig(seen="train", exposure_cap=1.5, exposure_mode="prices"))
+    assert priced.budget is None and priced.prices is not None and priced.prices.max() > 0
+    assert priced.exposure_info()["mode"] == "prices" and priced.price_fit_users == b.n_users
+    # oracle: dense scores, train items masked, log-softmax, cap_candidates best, same fit
+    s = (b.user_vectors.astype(np.float64) @ b.item_vectors.astype(np.float64).T)
+    for u in users:
+        s[u, split.history(u)] = -np.inf
+    m = min(cfg.gini.cap_candidates, b.n_items)
+    cand = np.stack([np.array(dense_topk(row, set(), m)) for row in s])
+    lse = np.log(np.exp(np.where(np.isfinite(s), s, -np.inf)).sum(1, keepdims=True))
+    logp = np.take_along_axis(s, cand, axis=1) - lse
+    cand = np.where(np.isfinite(logp), cand, -1)
+    cap = fair_share_cap(1.5, cfg.gini.cap_k, b.n_users, b.n_items)
+    lam = fit_item_prices(cand, logp, cfg.gini.cap_k, cap, b.n_items)
+    np.testing.assert_allclose(priced.prices, lam, atol=1e-5)
+    want = priced_lists(cand, logp, lam, 10)
+    served = np.stack([lst.items for lst in priced.recommend(users, 10)])
+    # the prices put the boundary user's candidates within eps of each other, so the
+    # float32 index may order near-ties differently from the float64 oracle: the served
+    # keys s - lambda must be the oracle's top-10 key values, to float32 precision
+    key = s - lam[None, :]
+    np.testing.assert_allclose(np.take_along_axis(key, served, axis=1),
+                               np.take_along_axis(key, want, axis=1), atol=1e-5)
+    assert (served == want).all(axis=1).mean() > 0.9
+    # stateless: the same users in reverse order get the same lists
+    back = np.stack([lst.items for lst in priced.recommend(users[::-1], 10)])[::-1]
+    np.testing.assert_array_equal(back, served)
+    counts = np.bincount(served.ravel(), minlength=b.n_items)
+    before = np.bincount(np.stack([lst.items for lst in plain.recommend(users, 10)]).ravel(),
+                         minlength=b.n_items)
+    oracle = np.bincount(want.ravel(), minlength=b.n_items)
+    assert abs(int(counts.max()) - int(oracle.max())) <= 1  # the near-ties above
+    assert counts.max() <= cap + 3 and counts.max() < before.max() / 2, (counts.max(), cap, before.max())
+    for u in users[:5]:
+        lst = priced.recommend([u], 10)[0]
+        for i, sc in zip(lst.items.tolist(), lst.scores.tolist(), strict=True):
+            e = priced.explain(int(u), i)
+            assert e["parts"]["exposure_price"] == pytest.approx(-lam[i], abs=1e-5)
+            assert sum(e["parts"].values()) == pytest.approx(sc, abs=1e-4)
+            assert e["score"] == pytest.approx(sc, abs=1e-4)
+    # a cap nobody reaches: zero prices and the plain lists
+    loose = Recommender(b, ServingConfig(seen="train", exposure_cap=1000.0, exposure_mode="prices"))
+    assert not loose.prices.any()
+    np.testing.assert_array_equal(np.stack([x.items for x in loose.recommend(users, 10)]),
+                                  np.stack([x.items for x in plain.recommend(users, 10)]))
+
+
 def test_default_seen_all_never_serves_consumed_items(rec, trained):
     _, _, split, _ = trained
     users = split.eval_users("test")

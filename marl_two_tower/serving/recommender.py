@@ -34,9 +34,19 @@ A tail quota then reserves round(``cold_start_tail_quota`` * K) slots for the
 best-scored long-tail items (the rest go to the best head items; a side that runs
 short is filled from the other), and the K items are ordered by c(i).
 
+**Exposure cap** (``serving.exposure_cap`` > 0). ``exposure_mode = window``: the items
+at their cap over the last ``exposure_window`` served lists are left out of the next
+one (stateful, first come first served). ``prices``: per-item prices lambda_i >= 0,
+fitted once at start on the bundle's users (their lists under the cap, the dual
+variables of the offline budget's capacity constraints:
+:func:`~marl_two_tower.fairness.exposure.fit_item_prices`), are subtracted from every
+score, s(u, i) - lambda_i, searched as <[z_u; 1], [y_i; -lambda_i]> (one more index
+column, so ANN search still applies): stateless, every list independent of the others.
+
 **Explain.** s(u, i) = sum over blocks b of <z_u[b], y_i[b]> (+ the familiar-item
-correction hook(u, i) - <z_u, y_i> when the hook re-scores i), so the parts
-``two_tower``, ``genre_boost``, ``tail_boost``, ``familiar`` sum to the served score.
+correction hook(u, i) - <z_u, y_i> when the hook re-scores i, - lambda_i when priced),
+so the parts ``two_tower``, ``genre_boost``, ``tail_boost``, ``familiar`` (and
+``exposure_price``) sum to the served score.
 """
 
 from __future__ import annotations
@@ -50,7 +60,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from marl_two_tower.config import ServingConfig
-from marl_two_tower.fairness.exposure import OnlineExposureBudget
+from marl_two_tower.fairness.exposure import OnlineExposureBudget, fair_share_cap, fit_item_prices
 from marl_two_tower.serving.export import Bundle
 from marl_two_tower.serving.index import IndexSettings, ItemIndex
 
@@ -157,7 +167,6 @@ class Recommender:
     def __init__(self, bundle: Bundle, cfg: ServingConfig | None = None) -> None:
         self.bundle = bundle
         self.cfg = cfg or bundle.cfg.serving
-        self.index = ItemIndex(bundle.item_vectors, IndexSettings.from_config(self.cfg, bundle.n_items))
         self.user_vectors = np.ascontiguousarray(bundle.user_vectors, dtype=np.float32)
         seen = bundle.seen_matrix(self.cfg.seen)
         self.seen_indptr, self.seen_indices = seen.indptr.astype(np.int64), seen.indices.astype(np.int64)
@@ -169,9 +178,75 @@ class Recommender:
         self.cold = ColdStart(bundle, self.cfg)
         self.overrides_fn, self.n_familiar = self._adjuster()
         # fair share counted over each list's first gini.cap_k items, as offline
+        capped = self.cfg.exposure_cap > 0
         self.budget = (OnlineExposureBudget(bundle.n_items, self.cfg.exposure_cap,
                                             k=bundle.cfg.gini.cap_k, window=self.cfg.exposure_window)
-                       if self.cfg.exposure_cap > 0 else None)
+                       if capped and self.cfg.exposure_mode == "window" else None)
+        # item prices: s(u, i) - lambda_i, searched as <[z_u; 1], [y_i; -lambda_i]>
+        self.prices: np.ndarray | None = None
+        self.price_fit_users = 0
+        items = bundle.item_vectors
+        if capped and self.cfg.exposure_mode == "prices":
+            self.prices = self._fit_prices()
+            items = np.hstack([items, -self.prices[:, None]])
+            self.user_vectors = self._with_price_column(self.user_vectors)
+        self.index = ItemIndex(items, IndexSettings.from_config(self.cfg, bundle.n_items))
+
+    @staticmethod
+    def _with_price_column(z: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(np.hstack([z, np.ones((len(z), 1), dtype=np.float32)]),
+                                    dtype=np.float32)
+
+    def _fit_prices(self) -> np.ndarray:
+        """lambda for ``serving.exposure_cap`` (:func:`~marl_two_tower.fairness.exposure.fit_item_prices`)
+        on the bundle's users (a fixed-seed sample of ``serving.exposure_fit_users`` of
+        them beyond that): each user's served scores (dot product, familiar logits over
+        F(u)) with its seen items (``serving.seen``) masked, as log-softmax over the rest,
+        its ``gini.cap_candidates`` best items; cap C = ceil(f * cap_k * U_fit / n_items)."""
+        b, g = self.bundle, self.bundle.cfg.gini
+        users = np.arange(b.n_users)
+        if len(users) > self.cfg.exposure_fit_users:
+            users = np.sort(np.random.default_rng(0).choice(len(users), self.cfg.exposure_fit_users,
+                                                            replace=False))
+        m = min(g.cap_candidates, b.n_items)
+        y = np.asarray(b.item_vectors, dtype=np.float32)
+        cand = np.empty((len(users), m), dtype=np.int64)
+        logp = np.empty((len(users), m), dtype=np.float64)
+        for lo in range(0, len(users), 1024):
+            chunk = users[lo : lo + 1024]
+            s = (self.user_vectors[chunk] @ y.T).astype(np.float64)
+            if self.overrides_fn is not None:
+                fi, fs = self.overrides_fn(chunk)
+                r, c = np.nonzero(fi >= 0)
+                s[r, fi[r, c]] = fs[r, c]
+            starts, ends = self.seen_indptr[chunk], self.seen_indptr[chunk + 1]
+            rows = np.repeat(np.arange(len(chunk)), ends - starts)
+            cols = np.concatenate([self.seen_indices[a:e] for a, e in zip(starts, ends, strict=True)]
+                                  or [np.zeros(0, dtype=np.int64)])
+            s[rows, cols] = -np.inf
+            top = np.argpartition(-s, m - 1, axis=1)[:, :m] if m < s.shape[1] else np.tile(
+                np.arange(s.shape[1]), (len(chunk), 1))
+            ts = np.take_along_axis(s, top, axis=1)
+            order = np.lexsort((top, -ts), axis=1)  # best first, ties by item index
+            top, ts = np.take_along_axis(top, order, axis=1), np.take_along_axis(ts, order, axis=1)
+            finite = np.isfinite(s)
+            mx = np.where(finite, s, -np.inf).max(axis=1, keepdims=True)
+            lse = mx + np.log(np.where(finite, np.exp(s - mx), 0.0).sum(axis=1, keepdims=True))
+            cand[lo : lo + len(chunk)] = np.where(np.isfinite(ts), top, -1)
+            logp[lo : lo + len(chunk)] = ts - lse
+        self.price_fit_users = len(users)
+        cap = fair_share_cap(self.cfg.exposure_cap, g.cap_k, len(users), b.n_items)
+        return fit_item_prices(cand, logp, g.cap_k, cap, b.n_items)
+
+    def exposure_info(self) -> dict[str, Any]:
+        """How exposure is capped: mode, cap and its state (for ``/health``)."""
+        if self.budget is not None:
+            return {"mode": "window", "cap": self.cfg.exposure_cap, "window": self.cfg.exposure_window,
+                    "capacity": int(self.budget.capacity)}
+        if self.prices is not None:
+            return {"mode": "prices", "cap": self.cfg.exposure_cap, "fit_users": self.price_fit_users,
+                    "priced_items": int((self.prices > 0).sum()), "max_price": float(self.prices.max())}
+        return {"mode": "off"}
 
     def _adjuster(self) -> tuple[OverridesFn | None, int]:
         """Familiar items and logits of the bundle (ContextGNN), and |F|max."""
@@ -232,6 +307,12 @@ class Recommender:
             s = self.seen(u)
             excl.append(s if extra is None or not len(extra) else np.concatenate([s, extra]))
         z = self.user_vectors[users] if vectors is None else vectors
+        if self.prices is not None:  # every served score pays its item's price
+            if z.shape[1] == self.bundle.item_vectors.shape[1]:
+                z = self._with_price_column(z)  # a state computed per request
+            if familiar is not None:
+                fi, fs = familiar
+                familiar = (fi, np.where(fi >= 0, fs - self.prices[np.maximum(fi, 0)], fs))
         n_fam = familiar[0].shape[1] if familiar is not None else 0
         scores, ids = self.index.search_filtered(z, k + n_fam, excl)
         if familiar is not None:
@@ -278,12 +359,15 @@ class Recommender:
                  for name, (a, b) in self.bundle.blocks.items()}
         parts.setdefault("genre_boost", 0.0)
         parts.setdefault("tail_boost", 0.0)
-        dot = float(np.dot(z, y))
+        price = 0.0 if self.prices is None else -float(self.prices[i])
+        dot = float(np.dot(z, y))  # includes -lambda_i when priced (the index's last column)
         familiar = 0.0
         if self.overrides_fn is not None:
             fam_i, fam_s = self.overrides_fn(np.array([u]))
             hit = np.flatnonzero(fam_i[0] == i)
             if len(hit):
-                familiar = float(fam_s[0, hit[0]]) - dot
+                familiar = float(fam_s[0, hit[0]]) + price - dot
         parts["familiar"] = familiar
+        if self.prices is not None:
+            parts["exposure_price"] = price
         return {"score": dot + familiar, "parts": parts}

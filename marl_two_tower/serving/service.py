@@ -133,6 +133,7 @@ class HealthOut(BaseModel):
     index: dict[str, Any]
     seen: str
     familiar_rescoring: bool
+    exposure: dict[str, Any]
     limits: dict[str, int]
     cold_start: dict[str, Any]
 
@@ -301,6 +302,7 @@ def create_app(rec: Recommender, cfg: ServingConfig | None = None,
         return {"status": "ok", "bundle": info, "n_users": b.n_users, "n_items": b.n_items,
                 "index": rec.index.describe(), "seen": cfg.seen,
                 "familiar_rescoring": rec.overrides_fn is not None,
+                "exposure": rec.exposure_info(),
                 "limits": {"max_k": cfg.max_k, "max_batch": cfg.max_batch,
                            "max_body_bytes": MAX_BODY_BYTES},
                 "cold_start": {"beta": cfg.cold_start_beta, "tail_quota": cfg.cold_start_tail_quota,
