@@ -23,9 +23,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from marl_toy import PopularityScorer, hr_only_config, tail_segment_split  # noqa: E402
+from marl_toy import PopularityScorer, hr_only_config, tail_segment_split, train_greedy  # noqa: E402
 
-from marl_two_tower.model.marl.agents import GenreAgents, collect  # noqa: E402
 from marl_two_tower.model.marl.env import RecEnvCore  # noqa: E402
 from marl_two_tower.study.results import git_commit  # noqa: E402
 from marl_two_tower.utils.io import write_text_atomic  # noqa: E402
@@ -39,15 +38,7 @@ def run(units: str, scale: float, steps: int = 150) -> dict:
     split, segment = tail_segment_split()
     cfg = hr_only_config(action_units=units, action_scale=scale, rl_batch_users=120)
     core = RecEnvCore(split, cfg, PopularityScorer(split))
-    agents = GenreAgents(split, cfg, dim=8, item_encoder=lambda: core.scorer.e_i)
-    opt = torch.optim.Adam(agents.parameters(), lr=cfg.lr)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        ro, _, _ = collect(agents, core, core.eligible, gen)
-        agents.update(ro, opt)
-    batch = core.observe(core.eligible)
-    with torch.no_grad():
-        greedy = agents.act(batch.obs)
+    _, batch, greedy = train_greedy(split, cfg, core, lambda: core.scorer.e_i, steps)
     seg = torch.as_tensor(segment[core.eligible])
     g_n = greedy.shape[1]
 

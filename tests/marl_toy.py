@@ -140,3 +140,22 @@ class PopularityScorer:
         e = self.e_u[users]
         return BaseScores(e_u=e, scores=self.head + self.noise_scale * e @ self.e_i.T,
                           item_emb=self.e_i)
+
+
+def train_greedy(split: Split, cfg: MARLConfig, core: RecEnvCore, item_encoder, steps: int,
+                 seed: int = 0):
+    """Genre agents trained ``steps`` actor-critic updates on ``core``'s eligible users
+    (``seed`` seeds the rollouts): (agents, the eligible users' RL batch, their greedy
+    actions). Seed torch before building ``core`` when it draws parameters."""
+    from marl_two_tower.model.marl.agents import GenreAgents, collect
+
+    agents = GenreAgents(split, cfg, dim=8, item_encoder=item_encoder)
+    opt = torch.optim.Adam(agents.parameters(), lr=cfg.lr)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        ro, _, _ = collect(agents, core, core.eligible, gen)
+        agents.update(ro, opt)
+    batch = core.observe(core.eligible)
+    with torch.no_grad():
+        greedy = agents.act(batch.obs)
+    return agents, batch, greedy

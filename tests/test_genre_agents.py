@@ -17,6 +17,7 @@ from marl_toy import (
     tail_segment_split,
     toy_core,
     toy_split,
+    train_greedy,
 )
 
 from marl_two_tower.config import Config, MARLConfig, SyntheticConfig
@@ -24,7 +25,7 @@ from marl_two_tower.data import load_split
 from marl_two_tower.metrics import ranking as M
 from marl_two_tower.metrics.gini import gini
 from marl_two_tower.model.build import build_model
-from marl_two_tower.model.marl.agents import GenreAgents, MARLTrainer, collect
+from marl_two_tower.model.marl.agents import GenreAgents, MARLTrainer
 from marl_two_tower.model.marl.env import RecEnvCore
 from marl_two_tower.model.marl.reward import (
     RewardWeights,
@@ -184,15 +185,7 @@ def _train_toy(cfg: MARLConfig, steps: int, seed: int = 0):
     torch.manual_seed(seed)
     split = toy_split()
     core, scorer = toy_core(split, cfg)
-    agents = GenreAgents(split, cfg, dim=8, item_encoder=lambda: scorer.e_i)
-    opt = torch.optim.Adam(agents.parameters(), lr=cfg.lr)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        ro, _, _ = collect(agents, core, core.eligible, gen)
-        agents.update(ro, opt)
-    batch = core.observe(core.eligible)
-    with torch.no_grad():
-        greedy = agents.act(batch.obs)
+    _, batch, greedy = train_greedy(split, cfg, core, lambda: scorer.e_i, steps, seed)
     trained = float(core.step(batch, greedy).reward.mean())
     zero = float(core.step(batch, torch.zeros_like(greedy)).reward.mean())
     return greedy, trained, zero
@@ -220,16 +213,8 @@ def test_agents_learn_per_user_tail_boosts_a_global_knob_cannot_express():
     split, segment = tail_segment_split()
     cfg = hr_only_config(action_units="score_std", action_scale=3.0, rl_batch_users=120)
     core = RecEnvCore(split, cfg, PopularityScorer(split))
-    agents = GenreAgents(split, cfg, dim=8, item_encoder=lambda: core.scorer.e_i)
-    opt = torch.optim.Adam(agents.parameters(), lr=cfg.lr)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(150):
-        ro, _, _ = collect(agents, core, core.eligible, gen)
-        agents.update(ro, opt)
+    _, batch, greedy = train_greedy(split, cfg, core, lambda: core.scorer.e_i, 150)
     users = core.eligible
-    batch = core.observe(users)
-    with torch.no_grad():
-        greedy = agents.act(batch.obs)
     t = greedy[..., 1]  # [B, G] tail boosts
     seg = torch.as_tensor(segment[users])
     # the segment's users get the large tail boost on the planted genre, the others not
