@@ -58,6 +58,7 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.special import logsumexp
 
 from marl_two_tower.config import ServingConfig
 from marl_two_tower.fairness.exposure import OnlineExposureBudget, fair_share_cap, fit_item_prices
@@ -229,9 +230,7 @@ class Recommender:
             ts = np.take_along_axis(s, top, axis=1)
             order = np.lexsort((top, -ts), axis=1)  # best first, ties by item index
             top, ts = np.take_along_axis(top, order, axis=1), np.take_along_axis(ts, order, axis=1)
-            finite = np.isfinite(s)
-            mx = np.where(finite, s, -np.inf).max(axis=1, keepdims=True)
-            lse = mx + np.log(np.where(finite, np.exp(s - mx), 0.0).sum(axis=1, keepdims=True))
+            lse = logsumexp(s, axis=1, keepdims=True)  # over the unmasked items (-inf adds 0)
             cand[lo : lo + len(chunk)] = np.where(np.isfinite(ts), top, -1)
             logp[lo : lo + len(chunk)] = ts - lse
         self.price_fit_users = len(users)
