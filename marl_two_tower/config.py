@@ -160,6 +160,7 @@ class ModelConfig:
     n_blocks: int = 2  # transformer: self-attention blocks (SASRec: 2)
     n_heads: int = 1  # transformer: attention heads, must divide id_dim (SASRec: 1)
     seq_dropout: float = 0.2  # transformer: dropout of embeddings, attention and FFN (SASRec ML-1M: 0.2)
+    ffn_dim: int = 0  # transformer: hidden width of the blocks' FFN (0 = id_dim, SASRec's; RecBole: 4 d)
     # train against every item of the catalogue (full-softmax CE, no logQ needed) when
     # n_items <= this; larger catalogues keep the sampled softmax (in-batch +
     # train.num_negatives, logQ); 0 = always sampled (Klenitskiy & Vasilev 2023: CE over
@@ -541,7 +542,8 @@ CHECKS: dict[type, dict[str, Check]] = {
                   "history_len": AT_LEAST_1, "dropout": Range(0, 1, open_hi=True),
                   "init_temperature": POSITIVE, "year_buckets": AT_LEAST_1,
                   "n_blocks": NON_NEGATIVE, "n_heads": AT_LEAST_1,
-                  "seq_dropout": Range(0, 1, open_hi=True), "full_softmax_max_items": NON_NEGATIVE},
+                  "seq_dropout": Range(0, 1, open_hi=True), "full_softmax_max_items": NON_NEGATIVE,
+                  "ffn_dim": NON_NEGATIVE},
     FairSamplerConfig: {"beta": NON_NEGATIVE, "max_per_batch": AT_LEAST_1},
     BUHSConfig: {"fanout": AT_LEAST_1, "temperature": POSITIVE, "inference_seed": SEED},
     GiniConfig: {"tau": POSITIVE, "target": UNIT, "lr_dual": NON_NEGATIVE,

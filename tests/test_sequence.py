@@ -127,6 +127,28 @@ def test_causal_mask_later_items_never_change_earlier_outputs() -> None:
         assert (changed[rows] > 1e-3).all()  # the position itself sees its own item
 
 
+def test_ffn_width_is_configurable_and_the_default_keeps_sasrec_shapes() -> None:
+    """model.ffn_dim: the blocks' FFN hidden width (0 = d, SASRec's); RecBole's 4 d keeps
+    the causal property (a later item never changes an earlier output)."""
+    from marl_two_tower.config import ModelConfig
+    from marl_two_tower.model.sequence import SASRecEncoder
+
+    assert ModelConfig().ffn_dim == 0
+    sasrec = SASRecEncoder(16, 6, n_blocks=2, dropout=0.0)
+    wide = SASRecEncoder(16, 6, n_blocks=2, dropout=0.0, ffn_dim=64).eval()
+    assert [tuple(m.weight.shape) for m in sasrec.blocks[0].ffn if isinstance(m, torch.nn.Linear)] \
+        == [(16, 16), (16, 16)]
+    assert [tuple(m.weight.shape) for m in wide.blocks[1].ffn if isinstance(m, torch.nn.Linear)] \
+        == [(64, 16), (16, 64)]
+    x, valid = torch.randn(2, 6, 16), torch.ones(2, 6, dtype=torch.bool)
+    x2 = x.clone()
+    x2[:, 4] += 5.0
+    with torch.no_grad():
+        a, b = wide(x, valid), wide(x2, valid)
+    torch.testing.assert_close(a[:, :4], b[:, :4], atol=1e-6, rtol=0)
+    assert (a[:, 4] - b[:, 4]).abs().amax() > 1e-3
+
+
 def test_padding_content_and_left_trimming_do_not_matter() -> None:
     enc = _encoder()
     x = torch.randn(2, 6, 16)

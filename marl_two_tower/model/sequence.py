@@ -9,7 +9,7 @@ Input: the embeddings ``x [B, L, d]`` of a user's most recent items, right-align
         q   = LN(h)
         h   = q + MHA(q, h, h; causal mask)                    (n_heads heads)
         h   = LN(h)
-        h   = h + FFN(h),  FFN = Linear-ReLU-Dropout-Linear-Dropout (width d)
+        h   = h + FFN(h),  FFN = Linear-ReLU-Dropout-Linear-Dropout (width d, or ffn_dim)
         h   = h * valid
     out = LN(h)                                                [B, L, d]
 
@@ -70,13 +70,15 @@ class CausalSelfAttention(nn.Module):
 class Block(nn.Module):
     """One SASRec block: attention + point-wise feed-forward, each with layer norm."""
 
-    def __init__(self, dim: int, n_heads: int, dropout: float, attn_dropout: float) -> None:
+    def __init__(self, dim: int, n_heads: int, dropout: float, attn_dropout: float,
+                 ffn_dim: int | None = None) -> None:
         super().__init__()
         self.ln_attn = nn.LayerNorm(dim, eps=1e-8)
         self.attn = CausalSelfAttention(dim, n_heads, attn_dropout)
         self.ln_ffn = nn.LayerNorm(dim, eps=1e-8)
-        self.ffn = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout),
-                                 nn.Linear(dim, dim), nn.Dropout(dropout))
+        width = ffn_dim or dim
+        self.ffn = nn.Sequential(nn.Linear(dim, width), nn.ReLU(), nn.Dropout(dropout),
+                                 nn.Linear(width, dim), nn.Dropout(dropout))
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor,
                 last_only: bool = False) -> torch.Tensor:
@@ -105,10 +107,13 @@ class SASRecEncoder(nn.Module):
         dropout: dropout rate of the embeddings and the FFN.
         attn_dropout: dropout rate of the attention weights (None = ``dropout``, as in
             SASRec). It is the costliest dropout on CPU (one draw per (t, s) pair).
+        ffn_dim: hidden width of the point-wise FFN (None = ``dim``, SASRec's; RecBole's
+            SASRec uses 4 d = 256 with d = 64).
     """
 
     def __init__(self, dim: int, max_len: int, n_blocks: int = 2, n_heads: int = 1,
-                 dropout: float = 0.2, attn_dropout: float | None = None) -> None:
+                 dropout: float = 0.2, attn_dropout: float | None = None,
+                 ffn_dim: int | None = None) -> None:
         super().__init__()
         if max_len < 1 or n_blocks < 0:
             raise ValueError(f"max_len must be >= 1 and n_blocks >= 0, got {max_len}, {n_blocks}")
@@ -116,7 +121,8 @@ class SASRecEncoder(nn.Module):
         self.pos_emb = nn.Embedding(max_len, dim)
         self.emb_dropout = nn.Dropout(dropout)
         a_drop = dropout if attn_dropout is None else attn_dropout
-        self.blocks = nn.ModuleList(Block(dim, n_heads, dropout, a_drop) for _ in range(n_blocks))
+        self.blocks = nn.ModuleList(Block(dim, n_heads, dropout, a_drop, ffn_dim)
+                                    for _ in range(n_blocks))
         self.ln_out = nn.LayerNorm(dim, eps=1e-8)
         nn.init.normal_(self.pos_emb.weight, std=0.02)
 

@@ -282,7 +282,7 @@ class SequenceUserTower(UserTower):
     def __init__(self, split: Split, cfg: ModelConfig) -> None:
         super().__init__(split, cfg)
         self.encoder = SASRecEncoder(cfg.id_dim, cfg.history_len, cfg.n_blocks, cfg.n_heads,
-                                     cfg.seq_dropout)
+                                     cfg.seq_dropout, ffn_dim=cfg.ffn_dim or None)
         self.window = cfg.history_len
         self.n_items = split.n_items
         # train sequences (CSR, time order) and a (user, item) -> position lookup; numpy,
