@@ -157,6 +157,12 @@ class ModelConfig:
     # McAuley 2018; model/sequence.py) over the history in time order, output at the last
     # position, trained on every position (sequence batches, model/sequence_training.py)
     user_encoder: Literal["pooled", "transformer"] = "transformer"
+    # the user's own features x_u fused with the encoded history: "all" = id embedding +
+    # one embedding per demographic feature; "demographics" = without the id embedding;
+    # "id" = without demographics; "none" = the history alone (SASRec's user). A per-user
+    # id embedding memorises a user's whole-history taste, which helps on long stable
+    # histories and overfits short drifting ones (the demo's data: docs/data.md)
+    user_features: Literal["all", "demographics", "id", "none"] = "all"
     n_blocks: int = 2  # transformer: self-attention blocks (SASRec: 2)
     n_heads: int = 1  # transformer: attention heads, must divide id_dim (SASRec: 1)
     seq_dropout: float = 0.2  # transformer: dropout of embeddings, attention and FFN (SASRec ML-1M: 0.2)

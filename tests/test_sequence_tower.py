@@ -248,3 +248,58 @@ def test_inference_draws_share_one_user_tower_pass(tmp_path: Path) -> None:
         m.inference_draw = 0
     assert not torch.allclose(zs[0], zs[1])  # the draws differ, so the test can fail
     torch.testing.assert_close(z_mean, torch.stack(zs).mean(0), atol=1e-6, rtol=0)
+
+
+def _split_with_gender(n_users: int = 12) -> Split:
+    """The planted split with a two-valued demographic feature (users alternate)."""
+    split = planted_split(n_users)
+    split.dataset.user_features = {"gender": np.arange(n_users) % 2}
+    return split
+
+
+@pytest.mark.parametrize("which, params, same", [
+    # which x_u parts exist, and which users must then get one vector from one history
+    ("all", {"id_emb", "demo_emb.gender"}, "nobody"),
+    ("id", {"id_emb"}, "nobody"),
+    ("demographics", {"demo_emb.gender"}, "same gender"),
+    ("none", set(), "everybody"),
+])
+def test_user_features_choose_what_x_u_holds(tmp_path: Path, which: str, params: set[str],
+                                             same: str) -> None:
+    split = _split_with_gender()
+    model = build_model(cfg_for(tmp_path, "transformer", f"model.user_features={which}"),
+                        split).eval()
+    tower = model.user_tower
+    own = {n.rsplit(".weight", 1)[0] for n, _ in tower.named_parameters()
+           if n.startswith(("id_emb", "demo_emb"))}
+    assert own == params
+    assert tower.feature_dim == 16 * len(params)
+    # every user reads the same history: what still tells users apart is x_u alone
+    n = split.n_users
+    hist = np.tile(split.history(0), n)
+    tower.use_history(np.arange(n + 1) * len(split.history(0)), hist)
+    with torch.no_grad():
+        z = model.user_vectors(torch.arange(n))
+    dist = torch.cdist(z, z)
+    gender = np.arange(n) % 2
+    expect_equal = {"nobody": np.eye(n, dtype=bool),
+                    "same gender": gender[:, None] == gender[None, :],
+                    "everybody": np.ones((n, n), dtype=bool)}[same]
+    assert bool((dist[torch.from_numpy(expect_equal)] < 1e-5).all())
+    assert bool((dist[torch.from_numpy(~expect_equal)] > 1e-4).all())
+
+
+def test_buhs_without_user_features_attends_with_one_learned_query(tmp_path: Path) -> None:
+    split = _split_with_gender()
+    cfg = cfg_for(tmp_path, "transformer", "model.user_features=none", "buhs.enabled=true")
+    model = build_model(cfg, split).eval()
+    buhs = model.contexts["buhs"]
+    assert buhs.synthesis.w_q is None and buhs.synthesis.query.shape == (16,)
+    with torch.no_grad():
+        c = buhs(torch.arange(split.n_users), model)
+    assert c.shape == (split.n_users, 16) and bool(torch.isfinite(c).all())
+    # one gradient step reaches the query: it is trained, not a constant
+    model.train()
+    c = buhs(torch.arange(split.n_users), model, exclude=torch.zeros(split.n_users, dtype=torch.long))
+    c.sum().backward()
+    assert buhs.synthesis.query.grad is not None and bool(buhs.synthesis.query.grad.abs().sum() > 0)

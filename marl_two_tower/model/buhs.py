@@ -246,7 +246,10 @@ class Synthesis(nn.Module):
         agg_dim = item_dim
         if kind == "attention":
             self.proj_dim = item_dim
-            self.w_q = nn.Linear(user_dim, self.proj_dim, bias=False)
+            # no user features (model.user_features=none): one learned query for everyone
+            self.w_q = (nn.Linear(user_dim, self.proj_dim, bias=False) if user_dim else None)
+            self.query = (nn.Parameter(torch.randn(self.proj_dim) * self.proj_dim ** -0.5)
+                          if not user_dim else None)
             self.w_k = nn.Linear(item_dim, self.proj_dim, bias=False)
             self.w_o = nn.Linear(item_dim, item_dim)
         elif kind == "gru":
@@ -260,7 +263,8 @@ class Synthesis(nn.Module):
         w = valid.to(item_embs.dtype)
         nonempty = valid.any(1, keepdim=True)
         if self.kind == "attention":
-            q = self.w_q(user_feats)
+            q = (self.w_q(user_feats) if self.w_q is not None
+                 else self.query.expand(len(item_embs), -1))
             k = self.w_k(item_embs)
             att = torch.einsum("bp,bfp->bf", q, k) / math.sqrt(self.proj_dim)
             att = att.masked_fill(~valid, -math.inf).masked_fill(~nonempty, 0.0)

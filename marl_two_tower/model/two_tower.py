@@ -178,27 +178,34 @@ class UserFeatures(nn.Module):
     """x_u = [id_emb(u); one embedding per demographic feature]: the user's own
     features, without history (the user tower's input, and BUHS's attention query).
 
+    ``which`` (``model.user_features``) keeps a subset: ``all``, ``demographics`` (no id
+    embedding), ``id`` (no demographics) or ``none`` (x_u is empty, ``[B, 0]``; BUHS's
+    attention then has no query and weighs its sampled items by their key alone).
     Demographic codes are buffers (code -1, unknown, maps to row 0 of its table).
     Parameter names: ``id_emb``, ``demo_emb.<feature>``; buffers ``demo_<feature>``.
     """
 
-    def __init__(self, split: Split, id_dim: int) -> None:
+    def __init__(self, split: Split, id_dim: int, which: str = "all") -> None:
         super().__init__()
         ds = split.dataset
-        self.id_emb = nn.Embedding(split.n_users, id_dim)
-        nn.init.normal_(self.id_emb.weight, std=0.05)
-        self.feature_names = sorted(ds.user_features)
+        self.id_emb: nn.Embedding | None = None
+        if which in ("all", "id"):
+            self.id_emb = nn.Embedding(split.n_users, id_dim)
+            nn.init.normal_(self.id_emb.weight, std=0.05)
+        self.feature_names = sorted(ds.user_features) if which in ("all", "demographics") else []
         self.demo_emb = nn.ModuleDict()
         for name in self.feature_names:
             codes = torch.as_tensor(np.asarray(ds.user_features[name]), dtype=torch.long)
             self.register_buffer(f"demo_{name}", codes + 1)
             self.demo_emb[name] = nn.Embedding(int(codes.max().item()) + 2, id_dim)
-        self.feature_dim = (1 + len(self.feature_names)) * id_dim
+        self.feature_dim = (int(self.id_emb is not None) + len(self.feature_names)) * id_dim
 
     def features(self, users: torch.Tensor) -> torch.Tensor:
         """x_u ``[B, feature_dim]`` for a batch of users."""
-        parts = [self.id_emb(users)]
+        parts = [] if self.id_emb is None else [self.id_emb(users)]
         parts += [self.demo_emb[n](getattr(self, f"demo_{n}")[users]) for n in self.feature_names]
+        if not parts:
+            return torch.zeros(len(users), 0, device=users.device)
         return torch.cat(parts, dim=-1)
 
 
@@ -210,7 +217,7 @@ class UserTower(UserFeatures):
     """
 
     def __init__(self, split: Split, cfg: ModelConfig) -> None:
-        super().__init__(split, cfg.id_dim)
+        super().__init__(split, cfg.id_dim, cfg.user_features)
         hist, valid = recent_history(split, cfg.history_len)
         self.register_buffer("hist_items", hist)
         self.register_buffer("hist_valid", valid)
