@@ -516,3 +516,25 @@ def test_training_logits_full_softmax_layout_uses_the_target_column(tiny_split):
         for item in set(f) - {p}:
             assert float(out[b, item]) == float("-inf")
     assert checked_pos > 0  # the fixture has familiar positives
+
+
+@pytest.mark.parametrize("which, root_term", [("all", True), ("id", True),
+                                              ("demographics", False), ("none", False)])
+def test_root_id_embedding_follows_model_user_features(tiny_split, which, root_term):
+    """c_u's layer 0 (the root's own user embedding) is there exactly when the user
+    tower keeps a user id embedding: perturbing the root's row moves c_u iff so."""
+    model = build_model(tiny_cfg("context_gnn.familiar=false", f"model.user_features={which}"),
+                        tiny_split).eval()
+    gnn = model.contexts["context_gnn"]
+    assert gnn.root_id is root_term
+    users = torch.arange(20)
+    with torch.no_grad():
+        before = gnn(users, model).clone()
+        gnn.user_emb.weight[3] += 1.0  # user 3 is never in its own hop 2 (the root leaves it)
+        gnn._cache = None
+        after = gnn(users, model)
+    # LightGCN mean of K + 1 terms: the root's own term enters with weight 1/(K+1);
+    # without it, K terms none of which holds user 3's row
+    k = gnn.cfg.layers
+    want = torch.full((16,), 1.0 / (k + 1) if root_term else 0.0)
+    torch.testing.assert_close(after[3] - before[3], want)

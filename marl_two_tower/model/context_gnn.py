@@ -473,8 +473,12 @@ class ContextGNN(ScoreAdjuster):
     model's score adjuster ``overrides(users, model, exclude) -> (F(u), s_F(u, .))``.
     """
 
-    def __init__(self, split: Split, cfg: ContextGNNConfig, dim: int) -> None:
+    def __init__(self, split: Split, cfg: ContextGNNConfig, dim: int, root_id: bool = True) -> None:
         super().__init__()
+        # LightGCN's layer 0 for the root is its own id embedding: kept only where the
+        # user tower keeps one (model.user_features all | id), so that "no user id
+        # embedding" means none, not one smuggled back through the context
+        self.root_id = bool(root_id)
         if not 1 <= cfg.layers <= 3:
             raise ValueError(f"context_gnn.layers must be 1, 2 or 3, got {cfg.layers}")
         if cfg.fanout < 1 or cfg.familiar_size < 0:
@@ -533,9 +537,10 @@ class ContextGNN(ScoreAdjuster):
 
     # --- context ----------------------------------------------------------
     def context(self, users: torch.Tensor, nb: Neighbourhood) -> torch.Tensor:
-        """c_u = 1/(K+1) sum_{k<=K} (hat-A^k E^0)_u  (LightGCN layer combination)."""
+        """c_u = 1/(K+1) sum_{k<=K} (hat-A^k E^0)_u  (LightGCN layer combination;
+        without the k = 0 term, the root's own embedding, when ``root_id`` is off)."""
         dev = self.user_emb.weight.device
-        terms = [self.user_emb(users)]
+        terms = [self.user_emb(users)] if self.root_id else []
         terms.append(_propagate(nb.p1, self.item_emb(torch.from_numpy(nb.items1).to(dev))))
         if self.cfg.layers >= 2:
             terms.append(_propagate(nb.p2, self.user_emb(torch.from_numpy(nb.users2).to(dev))))
@@ -618,7 +623,8 @@ class ContextGNN(ScoreAdjuster):
 
 def attach_context_gnn(model: TwoTower, split: Split, cfg: ContextGNNConfig) -> ContextGNN:
     """Build the component and plug it into ``model`` (context and/or familiar head)."""
-    gnn = ContextGNN(split, cfg, model.cfg.dim)
+    gnn = ContextGNN(split, cfg, model.cfg.dim,
+                     root_id=model.cfg.user_features in ("all", "id"))
     if cfg.context:
         model.add_user_context("context_gnn", gnn)
     if cfg.familiar:
