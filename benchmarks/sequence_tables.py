@@ -36,8 +36,16 @@ def collect(files: list[Path]) -> dict[str, dict[str, dict]]:
         for model, runs in doc["results"].items():
             for seed, run in runs.items():
                 if "test" in run:
-                    out.setdefault(model, {})[seed] = run | {"file": f.name}
+                    out.setdefault(variant(model, run), {})[seed] = run | {"file": f.name}
     return out
+
+
+def variant(model: str, run: dict) -> str:
+    """The row a run belongs to: its model, plus ``model.user_features`` when a run set
+    it to something other than the default (its own row, never averaged with the default)."""
+    over = run.get("settings", {}).get("overrides", []) if isinstance(run.get("settings"), dict) else []
+    feats = [o.split("=", 1)[1] for o in over if o.startswith("model.user_features=")]
+    return f"{model}, user_features={feats[-1]}" if feats and feats[-1] != "all" else model
 
 
 def cell(values: list[float]) -> str:
@@ -49,7 +57,11 @@ def cell(values: list[float]) -> str:
 def table(runs: dict[str, dict[str, dict]]) -> str:
     lines = ["| model | seeds | " + " | ".join(KEYS) + " | s/epoch | fit (min) | best epoch |",
              "|---" * (len(KEYS) + 5) + "|"]
-    for model in sorted(runs, key=lambda m: ORDER.index(m) if m in ORDER else len(ORDER)):
+    def rank(m: str) -> tuple[int, str]:
+        base = m.split(",")[0]
+        return (ORDER.index(base) if base in ORDER else len(ORDER), m)
+
+    for model in sorted(runs, key=rank):
         seeds = sorted(runs[model], key=int)
         rs = [runs[model][s] for s in seeds]
         metrics = [cell([r["test"][k] for r in rs]) for k in KEYS]
@@ -58,10 +70,11 @@ def table(runs: dict[str, dict[str, dict]]) -> str:
         fits = [(r["train_seconds_all_epochs"] if r.get("resumed") else r["fit_seconds"]) / 60
                 for r in rs]
         best = [str(r["best_epoch"]) for r in rs if r.get("best_epoch")]
-        lines.append(f"| {LABELS.get(model, model)} | {', '.join(seeds)} | " + " | ".join(metrics)
+        label = LABELS.get(model.split(",")[0], model) + model[len(model.split(",")[0]):]
+        lines.append(f"| {label} | {', '.join(seeds)} | " + " | ".join(metrics)
                      + f" | {np.mean(eps):.0f} | {np.mean(fits):.1f} | {', '.join(best)} |"
                      if eps else
-                     f"| {LABELS.get(model, model)} | {', '.join(seeds)} | " + " | ".join(metrics)
+                     f"| {label} | {', '.join(seeds)} | " + " | ".join(metrics)
                      + f" | | {np.mean(fits):.1f} | |")
     return "\n".join(lines)
 

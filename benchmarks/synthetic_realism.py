@@ -319,8 +319,13 @@ def train_one(model: str, cfgs: dict[str, Any], split) -> dict[str, Any]:
         cfg = cfgs["baselines"]
         torch.set_num_threads(max(cfg.train.num_threads, 1))
         params = cfgs.get("baseline_params", {}).get(_BASELINE_KEYS[model], {})
+        from marl_two_tower.eval.scorers import part_scorers
+
         fitted = BASELINES[_BASELINE_KEYS[model]](**params).fit(split)
-        metrics = evaluate_model(split, fitted.score, cfg, "test", protocol="full", groups=False)["full"]
+        # the study's and the demo's scorer: for test the history is train + the
+        # validation item (eval.test_history), as for the two-tower runs
+        metrics = evaluate_model(split, part_scorers(fitted, split, cfg)["test"], cfg, "test",
+                                 protocol="full", groups=False)["full"]
         extra = {}
     return {"metrics": {k: metrics.get(k) for k in KEYS}, "seconds": time.perf_counter() - t0,
             **extra}
@@ -337,7 +342,7 @@ def settings_key(model: str, cfgs: dict[str, Any]) -> str:
     if fp["data"]["source"] != "synthetic":  # the generator's knobs do not touch real data
         fp["data"] = {k: v for k, v in fp["data"].items() if k != "synthetic"}
     if model not in ("base", "full"):  # a baseline reads the data and its own settings only
-        fp = {"data": fp["data"],
+        fp = {"data": fp["data"], "test_history": cfg.eval.test_history,
               "params": cfgs.get("baseline_params", {}).get(_BASELINE_KEYS[model], {})}
     text = json.dumps(fp, sort_keys=True, default=str)
     return hashlib.sha256(f"{model}:{text}".encode()).hexdigest()[:16]
@@ -357,13 +362,15 @@ def spearman(a: dict[str, float], b: dict[str, float]) -> float:
     return float(spearmanr([a[m] for m in common], [b[m] for m in common]).statistic)
 
 
-def run_models(data: Path, threads: int, force: bool, only: list[str] | None) -> dict[str, Any]:
-    """Train/evaluate every model on both datasets, one at a time; compare the orders."""
+def run_models(data: Path, threads: int, force: bool, only: list[str] | None,
+               datasets: tuple[str, ...] = ("ml-100k", "demo")) -> dict[str, Any]:
+    """Train/evaluate every model on ``datasets``, one at a time; compare the orders
+    (with the stored rows of a dataset left out)."""
     from marl_two_tower.data import load_split
 
     doc = load_results().get("models", {})
     out = Path("/tmp/mtt-realism")
-    for dataset in ("ml-100k", "demo"):
+    for dataset in datasets:
         cfgs = model_configs(dataset, data, threads, out)
         split = load_split(cfgs["base"].data)
         fp = split.dataset.fingerprint()
@@ -518,6 +525,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="print the Markdown tables of docs/data.md from the JSON and exit")
     ap.add_argument("--only", nargs="*", choices=MODELS, default=None,
                     help="models to (re)run (default all)")
+    ap.add_argument("--datasets", nargs="+", choices=["ml-100k", "demo"],
+                    default=["ml-100k", "demo"], help="datasets of --models (default both)")
     args = ap.parse_args(argv)
     if args.tables:
         print(markdown_tables(load_results()))
@@ -535,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.order_check:
         save_section("order_check", order_check(data, args.threads))
     if args.models:
-        result = run_models(data, args.threads, args.force, args.only)
+        result = run_models(data, args.threads, args.force, args.only, tuple(args.datasets))
         save_section("models", result)
         for key, value in result["summary"].items():
             print(f"{key}: {value}")
