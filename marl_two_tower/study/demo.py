@@ -44,8 +44,8 @@ DEMO_CONFIG = "demo.yaml"
 
 # Baseline constructor arguments of the demo: SASRec reads the last 50 items (the
 # two-tower's history_len) for at most 40 epochs at lr 3e-3, instead of 200 items for
-# 200 epochs at 1e-3 (the reference setting; measured on the demo data: HR@10 0.2675 vs
-# 0.2687 at 1/6 of the CPU time; the values of synthetic_realism.py's FIT_DEMO_SASREC).
+# 200 epochs at 1e-3 (the reference setting), to fit the demo's three minutes; the values
+# of synthetic_realism.py's FIT_DEMO_SASREC, the SASRec its order knobs were fitted with.
 BASELINE_PARAMS: dict[str, dict[str, Any]] = {"sasrec": {"max_len": 50, "epochs": 40,
                                                          "lr": 0.003}}
 QUICK_BASELINE_PARAMS: dict[str, dict[str, Any]] = {"sasrec": {"max_len": 20, "epochs": 2,
