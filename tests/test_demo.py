@@ -109,3 +109,20 @@ def test_demo_ends_with_its_plots(quick_demo):
     tail = text.strip().splitlines()
     assert tail[-3].startswith("plots") and tail[-1].startswith("demo wall time: ")
     assert (out / "summary.md").read_text().count("| model |") == 1
+
+
+def test_second_process_gives_the_numbers_of_one(quick_demo, tmp_path):
+    """jobs=2 (the default: the full model in a spawned worker) and jobs=1 (everything
+    in this process, in turn) write the same metrics for every run."""
+    out, _, rows = quick_demo
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()) as buf:
+        serial = demo.run_demo(tmp_path / "serial", quick=True, jobs=1)
+    assert "second process" not in buf.getvalue()
+    assert [r["model"] for r in serial] == [r["model"] for r in rows]
+    for a, b in zip(rows, serial, strict=True):
+        assert {k: a[k] for k in demo.TABLE_KEYS} == {k: b[k] for k in demo.TABLE_KEYS}, a["model"]
+    docs, docs1 = _docs(out), _docs(tmp_path / "serial")
+    assert docs["two_tower_full"]["metrics"] == docs1["two_tower_full"]["metrics"]

@@ -269,7 +269,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from marl_two_tower.study.demo import run_demo
 
-    run_demo(Path(args.output_dir), quick=args.quick, progress=not args.quiet)
+    run_demo(Path(args.output_dir), quick=args.quick, progress=not args.quiet, jobs=args.jobs)
     return 0
 
 
@@ -374,6 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="runs/demo",
                    help="folder of the demo's run folders, summary and report")
     p.add_argument("--quick", action="store_true", help="tiny sizes (seconds; for tests)")
+    p.add_argument("--jobs", type=int, default=2,
+                   help="processes (one torch thread each): 2 trains the full model beside "
+                        "the other runs, 1 runs everything in turn; same numbers "
+                        "(default: %(default)s)")
     add_output_args(p)
     p.set_defaults(func=cmd_demo)
 
