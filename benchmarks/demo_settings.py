@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from marl_two_tower.utils.io import write_text_atomic
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "demo_settings.json"
 VALUES = ("all", "demographics", "id", "none")
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"benchmark": "demo_settings", "command": "python benchmarks/demo_settings.py",
            "git_commit": commit, "config": "configs/demo.yaml", "chosen_on": "val NDCG@10",
            "best": best, "rows": rows}
-    Path(args.output).write_text(json.dumps(doc, indent=2) + "\n")
+    write_text_atomic(Path(args.output), json.dumps(doc, indent=2) + "\n")
     print(f"best on validation: user_features={best} -> {args.output}")
     return 0
 

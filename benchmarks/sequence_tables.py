@@ -58,7 +58,7 @@ def table(runs: dict[str, dict[str, dict]]) -> str:
     lines = ["| model | seeds | " + " | ".join(KEYS) + " | s/epoch | fit (min) | best epoch |",
              "|---" * (len(KEYS) + 5) + "|"]
     def rank(m: str) -> tuple[int, str]:
-        base = m.split(",")[0]
+        base = m.partition(",")[0]
         return (ORDER.index(base) if base in ORDER else len(ORDER), m)
 
     for model in sorted(runs, key=rank):
@@ -70,7 +70,8 @@ def table(runs: dict[str, dict[str, dict]]) -> str:
         fits = [(r["train_seconds_all_epochs"] if r.get("resumed") else r["fit_seconds"]) / 60
                 for r in rs]
         best = [str(r["best_epoch"]) for r in rs if r.get("best_epoch")]
-        label = LABELS.get(model.split(",")[0], model) + model[len(model.split(",")[0]):]
+        base, comma, setting = model.partition(",")
+        label = LABELS.get(base, base) + comma + setting
         lines.append(f"| {label} | {', '.join(seeds)} | " + " | ".join(metrics)
                      + f" | {np.mean(eps):.0f} | {np.mean(fits):.1f} | {', '.join(best)} |"
                      if eps else

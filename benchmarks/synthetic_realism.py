@@ -364,8 +364,8 @@ def spearman(a: dict[str, float], b: dict[str, float]) -> float:
 
 def run_models(data: Path, threads: int, force: bool, only: list[str] | None,
                datasets: tuple[str, ...] = ("ml-100k", "demo")) -> dict[str, Any]:
-    """Train/evaluate every model on ``datasets``, one at a time; compare the orders
-    (with the stored rows of a dataset left out)."""
+    """Train/evaluate every model on ``datasets``, one at a time (the stored rows of the
+    other dataset are kept as they are); compare the orders."""
     from marl_two_tower.data import load_split
 
     doc = load_results().get("models", {})
