@@ -126,3 +126,19 @@ def test_second_process_gives_the_numbers_of_one(quick_demo, tmp_path):
         assert {k: a[k] for k in demo.TABLE_KEYS} == {k: b[k] for k in demo.TABLE_KEYS}, a["model"]
     docs, docs1 = _docs(out), _docs(tmp_path / "serial")
     assert docs["two_tower_full"]["metrics"] == docs1["two_tower_full"]["metrics"]
+
+
+def test_one_core_runs_everything_in_this_process(monkeypatch, tmp_path):
+    """jobs=2 on a one-core machine starts no second process."""
+    import contextlib
+    import io
+
+    monkeypatch.setattr(demo, "_cores", lambda: 1)
+    started = []
+    import concurrent.futures
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor",
+                        lambda *a, **k: started.append(a) or (_ for _ in ()).throw(AssertionError))
+    with contextlib.redirect_stdout(io.StringIO()) as buf:
+        demo.run_demo(tmp_path / "one", quick=True, jobs=2)
+    assert started == [] and "second process" not in buf.getvalue()

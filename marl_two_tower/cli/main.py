@@ -376,8 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny sizes (seconds; for tests)")
     p.add_argument("--jobs", type=int, default=2,
                    help="processes (one torch thread each): 2 trains the full model beside "
-                        "the other runs, 1 runs everything in turn; same numbers "
-                        "(default: %(default)s)")
+                        "the other runs where there are two cores or more, 1 runs "
+                        "everything in turn; same numbers (default: %(default)s)")
     add_output_args(p)
     p.set_defaults(func=cmd_demo)
 

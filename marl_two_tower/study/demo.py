@@ -91,6 +91,13 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def _train_full(cfg: Config, split: Any) -> tuple[dict[str, Any], float]:
     """The full model's run in a worker process: (results document, seconds)."""
     apply_threads(cfg.train.num_threads)
@@ -104,10 +111,11 @@ def run_demo(output_dir: Path, quick: bool = False, progress: bool = True,
     """Run the demo; returns the table rows (also printed and written to
     ``summary.md``). ``progress``: per-epoch lines (and bars on a terminal).
 
-    ``jobs`` >= 2: the full model (the longest run) trains in a second process, one
-    thread each, while this one fits the baselines and the base two-tower: the second
-    core without oversubscribing it. Every run seeds itself from its config, so the
-    numbers are those of ``jobs=1`` (tested); the worker prints no epoch lines.
+    ``jobs`` >= 2 on a machine with two cores or more: the full model (the longest run)
+    trains in a second process, one thread each, while this one fits the baselines and
+    the base two-tower: the second core without oversubscribing it. Every run seeds
+    itself from its config, so the numbers are those of ``jobs=1`` (tested); the worker
+    prints no epoch lines.
     """
     from marl_two_tower.study.report import write_report  # matplotlib only when reporting
 
@@ -120,7 +128,7 @@ def run_demo(output_dir: Path, quick: bool = False, progress: bool = True,
           f"{split.dataset.n_interactions} interactions, {int(split.tail_mask.sum())} tail items")
     full_extra = [f"{c}.enabled=true" for c in COMPONENTS]
     pool = future = None
-    if jobs >= 2:
+    if jobs >= 2 and _cores() >= 2:  # one core: a second process would only share it
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
