@@ -133,7 +133,7 @@ def test_one_core_runs_everything_in_this_process(monkeypatch, tmp_path):
     import contextlib
     import io
 
-    monkeypatch.setattr(demo, "_cores", lambda: 1)
+    monkeypatch.setattr(demo, "available_cores", lambda: 1)
     started = []
     import concurrent.futures
 

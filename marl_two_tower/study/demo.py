@@ -27,7 +27,7 @@ from marl_two_tower.data import load_split
 from marl_two_tower.model.build import COMPONENTS
 from marl_two_tower.study.run import fit_and_evaluate_baseline, train_and_evaluate
 from marl_two_tower.utils.io import write_text_atomic
-from marl_two_tower.utils.runtime import apply_threads
+from marl_two_tower.utils.runtime import apply_threads, available_cores
 
 TABLE_KEYS = ["HR@10", "NDCG@10", "Coverage@10", "Gini@10", "TailHR@10", "Redundancy@10"]
 
@@ -91,13 +91,6 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def _train_full(cfg: Config, split: Any) -> tuple[dict[str, Any], float]:
     """The full model's run in a worker process: (results document, seconds)."""
     apply_threads(cfg.train.num_threads)
@@ -128,7 +121,7 @@ def run_demo(output_dir: Path, quick: bool = False, progress: bool = True,
           f"{split.dataset.n_interactions} interactions, {int(split.tail_mask.sum())} tail items")
     full_extra = [f"{c}.enabled=true" for c in COMPONENTS]
     pool = future = None
-    if jobs >= 2 and _cores() >= 2:  # one core: a second process would only share it
+    if jobs >= 2 and available_cores() >= 2:  # one core: a second process would only share it
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 

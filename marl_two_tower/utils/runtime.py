@@ -48,6 +48,16 @@ def interactive_output() -> bool:
     return bool(isatty and isatty()) or "ipykernel" in sys.modules
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one, which
+    a container or ``taskset`` may narrow below ``os.cpu_count()``)."""
+    import os
+
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def apply_threads(n: int) -> int:
     """Set the intra-op thread count of torch (and of FAISS, when it is loaded) to
     ``n``; ``n = 0`` leaves torch's default (one thread per core). Returns the count
