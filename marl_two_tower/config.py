@@ -360,6 +360,12 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 512
     lr: float = 2e-3
+    # the supervised optimiser's learning rate per step (train/schedule.py): constant, or
+    # cosine / linear decay from lr to lr * lr_final_ratio over train.epochs, after a
+    # linear warm-up of lr_warmup_epochs (fractions allowed)
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    lr_warmup_epochs: float = 0.0
+    lr_final_ratio: float = 0.0
     weight_decay: float = 0.0
     num_negatives: int = 256  # extra uniformly sampled negatives per batch (plus in-batch)
     # False: a row's candidates are its own positive and the shared sampled negatives only
@@ -572,6 +578,7 @@ CHECKS: dict[type, dict[str, Check]] = {
     LossConfig: {"l_sup": NON_NEGATIVE, "l_rl": NON_NEGATIVE, "l_fair": NON_NEGATIVE,
                  "l_tail": NON_NEGATIVE},
     TrainConfig: {"epochs": AT_LEAST_1, "batch_size": AT_LEAST_1, "lr": POSITIVE,
+                  "lr_warmup_epochs": NON_NEGATIVE, "lr_final_ratio": UNIT,
                   "weight_decay": NON_NEGATIVE, "num_negatives": NON_NEGATIVE,
                   "patience": AT_LEAST_1, "eval_every": AT_LEAST_1, "device": check_device,
                   "grad_clip": POSITIVE, "max_steps_per_epoch": NON_NEGATIVE,

@@ -41,6 +41,7 @@ from marl_two_tower.model.build import build_components, build_model
 from marl_two_tower.model.components import TrainBatch, TrainingComponent, component_names
 from marl_two_tower.model.losses import weighted_mean
 from marl_two_tower.model.two_tower import TwoTower
+from marl_two_tower.train.schedule import lr_factor
 from marl_two_tower.utils import distributed, runtime
 from marl_two_tower.utils.runtime import epoch_rng, interactive_output, resolve_device, set_seed
 
@@ -224,6 +225,7 @@ class Trainer:
         self.scaler.scale(total).backward()
         if self.dist is not None:  # the supervised optimiser's parameters (the agents have their own)
             self.dist.all_reduce_grads(p for g in self.optimizer.param_groups for p in g["params"])
+        self._set_lr()
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.scaler.step(self.optimizer)
@@ -234,6 +236,24 @@ class Trainer:
             c.after_step(self.state.step, out)
         return out
 
+    def steps_per_epoch(self) -> int:
+        """Optimiser steps of one epoch: the sampler's batches, capped by
+        ``train.max_steps_per_epoch``."""
+        limit = self.cfg.train.max_steps_per_epoch
+        return min(limit, len(self.sampler)) if limit else len(self.sampler)
+
+    def _set_lr(self) -> None:
+        """``train.lr`` times the schedule's factor at the current step (train/schedule.py)."""
+        cfg = self.cfg.train
+        if cfg.lr_schedule == "constant" and cfg.lr_warmup_epochs == 0:
+            return
+        per_epoch = self.steps_per_epoch()
+        factor = lr_factor(self.state.step, cfg.epochs * per_epoch,
+                           round(cfg.lr_warmup_epochs * per_epoch), cfg.lr_schedule,
+                           cfg.lr_final_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.lr * factor
+
     # --- epochs -----------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One pass of the positive sampler; returns mean loss terms."""
@@ -241,8 +261,8 @@ class Trainer:
         comp_rng = epoch_rng(self.cfg.seed, epoch, 3)  # components' after_batch (the RL steps)
         sums: dict[str, float] = {}
         n = 0
-        limit = self.cfg.train.max_steps_per_epoch or len(self.sampler)
-        bar = tqdm(self.sampler.batches(epoch), total=min(limit, len(self.sampler)),
+        limit = self.steps_per_epoch()
+        bar = tqdm(self.sampler.batches(epoch), total=limit,
                    desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}", leave=False,
                    disable=not (self.progress and interactive_output()))
         for i, idx in enumerate(bar):
@@ -326,6 +346,7 @@ class Trainer:
             t0 = time.perf_counter()
             losses = self.train_epoch(epoch)
             record: dict[str, Any] = {"epoch": epoch + 1, "time_s": time.perf_counter() - t0,
+                                      "lr": self.optimizer.param_groups[0]["lr"],
                                       **{f"loss/{k}": v for k, v in losses.items()}}
             for c in self.components:
                 record |= c.epoch_summary(epoch + 1)
