@@ -70,6 +70,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from marl_two_tower.utils import runtime
+
 # Loss terms already computed on the global batch (not per-rank means): the default of
 # ``global_terms`` below; the trainer passes its components' declared global terms.
 GLOBAL_TERMS = frozenset({"gini"})
@@ -207,7 +209,8 @@ def init_from_env(device: str = "auto", timeout_s: float = 1800.0) -> DistContex
         dev = torch.device("cpu")
         if "OMP_NUM_THREADS" not in os.environ:
             local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+            # the cores this process may run on (affinity mask), shared among the local ranks
+            torch.set_num_threads(max(1, runtime.available_cores() // local))
     dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://", rank=rank,
                             world_size=world, timeout=datetime.timedelta(seconds=timeout_s))
     _CURRENT = DistContext(rank, world, local_rank, dev)
