@@ -51,6 +51,7 @@ from marl_two_tower.data.sequences import (
 from marl_two_tower.data.split import Split
 from marl_two_tower.model.chunked_ce import chunked_softmax_ce
 from marl_two_tower.model.sequence import SASRecEncoder
+from marl_two_tower.utils.numerics import floor_logits
 
 
 class _Net(nn.Module):
@@ -200,8 +201,9 @@ class SASRec(BaselineRecommender):
                     logits = logits.float() - log_q[cand]
                     hit = cand[None, :] == target[:, None]  # accidental hits: same item
                     hit[torch.arange(len(target)), torch.arange(len(target))] = False
-                    loss = F.cross_entropy(logits.masked_fill(hit, float("-inf")),
-                                           torch.arange(len(target), device=dev))
+                    own = torch.arange(len(target), device=dev)
+                    loss = F.cross_entropy(
+                        floor_logits(logits.masked_fill(hit, float("-inf")), 1, keep=own), own)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

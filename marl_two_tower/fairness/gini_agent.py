@@ -41,6 +41,7 @@ from torch import nn
 
 from marl_two_tower.config import GiniConfig
 from marl_two_tower.metrics.gini import gini
+from marl_two_tower.utils.numerics import floor_logits
 
 
 def soft_exposure(scores: torch.Tensor, tau: float, mask: torch.Tensor | None = None,
@@ -56,7 +57,7 @@ def soft_exposure(scores: torch.Tensor, tau: float, mask: torch.Tensor | None = 
     if mask is not None:
         s = s.masked_fill(mask if full_rows_cleared else mask & ~mask.all(1, keepdim=True),
                           float("-inf"))
-    return torch.softmax(s, dim=1).sum(0)
+    return torch.softmax(floor_logits(s, dim=1), dim=1).sum(0)  # floor: utils/numerics.py
 
 
 def seen_mask(indptr: torch.Tensor, items: torch.Tensor, users: torch.Tensor, n_items: int,

@@ -6,17 +6,28 @@ For query vectors h ``[P, d]``, item vectors E ``[N, d]`` and targets y ``[P]``:
 
 (b: optional per-item logit offset, e.g. a -log q correction; None = 0).
 Gradients: with softmax rows p_p = softmax(h_p E^T + b) and G = (p - onehot(y)) / P,
-dL/dh = G E and dL/dE = G^T h. Rows are processed in chunks: the forward pass keeps
-only the per-row log-sum-exp, the backward pass recomputes each chunk's logits
-(one extra matmul) instead of storing a ``[P, N]`` tensor and running
-``log_softmax``'s backward over it, which dominated a SASRec step on CPU (memory
-bound). ``bf16=True`` runs the matmuls in bfloat16 (AMX / tensor cores) with fp32
-accumulation of the softmax statistics and of the gradients.
+dL/dh = G E and dL/dE = G^T h. Rows are processed in chunks and the ``[P, N]`` logits
+never go through autograd (``log_softmax``'s backward over them dominated a SASRec
+step on CPU, memory bound): the forward keeps the per-row log-sum-exp and, when the
+product is small enough (:data:`STORE_ELEMENTS`), the softmax itself, which the backward
+turns into G in place; above that the backward recomputes each chunk's logits (one
+extra matmul) instead. ``bf16=True`` runs the matmuls in bfloat16 (AMX / tensor cores)
+with fp32 accumulation of the softmax statistics and of the gradients.
+
+Every ``exp`` here reads its argument (already shifted by the row maximum) clamped at
+:data:`~marl_two_tower.utils.numerics.EXP_FLOOR`, which keeps it out of the ~100x
+slower subnormal path of ``exp`` on CPUs (utils/numerics.py); each probability changes
+by less than exp(-80) = 1.8e-35.
 """
 
 from __future__ import annotations
 
 import torch
+
+from marl_two_tower.utils.numerics import EXP_FLOOR  # exp(-80) is a normal fp32 number
+
+# the largest P x N softmax the forward keeps for the backward (fp32: 128 MB)
+STORE_ELEMENTS = 1 << 25
 
 
 def _logits(h: torch.Tensor, e: torch.Tensor, bias: torch.Tensor | None, bf16: bool) -> torch.Tensor:
@@ -29,35 +40,55 @@ def _logits(h: torch.Tensor, e: torch.Tensor, bias: torch.Tensor | None, bf16: b
 
 class _ChunkedCE(torch.autograd.Function):
     """Per-row losses ``[P]``; the backward takes a per-row upstream gradient g and
-    returns dL/dh = (g * G) E, dL/dE = (g * G)^T h with G = softmax - onehot."""
+    returns dL/dh = (g * G) E, dL/dE = (g * G)^T h with G = softmax - onehot.
+
+    When ``P * N <= STORE_ELEMENTS`` the forward keeps the softmax itself (one
+    ``[P, N]`` fp32 buffer, 14 MB for ML-1M's 1,024 x 3,416) and the backward turns it
+    into G in place, instead of recomputing each chunk's logits (a matmul and an exp
+    pass); larger products take the recomputing path. A second backward through the
+    same graph (``retain_graph=True``) recomputes, since the first consumed the buffer."""
 
     @staticmethod
     def forward(ctx, h, e, target, bias, chunk: int, bf16: bool):  # type: ignore[override]
         lse = torch.empty(len(h), dtype=torch.float32, device=h.device)
         picked = torch.empty(len(h), dtype=torch.float32, device=h.device)
+        store = len(h) * len(e) <= STORE_ELEMENTS
+        probs = torch.empty(len(h), len(e), dtype=torch.float32, device=h.device) if store else None
         with torch.autocast(h.device.type, enabled=False):  # precision is `bf16`'s call
             for s in range(0, len(h), chunk):
                 z = _logits(h[s : s + chunk], e, bias, bf16)
-                lse[s : s + chunk] = torch.logsumexp(z, dim=1)
                 picked[s : s + chunk] = z.gather(1, target[s : s + chunk, None]).squeeze(1)
+                m = z.amax(dim=1, keepdim=True)
+                z = torch.exp(z.sub_(m).clamp_min_(EXP_FLOOR), out=z)  # in place: no new [c, N]
+                total = z.sum(dim=1, keepdim=True)
+                lse[s : s + chunk] = (m + total.log()).squeeze(1)
+                if probs is not None:
+                    torch.div(z, total, out=probs[s : s + chunk])
         ctx.save_for_backward(h, e, target, lse, bias if bias is not None else torch.empty(0))
-        ctx.chunk, ctx.bf16, ctx.has_bias = chunk, bf16, bias is not None
+        ctx.chunk, ctx.bf16, ctx.has_bias, ctx.probs = chunk, bf16, bias is not None, probs
         return lse - picked
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         h, e, target, lse, bias = ctx.saved_tensors
         bias = bias if ctx.has_bias else None
-        gh = torch.empty_like(h, dtype=torch.float32)
-        ge = torch.zeros_like(e, dtype=torch.float32)
+        probs, ctx.probs = ctx.probs, None  # consumed: G is built in its memory
         mm = torch.bfloat16 if ctx.bf16 else torch.float32
         with torch.autocast(h.device.type, enabled=False):
             e_mm = e.to(mm)
+            if probs is not None:
+                probs[torch.arange(len(h), device=h.device), target] -= 1.0
+                g = probs.mul_(grad.float()[:, None]).to(mm)
+                return ((g @ e_mm).float().to(h.dtype), (g.T @ h.to(mm)).float().to(e.dtype),
+                        None, None, None, None)
+            gh = torch.empty_like(h, dtype=torch.float32)
+            ge = torch.zeros_like(e, dtype=torch.float32)
             for s in range(0, len(h), ctx.chunk):
                 hc = h[s : s + ctx.chunk]
-                p = torch.exp(_logits(hc, e, bias, ctx.bf16) - lse[s : s + ctx.chunk, None])
+                p = _logits(hc, e, bias, ctx.bf16).sub_(lse[s : s + ctx.chunk, None])
+                p = torch.exp(p.clamp_min_(EXP_FLOOR), out=p)
                 p[torch.arange(len(hc), device=h.device), target[s : s + ctx.chunk]] -= 1.0
-                p = (p * grad[s : s + ctx.chunk, None].float()).to(mm)
+                p = p.mul_(grad[s : s + ctx.chunk, None].float()).to(mm)
                 gh[s : s + ctx.chunk] = (p @ e_mm).float()
                 ge += (p.T @ hc.to(mm)).float()
         return gh.to(h.dtype), ge.to(e.dtype), None, None, None, None

@@ -50,6 +50,7 @@ from marl_two_tower.metrics.gini import gini
 from marl_two_tower.model.losses import weighted_mean
 from marl_two_tower.model.two_tower import TwoTower
 from marl_two_tower.utils.distributed import DistContext
+from marl_two_tower.utils.numerics import floor_logits
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ class TailLoss(TrainingComponent):
         assert self.model is not None
         logits = batch.z[rows] @ self.model.item_vectors(self.tail_items).T
         target = self.tail_col[batch.pos[rows]]
-        return {"tail": self.weight * F.cross_entropy(logits.float(), target)}
+        return {"tail": self.weight * F.cross_entropy(floor_logits(logits.float(), dim=1, keep=target), target)}
 
     def term_weights(self, users: torch.Tensor, pos: torch.Tensor) -> dict[str, float]:
         return {"tail": float(self.tail[pos].sum())}  # L_Tail is a mean over tail rows

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from marl_two_tower.utils.numerics import floor_logits
+
 
 def sampled_softmax_logits(
     user_vecs: torch.Tensor,
@@ -50,8 +52,10 @@ def _target(logits: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
 
 def softmax_rows(logits: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
     """Per-row CE ``[B]`` against the positive's column (``target [B]``, None = the
-    diagonal)."""
-    return F.cross_entropy(logits, _target(logits, target), reduction="none")
+    diagonal). The logits other than the positive's are floored first (utils/numerics.py:
+    the same losses, without exp's subnormal slow path on CPU)."""
+    target = _target(logits, target)
+    return F.cross_entropy(floor_logits(logits, dim=1, keep=target), target, reduction="none")
 
 
 def bce_rows(logits: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
