@@ -182,7 +182,7 @@ def main() -> None:
         "command": " ".join(["python", *sys.argv]), "source": args.source,
         "n_users": split.n_users, "n_items": split.n_items,
         "protocol": "leave-one-out by time, full ranking, train (+ validation for test) masked, K=10",
-        "results": {}}
+        "load_average_start": os.getloadavg(), "results": {}}
     for name in args.models:
         runner = {"sasrec": run_sasrec, "two_tower": run_two_tower,
                   "mostpop": run_classic("mostpop"), "bpr": run_classic("bpr"),
@@ -194,6 +194,7 @@ def main() -> None:
             vals = " ".join(f"{k} {shown[k]:.4f}" for k in KEYS if shown[k] is not None)
             print(f"{name} seed {seed}: {vals} | {res['epoch_seconds']} s/epoch, "
                   f"fit {res['fit_seconds']:.0f} s, best epoch {res['best_epoch']}", flush=True)
+    doc["load_average_end"] = os.getloadavg()  # fit times are wall clock on a shared machine
     tag = "val" if args.val_only else "test"
     out = Path(args.out or Path(__file__).parent / "results" / f"sasrec_{args.source}_{tag}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,8 @@ steps (scaled so every spec trains about the same number of rows), then times th
 one. Reports ms per step, microseconds per row and the implied epoch time (790k rows:
 each user's last 200 train items), plus the mean L_rec of the timed epoch (the same
 batches and seed give the same loss, so a speed change that moves it is visible).
-Single thread, wall clock: on the shared machine compare specs of one run.
+Single thread unless ``--threads`` lists more (each spec runs with each count), wall
+clock: on the shared machine compare specs of one run.
 
 The "before" numbers of docs/sequence_tower.md are this script run on the checkout
 before the full-softmax layout change, e.g. ``git worktree add /tmp/before 71fc646``
@@ -43,6 +44,8 @@ def main() -> None:
     ap.add_argument("--specs", nargs="*", default=["1024,none", "1024,bf16", "4096,none",
                                                     "4096,bf16", "8192,bf16"])
     ap.add_argument("--rows", type=int, default=40 * 1024, help="rows per timed epoch")
+    ap.add_argument("--threads", nargs="*", type=int, default=[1],
+                    help="intra-op thread counts (train.num_threads), each spec with each")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "sequence_step_time.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -50,23 +53,24 @@ def main() -> None:
             "checkpoint_dir=/tmp/mtt-step-time", "output_dir=/tmp/mtt-step-time"]
     split = load_split(load_config("ml1m.yaml", base).data)
     rows_out = []
-    for spec in args.specs:
+    for spec, threads in [(spec, n) for spec in args.specs for n in args.threads]:
         rows, precision = spec.split(",")
         steps = max(5, args.rows // int(rows))
         cfg = load_config("ml1m.yaml", base + [f"train.batch_size={rows}",
                                                f"train.mixed_precision={precision}",
-                                               f"train.max_steps_per_epoch={steps}"])
-        trainer = Trainer(cfg, split, progress=False)
+                                               f"train.max_steps_per_epoch={steps}",
+                                               f"train.num_threads={threads}"])
+        trainer = Trainer(cfg, split, progress=False)  # applies train.num_threads
         trainer.train_epoch(0)  # warm-up: allocator, caches
         t0 = time.perf_counter()
         terms = trainer.train_epoch(1)
         sec = time.perf_counter() - t0
-        row = {"rows": int(rows), "precision": precision, "steps": steps,
+        row = {"rows": int(rows), "precision": precision, "threads": threads, "steps": steps,
                "ms_per_step": 1000 * sec / steps, "us_per_row": 1e6 * sec / steps / int(rows),
                "epoch_seconds_implied": sec / steps / int(rows) * EPOCH_ROWS,
                "rec_loss": terms.get("rec")}
         rows_out.append(row)
-        print(f"{rows:>6} rows {precision:>4}: {row['ms_per_step']:.0f} ms/step, "
+        print(f"{rows:>6} rows {precision:>4} {threads} thr: {row['ms_per_step']:.0f} ms/step, "
               f"{row['us_per_row']:.1f} us/row -> {row['epoch_seconds_implied']:.0f} s/epoch, "
               f"L_rec {row['rec_loss']:.4f}", flush=True)
     doc = {"command": " ".join(["python", *sys.argv]), "load_average": os.getloadavg(),
