@@ -40,12 +40,19 @@ def collect(files: list[Path]) -> dict[str, dict[str, dict]]:
     return out
 
 
+# overrides that give a run its own row (never averaged with the default's), with the
+# value that means "the default row"
+VARIANT_KEYS = {"model.user_features": "all", "train.lr_schedule": "constant"}
+
+
 def variant(model: str, run: dict) -> str:
-    """The row a run belongs to: its model, plus ``model.user_features`` when a run set
-    it to something other than the default (its own row, never averaged with the default)."""
+    """The row a run belongs to: its model, plus each :data:`VARIANT_KEYS` override the
+    run set to something other than its default (``two_tower, user_features=none``)."""
     over = run.get("settings", {}).get("overrides", []) if isinstance(run.get("settings"), dict) else []
-    feats = [o.split("=", 1)[1] for o in over if o.startswith("model.user_features=")]
-    return f"{model}, user_features={feats[-1]}" if feats and feats[-1] != "all" else model
+    set_to = dict(o.split("=", 1) for o in over if "=" in o)
+    tags = [f"{k.split('.')[-1]}={set_to[k]}" for k, default in VARIANT_KEYS.items()
+            if set_to.get(k, default) != default]
+    return ", ".join([model, *tags])
 
 
 def cell(values: list[float]) -> str:
