@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/sequence_tables.py --source ml-1m-ordered
     .venv/bin/python benchmarks/sequence_tables.py --source ml-100k
 
-Reads every ``benchmarks/results/{sasrec,sequence,baselines}_<source>_test*.json``
-written by ``benchmarks/sasrec_reference.py`` and prints one Markdown table: per model,
+Reads every ``benchmarks/results/{sasrec,sequence,baselines,run}_<source>_test*.json``:
+those written by ``benchmarks/sasrec_reference.py`` and copies of ``marl-two-tower
+train``'s ``results.json`` (``run_*``: the full model's row), and prints one Markdown table: per model,
 the mean (and, with more than one seed, the standard deviation) of the test metrics
 over seeds, the seeds, seconds per epoch and fit minutes (a resumed run: the sum of its
 epochs' training seconds, validation excluded). A model's runs from several
@@ -23,9 +24,30 @@ import numpy as np
 
 KEYS = ["HR@10", "NDCG@10", "Coverage@10", "Gini@10", "TailHR@10"]
 LABELS = {"mostpop": "MostPop", "bpr": "BPR-MF", "ease": "EASE (lambda on val, refit train+val)",
-          "itemknn": "ItemKNN", "sasrec": "SASRec reference", "two_tower": "two-tower, transformer tower"}
-ORDER = ["mostpop", "itemknn", "bpr", "ease", "sasrec", "two_tower"]
+          "itemknn": "ItemKNN", "sasrec": "SASRec reference", "two_tower": "two-tower, transformer tower",
+          "full": "full model (every component)"}
+ORDER = ["mostpop", "itemknn", "bpr", "ease", "sasrec", "two_tower", "full"]
 RESULTS = Path(__file__).parent / "results"
+
+
+COMPONENTS = ("context_gnn", "marl", "fair_sampler", "buhs", "gini", "tail_loss")
+
+
+def from_run_results(doc: dict) -> dict[str, dict[str, dict]]:
+    """A ``marl-two-tower train`` ``results.json`` (schema ``marl-two-tower/results``) as
+    ``{model: {seed: record}}`` in :func:`benchmarks/sasrec_reference.py`'s layout: the
+    model is ``full`` with every component enabled, else ``two_tower`` plus the enabled
+    ones; epoch seconds are the median over its epoch records, the fit the sum of them
+    (training only, validation excluded, like a resumed run's)."""
+    cfg = doc["config"]
+    on = [c for c in COMPONENTS if cfg.get(c, {}).get("enabled")]
+    model = "full" if len(on) == len(COMPONENTS) else ", ".join(["two_tower", *(f"+{c}" for c in on)])
+    times = [h["time_s"] for h in doc["history"] if "time_s" in h]
+    record = {"test": doc["metrics"]["test"]["full"], "settings": {"overrides": []},
+              "epoch_seconds": float(np.median(times)) if times else None,
+              "resumed": True, "train_seconds_all_epochs": float(np.sum(times)),
+              "best_epoch": doc["extra"].get("best_epoch")}
+    return {model: {str(doc["run"]["seed"]): record}}
 
 
 def collect(files: list[Path]) -> dict[str, dict[str, dict]]:
@@ -33,7 +55,8 @@ def collect(files: list[Path]) -> dict[str, dict[str, dict]]:
     out: dict[str, dict[str, dict]] = {}
     for f in files:
         doc = json.loads(f.read_text())
-        for model, runs in doc["results"].items():
+        results = from_run_results(doc) if doc.get("schema") == "marl-two-tower/results" else doc["results"]
+        for model, runs in results.items():
             for seed, run in runs.items():
                 if "test" in run:
                     out.setdefault(variant(model, run), {})[seed] = run | {"file": f.name}
@@ -92,7 +115,7 @@ def main() -> None:
     ap.add_argument("--source", default="ml-1m-ordered")
     ap.add_argument("--files", nargs="*", type=Path, default=None)
     args = ap.parse_args()
-    files = args.files or sorted(p for pat in ("sasrec", "sequence", "baselines")
+    files = args.files or sorted(p for pat in ("sasrec", "sequence", "baselines", "run")
                                  for p in RESULTS.glob(f"{pat}_{args.source}_test*.json"))
     print(table(collect(files)))
     print("\nfrom: " + ", ".join(f.name for f in files))
