@@ -182,7 +182,7 @@ def main() -> int:
                      "calls_per_epoch": int(np.median(calls)), "all_s": [round(s, 4) for s in secs]})
     epoch_s = next(r["s_per_epoch"] for r in rows if r["region"] == "epoch (train)")
     body = sorted((r for r in rows if r["region"] != "epoch (train)"), key=lambda r: -r["s_per_epoch"])
-    print(f"\nML-100K full model ({', '.join(FULL)}), one epoch = {len(trainer.sampler)} batches"
+    print(f"\n{split.dataset.name} full model ({', '.join(FULL)}), one epoch = {len(trainer.sampler)} batches"
           f" of {cfg.train.batch_size}, 1 thread; median of {args.repeats} epochs;"
           f" load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores\n")
     print("| region (exclusive time) | s/epoch | share of the epoch | calls/epoch |")
