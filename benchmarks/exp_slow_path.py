@@ -64,7 +64,7 @@ def before_floors() -> Iterator[None]:
     saved = (chunked_ce.EXP_FLOOR, chunked_ce.STORE_ELEMENTS)
     chunked_ce.EXP_FLOOR, chunked_ce.STORE_ELEMENTS = float("-inf"), 0
     for m in users:
-        m.floor_logits = lambda z, dim=-1, margin=0.0, keep=None: z  # type: ignore[attr-defined]
+        m.floor_logits = lambda z, dim=-1, margin=0.0, keep=None, raw=None: z  # type: ignore[attr-defined]
     try:
         yield
     finally:

@@ -60,3 +60,22 @@ def test_soft_exposure_with_wide_scores_matches_double_precision():
     ref = torch.softmax(scores.double(), dim=1).sum(0)
     torch.testing.assert_close(x.double(), ref, rtol=1e-6, atol=1e-12)
     assert x[2] < 1e-29  # the floored entries carry ~exp(-70), not a visible share
+
+
+def test_fast_path_by_spread_of_the_unmasked_logits():
+    raw = torch.tensor([[30.0, -39.0, 0.0], [100.0, 0.0, -5.0], [0.0, -71.0, 5.0]])
+    z = raw.masked_fill(torch.tensor([[False, False, True], [True, False, False],
+                                      [False, False, False]]), NEG_INF)
+    # rows 0 and 1 alone: spreads 69 and 105 of raw, but after masking nothing lies more
+    # than 70 below its row's maximum, so either path returns z's values
+    z0 = z[:1]
+    assert floor_logits(z0, dim=1, raw=raw[:1]) is z0  # spread <= margin: no pass
+    assert floor_logits(z[:2], dim=1, raw=raw[:2]).tolist() == z[:2].tolist()
+    out = floor_logits(z, dim=1, raw=raw)  # row 2: -71 is 76 below 5, raised to -65
+    assert out.tolist() == [[30.0, -39.0, NEG_INF], [NEG_INF, 0.0, -5.0], [0.0, 5.0 - LOGIT_MARGIN, 5.0]]
+    g = torch.Generator().manual_seed(1)
+    wide = torch.randn(32, 50, generator=g) * 12  # spread < 70 in every row
+    assert bool((wide.amax(1) - wide.amin(1) <= LOGIT_MARGIN).all())
+    masked = wide.masked_fill(torch.rand(32, 50, generator=g) < 0.3, NEG_INF)
+    assert floor_logits(masked, dim=1, raw=wide) is masked
+    assert torch.equal(floor_logits(masked, dim=1), masked)  # the full pass agrees

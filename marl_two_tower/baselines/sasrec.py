@@ -202,8 +202,8 @@ class SASRec(BaselineRecommender):
                     hit = cand[None, :] == target[:, None]  # accidental hits: same item
                     hit[torch.arange(len(target)), torch.arange(len(target))] = False
                     own = torch.arange(len(target), device=dev)
-                    loss = F.cross_entropy(
-                        floor_logits(logits.masked_fill(hit, float("-inf")), 1, keep=own), own)
+                    loss = F.cross_entropy(floor_logits(logits.masked_fill(hit, float("-inf")), 1,
+                                                        keep=own, raw=logits), own)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

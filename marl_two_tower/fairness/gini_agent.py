@@ -53,11 +53,13 @@ def soft_exposure(scores: torch.Tensor, tau: float, mask: torch.Tensor | None = 
     (``full_rows_cleared``: the caller has already cleared such rows, so the
     ``[U, n]`` check is skipped).
     """
-    s = scores.float() / tau
+    raw = scores.float() / tau
+    s = raw
     if mask is not None:
-        s = s.masked_fill(mask if full_rows_cleared else mask & ~mask.all(1, keepdim=True),
-                          float("-inf"))
-    return torch.softmax(floor_logits(s, dim=1), dim=1).sum(0)  # floor: utils/numerics.py
+        s = raw.masked_fill(mask if full_rows_cleared else mask & ~mask.all(1, keepdim=True),
+                            float("-inf"))
+    # floor: utils/numerics.py; its cheap check reads the unmasked scores
+    return torch.softmax(floor_logits(s, dim=1, raw=raw), dim=1).sum(0)
 
 
 def seen_mask(indptr: torch.Tensor, items: torch.Tensor, users: torch.Tensor, n_items: int,

@@ -215,7 +215,8 @@ class TailLoss(TrainingComponent):
         assert self.model is not None
         logits = batch.z[rows] @ self.model.item_vectors(self.tail_items).T
         target = self.tail_col[batch.pos[rows]]
-        return {"tail": self.weight * F.cross_entropy(floor_logits(logits.float(), dim=1, keep=target), target)}
+        logits = floor_logits(logits.float(), dim=1, keep=target)
+        return {"tail": self.weight * F.cross_entropy(logits, target)}
 
     def term_weights(self, users: torch.Tensor, pos: torch.Tensor) -> dict[str, float]:
         return {"tail": float(self.tail[pos].sum())}  # L_Tail is a mean over tail rows

@@ -25,7 +25,7 @@ EXP_FLOOR = -80.0
 
 
 def floor_logits(z: torch.Tensor, dim: int = -1, margin: float = LOGIT_MARGIN,
-                 keep: torch.Tensor | None = None) -> torch.Tensor:
+                 keep: torch.Tensor | None = None, raw: torch.Tensor | None = None) -> torch.Tensor:
     """``z`` with every finite entry below ``max_dim(z) - margin`` raised to it.
 
     ``z' = where(z = -inf, -inf, max(z, m - margin))`` with ``m`` the (detached) row
@@ -34,10 +34,21 @@ def floor_logits(z: torch.Tensor, dim: int = -1, margin: float = LOGIT_MARGIN,
     ``keep [R]`` (2-D ``z``, ``dim=1``): one column per row that is never raised, the
     CE target, whose logit is the loss (``lse - z_target``) and whose gradient
     (p - 1, about -1 when it sits far below the maximum) must not be cut.
+    ``raw``: ``z`` before its masked entries were set to ``-inf`` (same shape), if any.
+
+    Fast path: when every row's spread ``max - min`` (of ``raw`` when given, else of
+    ``z``) is at most ``margin``, no finite entry can sit more than ``margin`` below its
+    row's maximum (masking only lowers the maximum and removes entries), so ``z`` is
+    returned after two reductions instead of a compare and a select over every entry
+    (benchmarks/exp_slow_path.py: at a narrow spread the full pass cost 5x the
+    softmax it protects). A row with ``-inf`` in the tensor checked takes the full pass.
     Off the CPU (no such slow path, and ``any`` would cost a device sync) ``z`` is
     returned as is.
     """
     if z.device.type != "cpu":
+        return z
+    ref = (z if raw is None else raw).detach()
+    if bool((ref.amax(dim=dim) - ref.amin(dim=dim) <= margin).all()):
         return z
     floor = z.detach().amax(dim=dim, keepdim=True) - margin
     low = z < floor  # False for NaN; -inf < floor unless the whole row is -inf
