@@ -194,14 +194,10 @@ def main() -> int:
 
 def plot(doc: dict, path: str) -> None:
     """Test HR@10 against Gini@10 and Coverage@10 of every curve (the report's plot)."""
-    from marl_two_tower.study.frontier_report import plot_frontier_curves
+    from marl_two_tower.study.frontier_report import benchmark_section, plot_frontier_curves
 
-    rows = [{"label": name, "arm": s["arm"], "test": s["test"],
-             "kind": "baseline" if name.startswith("EASE") else "variant"}
-            for name, s in doc["frontiers"].items()]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    plot_frontier_curves({"k": 10, "targets": doc["targets"], "rows": rows}).savefig(
-        path, dpi=110, bbox_inches="tight")
+    plot_frontier_curves(benchmark_section(doc)).savefig(path, dpi=110, bbox_inches="tight")
 
 
 def _cell(m: dict) -> str:

@@ -46,6 +46,11 @@ def test_notebook_executes_and_reads_the_runs(tmp_path_factory, tmp_path, monkey
         assert (figs / f"{name}.png").stat().st_size > 5000, name
         cell = next(c for c in nb.cells if f"plot-{name}" in c.metadata.get("tags", []))
         assert any("image/png" in o.get("data", {}) for o in cell.outputs), name
+    # the benchmark frontiers of docs/frontier.md, from their committed JSON
+    for stem in ("frontier_ml100k_transformer_3seeds", "frontier_ml-1m-ordered"):
+        assert (figs / f"benchmark_{stem}.png").stat().st_size > 5000, stem
+    bench = next(c for c in nb.cells if "plot-benchmark-frontiers" in c.metadata.get("tags", []))
+    assert sum("image/png" in o.get("data", {}) for o in bench.outputs) == 2
     table_cell = next(c for c in nb.cells if "table" in c.metadata.get("tags", []))
     shown = next(o["data"]["application/json"] for o in table_cell.outputs
                  if "application/json" in o.get("data", {}))

@@ -152,6 +152,16 @@ def plot_frontier_curves(section: dict[str, Any]):
     return fig
 
 
+def benchmark_section(doc: dict[str, Any]) -> dict[str, Any]:
+    """The :func:`plot_frontier_curves` section of a benchmark's frontier JSON
+    (``benchmarks/frontier_ml100k.py``, ``benchmarks/frontier_checkpoints.py``: its
+    ``frontiers`` by curve name); curves named ``EASE ...`` are drawn as baselines."""
+    rows = [{"label": name, "arm": s["arm"], "test": s["test"],
+             "kind": "baseline" if name.startswith("EASE") else "variant"}
+            for name, s in doc["frontiers"].items()]
+    return {"k": 10, "targets": doc["targets"], "rows": rows}
+
+
 def matched_values(section: dict[str, Any], target: float, k: int = 10) -> dict[str, float | None]:
     """label -> HR@K at matched Gini ``target`` (for notebooks and checks)."""
     return {r["label"]: r["matched"][f"{target:.2f}"][f"HR@{k}"]["value"] for r in section["rows"]}
