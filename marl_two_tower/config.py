@@ -167,6 +167,17 @@ class ModelConfig:
     n_heads: int = 1  # transformer: attention heads, must divide id_dim (SASRec: 1)
     seq_dropout: float = 0.2  # transformer: dropout of embeddings, attention and FFN (SASRec ML-1M: 0.2)
     ffn_dim: int = 0  # transformer: hidden width of the blocks' FFN (0 = id_dim, SASRec's; RecBole: 4 d)
+    # transformer: dropout of the attention weights (< 0: seq_dropout, SASRec's). It is
+    # the costliest dropout on CPU, one draw per (query, key) pair: 0 makes the ML-1M
+    # step 14% cheaper (docs/sequence_tower.md, "Training on every position")
+    attn_dropout: float = -1.0
+    # transformer: which train positions an epoch trains on. "window" = the last
+    # history_len of each user (SASRec's sampler); "all" = every train interaction, a
+    # long history cut into consecutive history_len blocks counted back from its end,
+    # each block's rows reading the items before them inside the block's input window
+    # (the block shifted back one item: SASRec's truncation, block by block). On ML-1M
+    # "window" leaves out a third of the train interactions (652k of 988k at 200)
+    train_positions: Literal["window", "all"] = "window"
     # train against every item of the catalogue (full-softmax CE, no logQ needed) when
     # n_items <= this; larger catalogues keep the sampled softmax (in-batch +
     # train.num_negatives, logQ); 0 = always sampled (Klenitskiy & Vasilev 2023: CE over
@@ -555,7 +566,7 @@ CHECKS: dict[type, dict[str, Check]] = {
                   "init_temperature": POSITIVE, "year_buckets": AT_LEAST_1,
                   "n_blocks": NON_NEGATIVE, "n_heads": AT_LEAST_1,
                   "seq_dropout": Range(0, 1, open_hi=True), "full_softmax_max_items": NON_NEGATIVE,
-                  "ffn_dim": NON_NEGATIVE},
+                  "ffn_dim": NON_NEGATIVE, "attn_dropout": Range(-1, 1, open_hi=True)},
     FairSamplerConfig: {"beta": NON_NEGATIVE, "max_per_batch": AT_LEAST_1},
     BUHSConfig: {"fanout": AT_LEAST_1, "temperature": POSITIVE, "inference_seed": SEED},
     GiniConfig: {"tau": POSITIVE, "target": UNIT, "lr_dual": NON_NEGATIVE,

@@ -105,6 +105,60 @@ def test_sequence_sampler_batches_whole_user_windows() -> None:
     np.testing.assert_allclose(sampler.prob.sum(), 1.0)
 
 
+def test_all_positions_cut_long_sequences_into_blocks_read_within_their_block(tmp_path: Path) -> None:
+    split = planted_split(50)
+    window = 3  # train sequences hold 3..14 items: up to 5 blocks
+    sampler = SequenceSampler(split, batch_size=60, window=window, seed=0, all_positions=True)
+    batches = list(sampler.batches(0))
+    # every train interaction exactly once
+    np.testing.assert_array_equal(np.sort(np.concatenate(batches)), np.arange(len(split.train_items)))
+    ptr = split.train_indptr
+    pos_of = np.arange(len(split.train_items)) - ptr[split.train_users]
+    n = np.diff(ptr)
+    block = (n[split.train_users] - 1 - pos_of) // window  # 0 = the last `window` items
+    for b in batches:  # whole blocks: a (user, block) pair's rows are all in one batch
+        key = split.train_users[b] * 1000 + block[b]
+        all_key = split.train_users * 1000 + block
+        for k in np.unique(key):
+            assert (key == k).sum() == (all_key == k).sum()
+    # the window sampler is unchanged by the option: the same batches as before
+    plain = SequenceSampler(split, batch_size=60, window=window, seed=0)
+    take = np.minimum(n, window)
+    expected = np.concatenate([np.arange(ptr[u + 1] - take[u], ptr[u + 1]) for u in range(50)])
+    np.testing.assert_array_equal(np.sort(np.concatenate(list(plain.batches(0)))), expected)
+    # the tower: a row of block k reads the items before it inside its block's input
+    # window, the block shifted back one item (SASRec's x = s[-L-1:-1] for y = s[-L:])
+    cfg = cfg_for(tmp_path, "transformer", f"model.history_len={window}",
+                  "model.train_positions=all")
+    model = build_model(cfg, split).eval()
+    tower, emb = model.user_tower, model.item_tower.id_emb
+    a = int(np.flatnonzero(n >= 3 * window + 1)[0])
+    hist = split.history(a)
+    m = len(hist)
+    at = np.array([m - 1, m - window - 1, m - window - 2, m - 2 * window, 1])
+    h = tower.sequence_history(torch.full((len(at),), a), emb, exclude=torch.tensor(hist[at]))
+    for r, p in enumerate(at):
+        k = (m - 1 - p) // window
+        start = m - (k + 1) * window - 1  # first input of the block (< 0: a short block)
+        before = hist[max(start, 0):p]
+        assert 1 <= len(before) <= window
+        if len(before) == 0:
+            ref = tower.encoder.ln_out(torch.zeros(1, tower.encoder.dim))
+        else:
+            x = torch.tensor(before)[None]
+            ref = tower.encoder.last(emb(x), torch.ones_like(x, dtype=torch.bool))
+        torch.testing.assert_close(h[r:r + 1], ref, atol=1e-5, rtol=0)
+
+
+def test_attention_dropout_is_its_own_key(tmp_path: Path) -> None:
+    split = planted_split(20)
+    for extra, expected in ((), 0.3), (("model.attn_dropout=0",), 0.0):
+        cfg = cfg_for(tmp_path, "transformer", "model.seq_dropout=0.3", *extra)
+        enc = build_model(cfg, split).user_tower.encoder
+        assert [b.attn.dropout for b in enc.blocks] == [expected]
+        assert enc.emb_dropout.p == 0.3 and enc.blocks[0].ffn[2].p == 0.3
+
+
 def test_full_softmax_logits_and_the_score_is_one_dot_product(tmp_path: Path) -> None:
     split = planted_split(20)
     cfg = cfg_for(tmp_path, "transformer")

@@ -114,33 +114,52 @@ class SequenceSampler:
     """Training positives as whole user windows: one batch = the last ``window`` train
     interactions of each of a set of users, about ``batch_size`` rows in all.
 
-    Users are shuffled per epoch, sorted by length within chunks of ~32 batches (less
-    padding per batch) and cut where the running row count crosses a multiple of
-    ``total_rows / len(self)``; the batch order is shuffled again. Each user's window is
-    encoded once per epoch, and the row count per batch (which sets the cost of the
+    With ``all_positions`` every train interaction is a positive: a user's sequence is
+    cut into consecutive blocks of ``window`` counted back from its end (the first block
+    the remainder), and a block is the unit a batch holds whole, as a window is.
+
+    Units (windows or blocks) are shuffled per epoch, sorted by length within chunks of
+    ~32 batches (less padding per batch) and cut where the running row count crosses a
+    multiple of ``total_rows / len(self)``; the batch order is shuffled again. Each unit
+    is encoded once per epoch, and the row count per batch (which sets the cost of the
     softmax) stays near ``batch_size``. ``prob[j]`` = share of the epoch's positives
     that are item j (the trainer's logQ correction of in-batch negatives).
     """
 
-    def __init__(self, split: Split, batch_size: int, window: int, seed: int) -> None:
+    def __init__(self, split: Split, batch_size: int, window: int, seed: int,
+                 all_positions: bool = False) -> None:
         self.split, self.seed = split, seed
         ptr = split.train_indptr
-        self.take = np.minimum(np.diff(ptr), window)
-        self.users = np.flatnonzero(self.take > 0)
+        n = np.diff(ptr)
+        if all_positions:  # block k of user u ends k * window items before its end
+            blocks = -(-n // max(window, 1))
+            self.unit_user = np.repeat(np.arange(len(n)), blocks)
+            k = np.arange(int(blocks.sum())) - np.repeat(np.cumsum(blocks) - blocks, blocks)
+            self.unit_end = ptr[1:][self.unit_user] - k * window
+            self.take = np.minimum(self.unit_end - ptr[:-1][self.unit_user], window)
+        else:
+            self.unit_user = np.flatnonzero(n > 0)
+            self.unit_end = ptr[1:][self.unit_user]
+            self.take = np.minimum(n[self.unit_user], window)
         self.total = int(self.take.sum())
         self.n_batches = max(1, math.ceil(self.total / max(batch_size, 1)))
-        rows = np.repeat(ptr[1:] - self.take, self.take) + (
-            np.arange(self.total) - np.repeat(np.cumsum(self.take) - self.take, self.take))
+        rows = self._rows(np.arange(len(self.take)))
         self.prob = np.bincount(split.train_items[rows], minlength=split.n_items) / max(self.total, 1)
 
     def __len__(self) -> int:
         return self.n_batches
 
+    def _rows(self, units: np.ndarray) -> np.ndarray:
+        """Interaction indices of ``units``, each unit's rows in time order."""
+        t = self.take[units]
+        start = self.unit_end[units] - t
+        return np.repeat(start, t) + (np.arange(int(t.sum())) - np.repeat(np.cumsum(t) - t, t))
+
     def batches(self, epoch: int) -> Iterator[np.ndarray]:
         """Interaction indices (into ``split.train_items``), one array per batch."""
-        ptr, take = self.split.train_indptr, self.take
+        take = self.take
         rng = epoch_rng(self.seed, epoch, 7)
-        order = self.users[rng.permutation(len(self.users))]
+        order = rng.permutation(len(take))
         span = max(1, len(order) * 32 // self.n_batches)
         for s in range(0, len(order), span):  # sort by length within chunks
             part = order[s : s + span]
@@ -150,7 +169,4 @@ class SequenceSampler:
         cuts = np.flatnonzero(np.diff(group)) + 1
         parts = np.split(order, cuts)
         for k in rng.permutation(len(parts)):
-            u = parts[k]
-            t = take[u]
-            start = ptr[u + 1] - t
-            yield np.repeat(start, t) + (np.arange(t.sum()) - np.repeat(np.cumsum(t) - t, t))
+            yield self._rows(parts[k])

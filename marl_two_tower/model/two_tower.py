@@ -289,8 +289,10 @@ class SequenceUserTower(UserTower):
     def __init__(self, split: Split, cfg: ModelConfig) -> None:
         super().__init__(split, cfg)
         self.encoder = SASRecEncoder(cfg.id_dim, cfg.history_len, cfg.n_blocks, cfg.n_heads,
-                                     cfg.seq_dropout, ffn_dim=cfg.ffn_dim or None)
+                                     cfg.seq_dropout, ffn_dim=cfg.ffn_dim or None,
+                                     attn_dropout=cfg.attn_dropout if cfg.attn_dropout >= 0 else None)
         self.window = cfg.history_len
+        self.block_windows = cfg.train_positions == "all"
         self.n_items = split.n_items
         # train sequences (CSR, time order) and a (user, item) -> position lookup; numpy,
         # not buffers: derived from the split, never part of a checkpoint
@@ -333,11 +335,15 @@ class SequenceUserTower(UserTower):
         lengths = np.diff(self.seq_indptr)[u]
         end = np.where(end < -1, lengths - 1, end)
         # one window per user, ending at the user's latest row; rows it cannot reach
-        # (more than `window` items earlier) get their own window
+        # (more than `window` items earlier) get their own window, or, training on all
+        # positions (model.train_positions=all), the window of their block: blocks of
+        # `window` counted back from the latest row, as SequenceSampler cuts them
         anchor = np.full(len(self.seq_indptr) - 1, -2, dtype=np.int64)
         np.maximum.at(anchor, u, end)
-        covered = end > anchor[u] - self.window
-        win_end = np.where(covered, anchor[u], end)
+        if self.block_windows:
+            win_end = anchor[u] - (anchor[u] - end) // self.window * self.window
+        else:
+            win_end = np.where(end > anchor[u] - self.window, anchor[u], end)
         key = u * np.int64(len(self.seq_items) + 2) + (win_end + 1)
         _, first, inv = np.unique(key, return_index=True, return_inverse=True)
         w_user, w_end = u[first], win_end[first]
