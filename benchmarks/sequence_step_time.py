@@ -2,14 +2,19 @@
 
     .venv/bin/python benchmarks/sequence_step_time.py                      # this checkout
     .venv/bin/python benchmarks/sequence_step_time.py --specs 1024,none 8192,bf16
+    .venv/bin/python benchmarks/sequence_step_time.py --threads 2 \
+        --specs 1024,none,model.train_positions=window 1024,none \
+                1024,none,model.attn_dropout=0 --repeats 3
 
-For each ``rows,precision`` spec (``train.batch_size`` rows per step,
-``train.mixed_precision``), builds the Trainer of ``configs/ml1m.yaml`` (transformer
-tower, full-softmax CE over the 3,416 items), runs one warm-up epoch of ``--steps``
-steps (scaled so every spec trains about the same number of rows), then times the next
-one. Reports ms per step, microseconds per row and the implied epoch time (790k rows:
-each user's last 200 train items), plus the mean L_rec of the timed epoch (the same
-batches and seed give the same loss, so a speed change that moves it is visible).
+For each ``rows,precision[,key=value...]`` spec (``train.batch_size`` rows per step,
+``train.mixed_precision``, then any config overrides), builds the Trainer of
+``configs/ml1m.yaml`` (transformer tower, full-softmax CE over the 3,416 items), runs one
+warm-up epoch of ``--steps`` steps (scaled so every spec trains about the same number of
+rows), then times the next one (``--repeats`` times, alternating the specs; the median
+is reported). Reports ms per step, microseconds per row and the implied epoch time (the
+rows of one epoch of the spec's sampler: 652k with the last-200 windows, 988k with
+``train_positions=all``), plus the mean L_rec of the first timed epoch (the same batches
+and seed give the same loss, so a speed change that moves it is visible).
 Single thread unless ``--threads`` lists more (each spec runs with each count), wall
 clock: on the shared machine compare specs of one run.
 
@@ -27,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from marl_two_tower.config import load_config
@@ -36,7 +42,7 @@ from marl_two_tower.utils.io import to_jsonable, write_text_atomic
 
 DATA = Path(os.environ.get("MARL_TWO_TOWER_DATA",
                            Path(__file__).resolve().parents[2] / "shared" / "data"))
-EPOCH_ROWS = 790_000  # sum over users of min(train length, 200) on ML-1M, rounded
+EPOCH_ROWS = 651_909  # sum over users of min(train length, 200) on ML-1M (fallback)
 
 
 def main() -> None:
@@ -46,6 +52,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=40 * 1024, help="rows per timed epoch")
     ap.add_argument("--threads", nargs="*", type=int, default=[1],
                     help="intra-op thread counts (train.num_threads), each spec with each")
+    ap.add_argument("--repeats", type=int, default=1, help="timed epochs per spec (median)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "sequence_step_time.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -53,26 +60,37 @@ def main() -> None:
             "checkpoint_dir=/tmp/mtt-step-time", "output_dir=/tmp/mtt-step-time"]
     split = load_split(load_config("ml1m.yaml", base).data)
     rows_out = []
+    runs = []
     for spec, threads in [(spec, n) for spec in args.specs for n in args.threads]:
-        rows, precision = spec.split(",")
+        rows, precision, *extra = spec.split(",")
         steps = max(5, args.rows // int(rows))
         cfg = load_config("ml1m.yaml", base + [f"train.batch_size={rows}",
                                                f"train.mixed_precision={precision}",
                                                f"train.max_steps_per_epoch={steps}",
-                                               f"train.num_threads={threads}"])
+                                               f"train.num_threads={threads}", *extra])
         trainer = Trainer(cfg, split, progress=False)  # applies train.num_threads
         trainer.train_epoch(0)  # warm-up: allocator, caches
-        t0 = time.perf_counter()
-        terms = trainer.train_epoch(1)
-        sec = time.perf_counter() - t0
-        row = {"rows": int(rows), "precision": precision, "threads": threads, "steps": steps,
-               "ms_per_step": 1000 * sec / steps, "us_per_row": 1e6 * sec / steps / int(rows),
-               "epoch_seconds_implied": sec / steps / int(rows) * EPOCH_ROWS,
-               "rec_loss": terms.get("rec")}
+        runs.append((spec, threads, steps, trainer, []))
+    for rep in range(args.repeats):  # alternate the specs: load drifts hit them alike
+        for _spec, threads, _steps, trainer, secs in runs:
+            torch.set_num_threads(threads)
+            t0 = time.perf_counter()
+            terms = trainer.train_epoch(1 + rep)
+            secs.append((time.perf_counter() - t0, terms.get("rec")))
+    rows_out = []
+    for spec, threads, steps, trainer, secs in runs:
+        rows = int(spec.split(",")[0])
+        sec = float(np.median([t for t, _ in secs]))
+        epoch_rows = int(getattr(trainer.sampler, "total", 0)) or EPOCH_ROWS
+        row = {"spec": spec, "rows": rows, "precision": spec.split(",")[1], "threads": threads,
+               "steps": steps, "repeats": len(secs), "seconds": [t for t, _ in secs],
+               "ms_per_step": 1000 * sec / steps, "us_per_row": 1e6 * sec / steps / rows,
+               "epoch_rows": epoch_rows, "epoch_seconds_implied": sec / steps / rows * epoch_rows,
+               "rec_loss": secs[0][1]}
         rows_out.append(row)
-        print(f"{rows:>6} rows {precision:>4} {threads} thr: {row['ms_per_step']:.0f} ms/step, "
-              f"{row['us_per_row']:.1f} us/row -> {row['epoch_seconds_implied']:.0f} s/epoch, "
-              f"L_rec {row['rec_loss']:.4f}", flush=True)
+        print(f"{spec:>40} {threads} thr: {row['ms_per_step']:.0f} ms/step, "
+              f"{row['us_per_row']:.1f} us/row -> {row['epoch_seconds_implied']:.0f} s/epoch "
+              f"({epoch_rows} rows), L_rec {row['rec_loss']:.4f}", flush=True)
     doc = {"command": " ".join(["python", *sys.argv]), "load_average": os.getloadavg(),
            "results": rows_out}
     write_text_atomic(Path(args.out), json.dumps(to_jsonable(doc), indent=1))
