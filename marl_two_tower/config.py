@@ -169,7 +169,7 @@ class ModelConfig:
     ffn_dim: int = 0  # transformer: hidden width of the blocks' FFN (0 = id_dim, SASRec's; RecBole: 4 d)
     # transformer: dropout of the attention weights (< 0: seq_dropout, SASRec's). It is
     # the costliest dropout on CPU, one draw per (query, key) pair: 0 makes the ML-1M
-    # step 14% cheaper (docs/sequence_tower.md, "Training on every position")
+    # step 11% cheaper (docs/sequence_tower.md, "Training on every position")
     attn_dropout: float = -1.0
     # transformer: which train positions an epoch trains on. "window" = the last
     # history_len of each user (SASRec's sampler); "all" = every train interaction, a
