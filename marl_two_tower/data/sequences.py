@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from marl_two_tower.data.split import Split
+from marl_two_tower.utils.csr import expand_ranges
 from marl_two_tower.utils.runtime import epoch_rng
 
 
@@ -133,8 +134,7 @@ class SequenceSampler:
         n = np.diff(ptr)
         if all_positions:  # block k of user u ends k * window items before its end
             blocks = -(-n // max(window, 1))
-            self.unit_user = np.repeat(np.arange(len(n)), blocks)
-            k = np.arange(int(blocks.sum())) - np.repeat(np.cumsum(blocks) - blocks, blocks)
+            self.unit_user, k = expand_ranges(np.zeros_like(blocks), blocks)
             self.unit_end = ptr[1:][self.unit_user] - k * window
             self.take = np.minimum(self.unit_end - ptr[:-1][self.unit_user], window)
         else:
@@ -151,9 +151,8 @@ class SequenceSampler:
 
     def _rows(self, units: np.ndarray) -> np.ndarray:
         """Interaction indices of ``units``, each unit's rows in time order."""
-        t = self.take[units]
-        start = self.unit_end[units] - t
-        return np.repeat(start, t) + (np.arange(int(t.sum())) - np.repeat(np.cumsum(t) - t, t))
+        end = self.unit_end[units]
+        return expand_ranges(end - self.take[units], end)[1]
 
     def batches(self, epoch: int) -> Iterator[np.ndarray]:
         """Interaction indices (into ``split.train_items``), one array per batch."""
