@@ -90,6 +90,26 @@ def test_chunked_ce_matches_cross_entropy(bf16: bool) -> None:
     torch.testing.assert_close(ge2, ge, atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("store", [True, False])
+def test_chunked_ce_paths_agree_with_the_reference(monkeypatch, store: bool) -> None:
+    """Both backward paths: the kept (unnormalised) softmax and the recomputed logits
+    (products above STORE_ELEMENTS), with per-row upstream gradients and a bias."""
+    import marl_two_tower.model.chunked_ce as cce
+
+    monkeypatch.setattr(cce, "STORE_ELEMENTS", 1 << 25 if store else 0)
+    g = torch.Generator().manual_seed(2)
+    h = torch.randn(29, 5, generator=g, requires_grad=True)
+    e = torch.randn(13, 5, generator=g, requires_grad=True)
+    b = torch.randn(13, generator=g)
+    y = torch.randint(0, 13, (29,), generator=g)
+    w = torch.rand(29, generator=g)
+    ref = (F.cross_entropy(h @ e.T + b, y, reduction="none") * w).sum()
+    out = (chunked_softmax_ce_rows(h, e, y, bias=b, chunk=6) * w).sum()
+    torch.testing.assert_close(out, ref)
+    for a, r in zip(torch.autograd.grad(out, (h, e)), torch.autograd.grad(ref, (h, e)), strict=True):
+        torch.testing.assert_close(a, r)
+
+
 def test_chunked_ce_rows_take_per_row_weights() -> None:
     """Per-row losses with a weighted reduction (the tail loss's use) match the
     reference's values and gradients."""

@@ -9,10 +9,11 @@ Gradients: with softmax rows p_p = softmax(h_p E^T + b) and G = (p - onehot(y)) 
 dL/dh = G E and dL/dE = G^T h. Rows are processed in chunks and the ``[P, N]`` logits
 never go through autograd (``log_softmax``'s backward over them dominated a SASRec
 step on CPU, memory bound): the forward keeps the per-row log-sum-exp and, when the
-product is small enough (:data:`STORE_ELEMENTS`), the softmax itself, which the backward
-turns into G in place; above that the backward recomputes each chunk's logits (one
-extra matmul) instead. ``bf16=True`` runs the matmuls in bfloat16 (AMX / tensor cores)
-with fp32 accumulation of the softmax statistics and of the gradients.
+product is small enough (:data:`STORE_ELEMENTS`), the softmax's numerators
+exp(z - max) with the rows' 1 / sum, which the backward turns into G in place; above
+that the backward recomputes each chunk's logits (one extra matmul) instead.
+``bf16=True`` runs the matmuls in bfloat16 (AMX / tensor cores) with fp32 accumulation
+of the softmax statistics and of the gradients.
 
 Every ``exp`` here reads its argument (already shifted by the row maximum) clamped at
 :data:`~marl_two_tower.utils.numerics.EXP_FLOOR`, which keeps it out of the ~100x
@@ -30,21 +31,25 @@ from marl_two_tower.utils.numerics import EXP_FLOOR  # exp(-80) is a normal fp32
 STORE_ELEMENTS = 1 << 25
 
 
-def _logits(h: torch.Tensor, e: torch.Tensor, bias: torch.Tensor | None, bf16: bool) -> torch.Tensor:
+def _logits(h: torch.Tensor, e: torch.Tensor, bias: torch.Tensor | None, bf16: bool,
+            out: torch.Tensor | None = None) -> torch.Tensor:
+    """``h E^T + b`` in fp32 ``[len(h), len(e)]``, written into ``out`` when given."""
     if bf16:
-        out = (h.to(torch.bfloat16) @ e.to(torch.bfloat16).T).float()
+        z = h.to(torch.bfloat16) @ e.to(torch.bfloat16).T
+        z = z.float() if out is None else out.copy_(z)
     else:
-        out = h.float() @ e.float().T
-    return out if bias is None else out + bias
+        z = torch.matmul(h.float(), e.float().T, out=out)
+    return z if bias is None else z.add_(bias)
 
 
 class _ChunkedCE(torch.autograd.Function):
     """Per-row losses ``[P]``; the backward takes a per-row upstream gradient g and
     returns dL/dh = (g * G) E, dL/dE = (g * G)^T h with G = softmax - onehot.
 
-    When ``P * N <= STORE_ELEMENTS`` the forward keeps the softmax itself (one
-    ``[P, N]`` fp32 buffer, 14 MB for ML-1M's 1,024 x 3,416) and the backward turns it
-    into G in place, instead of recomputing each chunk's logits (a matmul and an exp
+    When ``P * N <= STORE_ELEMENTS`` the forward keeps the softmax unnormalised (one
+    ``[P, N]`` fp32 buffer, 14 MB for ML-1M's 1,024 x 3,416, and the rows' 1 / sum) and
+    the backward turns it into G in place, normalising in the same pass, instead of
+    recomputing each chunk's logits (a matmul and an exp
     pass); larger products take the recomputing path. A second backward through the
     same graph (``retain_graph=True``) recomputes, since the first consumed the buffer."""
 
@@ -54,18 +59,24 @@ class _ChunkedCE(torch.autograd.Function):
         picked = torch.empty(len(h), dtype=torch.float32, device=h.device)
         store = len(h) * len(e) <= STORE_ELEMENTS
         probs = torch.empty(len(h), len(e), dtype=torch.float32, device=h.device) if store else None
+        inv_total = torch.empty(len(h), dtype=torch.float32, device=h.device) if store else None
         with torch.autocast(h.device.type, enabled=False):  # precision is `bf16`'s call
             for s in range(0, len(h), chunk):
-                z = _logits(h[s : s + chunk], e, bias, bf16)
+                # the chunk's logits go straight into the kept buffer, which keeps them
+                # exponentiated but unnormalised: the backward scales each row by g / total
+                # in the pass it makes anyway (a division pass here cost ~12% of a step)
+                out = probs[s : s + chunk] if probs is not None else None
+                z = _logits(h[s : s + chunk], e, bias, bf16, out=out)
                 picked[s : s + chunk] = z.gather(1, target[s : s + chunk, None]).squeeze(1)
                 m = z.amax(dim=1, keepdim=True)
                 z = torch.exp(z.sub_(m).clamp_min_(EXP_FLOOR), out=z)  # in place: no new [c, N]
                 total = z.sum(dim=1, keepdim=True)
                 lse[s : s + chunk] = (m + total.log()).squeeze(1)
-                if probs is not None:
-                    torch.div(z, total, out=probs[s : s + chunk])
+                if inv_total is not None:
+                    inv_total[s : s + chunk] = total.squeeze(1).reciprocal()
         ctx.save_for_backward(h, e, target, lse, bias if bias is not None else torch.empty(0))
-        ctx.chunk, ctx.bf16, ctx.has_bias, ctx.probs = chunk, bf16, bias is not None, probs
+        ctx.chunk, ctx.bf16, ctx.has_bias = chunk, bf16, bias is not None
+        ctx.probs, ctx.inv_total = probs, inv_total
         return lse - picked
 
     @staticmethod
@@ -76,9 +87,11 @@ class _ChunkedCE(torch.autograd.Function):
         mm = torch.bfloat16 if ctx.bf16 else torch.float32
         with torch.autocast(h.device.type, enabled=False):
             e_mm = e.to(mm)
-            if probs is not None:
-                probs[torch.arange(len(h), device=h.device), target] -= 1.0
-                g = probs.mul_(grad.float()[:, None]).to(mm)
+            if probs is not None:  # exp(z - m) per row: G = that * g / total - g onehot
+                g_row = grad.float()
+                probs.mul_((g_row * ctx.inv_total)[:, None])
+                probs[torch.arange(len(h), device=h.device), target] -= g_row
+                g = probs.to(mm)
                 return ((g @ e_mm).float().to(h.dtype), (g.T @ h.to(mm)).float().to(e.dtype),
                         None, None, None, None)
             gh = torch.empty_like(h, dtype=torch.float32)
