@@ -183,6 +183,11 @@ class ModelConfig:
     # train.num_negatives, logQ); 0 = always sampled (Klenitskiy & Vasilev 2023: CE over
     # the catalogue >> sampled/BCE for sequential models)
     full_softmax_max_items: int = 20_000
+    # the full-softmax CE's three matmuls (logits, dL/dh, dL/dE) in bfloat16, the softmax
+    # statistics, gradients and towers in fp32 (train.mixed_precision=bf16 autocasts the
+    # towers too). On a CPU with AMX-BF16 the matmuls run 4-6x faster (docs/speed.md,
+    # "The full-softmax CE in bfloat16"); the logits then carry bf16's ~0.4% rounding
+    full_softmax_bf16: bool = False
 
 
 @dataclass

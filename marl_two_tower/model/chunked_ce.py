@@ -30,6 +30,31 @@ from marl_two_tower.utils.numerics import EXP_FLOOR  # exp(-80) is a normal fp32
 # the largest P x N softmax the forward keeps for the backward (fp32: 128 MB)
 STORE_ELEMENTS = 1 << 25
 
+# Freed [P, N] buffers kept for the next step. A fresh 14 MB tensor per step comes from
+# the OS as untouched pages, and the first write to each page faults: that made the
+# logits matmul ~2x slower than the same matmul into a reused buffer (docs/speed.md,
+# "The full-softmax CE: reused buffers and bf16 matmuls").
+_FREE: list[torch.Tensor] = []
+_POOL = 4
+
+
+def _take(rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A ``[rows, cols]`` buffer, from the pool when one is large enough."""
+    n = rows * cols
+    for k, buf in enumerate(_FREE):
+        if buf.dtype == dtype and buf.device == device and buf.numel() >= n:
+            return _FREE.pop(k)[:n].view(rows, cols)
+    return torch.empty(rows, cols, dtype=dtype, device=device)
+
+
+def _give(t: torch.Tensor) -> None:
+    """Return a :func:`_take` buffer (its whole storage) to the pool."""
+    base = t if t._base is None else t._base
+    _FREE.append(base.reshape(-1))
+    if len(_FREE) > _POOL:
+        _FREE.sort(key=torch.Tensor.numel)
+        del _FREE[0]  # keep the largest
+
 
 def _logits(h: torch.Tensor, e: torch.Tensor, bias: torch.Tensor | None, bf16: bool,
             out: torch.Tensor | None = None) -> torch.Tensor:
@@ -57,16 +82,17 @@ class _ChunkedCE(torch.autograd.Function):
     def forward(ctx, h, e, target, bias, chunk: int, bf16: bool):  # type: ignore[override]
         lse = torch.empty(len(h), dtype=torch.float32, device=h.device)
         picked = torch.empty(len(h), dtype=torch.float32, device=h.device)
-        store = len(h) * len(e) <= STORE_ELEMENTS
-        probs = torch.empty(len(h), len(e), dtype=torch.float32, device=h.device) if store else None
+        store = len(h) * len(e) <= STORE_ELEMENTS and any(ctx.needs_input_grad[:2])
+        probs = _take(len(h), len(e), torch.float32, h.device) if store else None
         inv_total = torch.empty(len(h), dtype=torch.float32, device=h.device) if store else None
         with torch.autocast(h.device.type, enabled=False):  # precision is `bf16`'s call
+            e_mm = e.to(torch.bfloat16) if bf16 else e  # cast once, not per chunk
             for s in range(0, len(h), chunk):
                 # the chunk's logits go straight into the kept buffer, which keeps them
                 # exponentiated but unnormalised: the backward scales each row by g / total
                 # in the pass it makes anyway (a division pass here cost ~12% of a step)
                 out = probs[s : s + chunk] if probs is not None else None
-                z = _logits(h[s : s + chunk], e, bias, bf16, out=out)
+                z = _logits(h[s : s + chunk], e_mm, bias, bf16, out=out)
                 picked[s : s + chunk] = z.gather(1, target[s : s + chunk, None]).squeeze(1)
                 m = z.amax(dim=1, keepdim=True)
                 z = torch.exp(z.sub_(m).clamp_min_(EXP_FLOOR), out=z)  # in place: no new [c, N]
@@ -87,13 +113,18 @@ class _ChunkedCE(torch.autograd.Function):
         mm = torch.bfloat16 if ctx.bf16 else torch.float32
         with torch.autocast(h.device.type, enabled=False):
             e_mm = e.to(mm)
-            if probs is not None:  # exp(z - m) per row: G = that * g / total - g onehot
-                g_row = grad.float()
-                probs.mul_((g_row * ctx.inv_total)[:, None])
-                probs[torch.arange(len(h), device=h.device), target] -= g_row
-                g = probs.to(mm)
-                return ((g @ e_mm).float().to(h.dtype), (g.T @ h.to(mm)).float().to(e.dtype),
-                        None, None, None, None)
+            if probs is not None:  # exp(z - m) per row: G = (that - total onehot) * g / total
+                rows = torch.arange(len(h), device=h.device)
+                probs[rows, target] -= ctx.inv_total.reciprocal()
+                scale = (grad.float() * ctx.inv_total)[:, None]
+                g = probs.mul_(scale)
+                if mm != torch.float32:  # (a mixed-dtype mul with out= is 3x slower than both)
+                    g = _take(*probs.shape, mm, h.device).copy_(probs)
+                    _give(probs)
+                out = ((g @ e_mm).float().to(h.dtype), (g.T @ h.to(mm)).float().to(e.dtype),
+                       None, None, None, None)
+                _give(g)
+                return out
             gh = torch.empty_like(h, dtype=torch.float32)
             ge = torch.zeros_like(e, dtype=torch.float32)
             for s in range(0, len(h), ctx.chunk):
@@ -115,6 +146,14 @@ def chunked_softmax_ce_rows(h: torch.Tensor, e: torch.Tensor, target: torch.Tens
     ``e [N, d]`` (targets ``[P]`` index ``e``), chunked over P; see the module docstring."""
     if len(h) == 0:
         return h.sum(1) * 0.0 + e.sum() * 0.0
+    if bf16 and len(h) % chunk:
+        # oneDNN builds a bf16 matmul kernel per shape (~1 ms, 8x the matmul itself): zero
+        # rows pad P to whole chunks, so the shapes repeat from step to step; a padded row
+        # gets upstream gradient 0, hence a zero row of G, and its loss is cut off
+        pad = chunk - len(h) % chunk
+        h_pad = torch.cat([h, h.new_zeros(pad, h.shape[1])])
+        t_pad = torch.cat([target, target.new_zeros(pad)])
+        return _ChunkedCE.apply(h_pad, e, t_pad, bias, int(chunk), True)[: len(h)]
     return _ChunkedCE.apply(h, e, target, bias, int(chunk), bool(bf16))
 
 

@@ -521,12 +521,13 @@ class TwoTower(nn.Module):
 
         The full-softmax CE without a score adjuster never builds the ``[B, n_items]``
         logits: :func:`~marl_two_tower.model.chunked_ce.chunked_softmax_ce_rows` computes
-        the same per-row losses in row chunks (bfloat16 matmuls under bf16 autocast), the
-        dominant cost of a sequence-tower step otherwise."""
+        the same per-row losses in row chunks (bfloat16 matmuls under bf16 autocast or
+        ``model.full_softmax_bf16``), the dominant cost of a sequence-tower step otherwise."""
         if self.full_softmax and self.score_adjuster is None and kind == "softmax":
             z = self.user_vectors(users, exclude=pos)
             dev = z.device.type
-            bf16 = torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev) == torch.bfloat16
+            bf16 = self.cfg.full_softmax_bf16 or (torch.is_autocast_enabled(dev)
+                                                  and torch.get_autocast_dtype(dev) == torch.bfloat16)
             return z, chunked_softmax_ce_rows(z, self.item_vectors(), pos, bf16=bf16)
         z, logits, target = self.training_logits(users, pos, neg, log_q_pos, log_q_neg,
                                                  in_batch_negatives)
