@@ -110,6 +110,30 @@ def test_chunked_ce_paths_agree_with_the_reference(monkeypatch, store: bool) -> 
         torch.testing.assert_close(a, r)
 
 
+def test_reused_buffers_never_leak_between_steps() -> None:
+    """The pooled [P, N] buffers: steps of changing sizes (fp32 and bf16, as training
+    alternates them) each match the reference, and a forward without gradients keeps
+    no buffer."""
+    import marl_two_tower.model.chunked_ce as cce
+
+    g = torch.Generator().manual_seed(3)
+    e = torch.randn(17, 4, generator=g, requires_grad=True)
+    for rows, bf16 in ((40, False), (23, True), (41, False), (9, True), (40, False)):
+        h = torch.randn(rows, 4, generator=g, requires_grad=True)
+        y = torch.randint(0, 17, (rows,), generator=g)
+        ref = F.cross_entropy(h @ e.T, y)
+        out = chunked_softmax_ce(h, e, y, chunk=8, bf16=bf16)
+        tol = 3e-2 if bf16 else 1e-5
+        assert abs(float(out) - float(ref)) < tol
+        for a, r in zip(torch.autograd.grad(out, (h, e)), torch.autograd.grad(ref, (h, e)),
+                        strict=True):
+            torch.testing.assert_close(a, r, atol=tol, rtol=tol)
+    pooled = [b.data_ptr() for b in cce._FREE]
+    with torch.no_grad():
+        chunked_softmax_ce(torch.randn(30, 4), e, torch.zeros(30, dtype=torch.long))
+    assert [b.data_ptr() for b in cce._FREE] == pooled  # nothing taken, nothing lost
+
+
 def test_chunked_ce_rows_take_per_row_weights() -> None:
     """Per-row losses with a weighted reduction (the tail loss's use) match the
     reference's values and gradients."""

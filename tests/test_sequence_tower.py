@@ -184,6 +184,26 @@ def test_full_softmax_logits_and_the_score_is_one_dot_product(tmp_path: Path) ->
     torch.testing.assert_close(model.scorer()(u.numpy()), model.score(u))
 
 
+def test_full_softmax_bf16_runs_the_ce_matmuls_in_bf16_only(tmp_path: Path) -> None:
+    """model.full_softmax_bf16: the per-row losses are the bf16 chunked CE of the fp32
+    user and item vectors (the towers are not autocast), close to the fp32 CE."""
+    from marl_two_tower.model.chunked_ce import chunked_softmax_ce_rows
+
+    split = planted_split(20)
+    users, pos = torch.tensor([0, 1, 1]), torch.tensor([split.history(0)[2], split.history(1)[3],
+                                                        split.history(1)[1]])
+    for flag in (False, True):
+        model = build_model(cfg_for(tmp_path, "transformer", f"model.full_softmax_bf16={flag}"),
+                            split).eval()
+        z, rows = model.training_row_losses(users, pos, torch.tensor([0, 1]))
+        assert z.dtype == torch.float32
+        y = model.item_vectors()
+        torch.testing.assert_close(rows, chunked_softmax_ce_rows(z, y, pos, bf16=flag))
+        other = chunked_softmax_ce_rows(z, y, pos, bf16=not flag)
+        assert not torch.equal(rows, other)  # the flag changes the matmuls, by little:
+        torch.testing.assert_close(rows, other, atol=0.02, rtol=0.01)
+
+
 def test_fair_sampler_reweights_sequence_positives(tmp_path: Path) -> None:
     """Under the sequence tower the Fair Sampler weights each row's L_rec by
     pop(i)^-beta, normalised to mean 1 over the batch, instead of drawing positives."""

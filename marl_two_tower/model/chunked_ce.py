@@ -79,10 +79,11 @@ class _ChunkedCE(torch.autograd.Function):
     same graph (``retain_graph=True``) recomputes, since the first consumed the buffer."""
 
     @staticmethod
-    def forward(ctx, h, e, target, bias, chunk: int, bf16: bool):  # type: ignore[override]
+    def forward(ctx, h, e, target, bias, chunk: int, bf16: bool, keep: bool):  # type: ignore[override]
         lse = torch.empty(len(h), dtype=torch.float32, device=h.device)
         picked = torch.empty(len(h), dtype=torch.float32, device=h.device)
-        store = len(h) * len(e) <= STORE_ELEMENTS and any(ctx.needs_input_grad[:2])
+        # `keep`: a backward is to come (grad mode is off inside forward: the caller asks)
+        store = keep and len(h) * len(e) <= STORE_ELEMENTS
         probs = _take(len(h), len(e), torch.float32, h.device) if store else None
         inv_total = torch.empty(len(h), dtype=torch.float32, device=h.device) if store else None
         with torch.autocast(h.device.type, enabled=False):  # precision is `bf16`'s call
@@ -122,7 +123,7 @@ class _ChunkedCE(torch.autograd.Function):
                     g = _take(*probs.shape, mm, h.device).copy_(probs)
                     _give(probs)
                 out = ((g @ e_mm).float().to(h.dtype), (g.T @ h.to(mm)).float().to(e.dtype),
-                       None, None, None, None)
+                       None, None, None, None, None)
                 _give(g)
                 return out
             gh = torch.empty_like(h, dtype=torch.float32)
@@ -135,7 +136,7 @@ class _ChunkedCE(torch.autograd.Function):
                 p = p.mul_(grad[s : s + ctx.chunk, None].float()).to(mm)
                 gh[s : s + ctx.chunk] = (p @ e_mm).float()
                 ge += (p.T @ hc.to(mm)).float()
-        return gh.to(h.dtype), ge.to(e.dtype), None, None, None, None
+        return gh.to(h.dtype), ge.to(e.dtype), None, None, None, None, None
 
 
 def chunked_softmax_ce_rows(h: torch.Tensor, e: torch.Tensor, target: torch.Tensor,
@@ -146,15 +147,16 @@ def chunked_softmax_ce_rows(h: torch.Tensor, e: torch.Tensor, target: torch.Tens
     ``e [N, d]`` (targets ``[P]`` index ``e``), chunked over P; see the module docstring."""
     if len(h) == 0:
         return h.sum(1) * 0.0 + e.sum() * 0.0
+    pad = 0
     if bf16 and len(h) % chunk:
         # oneDNN builds a bf16 matmul kernel per shape (~1 ms, 8x the matmul itself): zero
         # rows pad P to whole chunks, so the shapes repeat from step to step; a padded row
         # gets upstream gradient 0, hence a zero row of G, and its loss is cut off
         pad = chunk - len(h) % chunk
-        h_pad = torch.cat([h, h.new_zeros(pad, h.shape[1])])
-        t_pad = torch.cat([target, target.new_zeros(pad)])
-        return _ChunkedCE.apply(h_pad, e, t_pad, bias, int(chunk), True)[: len(h)]
-    return _ChunkedCE.apply(h, e, target, bias, int(chunk), bool(bf16))
+        h = torch.cat([h, h.new_zeros(pad, h.shape[1])])
+        target = torch.cat([target, target.new_zeros(pad)])
+    keep = torch.is_grad_enabled() and (h.requires_grad or e.requires_grad)
+    return _ChunkedCE.apply(h, e, target, bias, int(chunk), bool(bf16), keep)[: len(target) - pad]
 
 
 def chunked_softmax_ce(h: torch.Tensor, e: torch.Tensor, target: torch.Tensor,
