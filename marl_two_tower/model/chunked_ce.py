@@ -30,32 +30,6 @@ from marl_two_tower.utils.numerics import EXP_FLOOR  # exp(-80) is a normal fp32
 # the largest P x N softmax the forward keeps for the backward (fp32: 128 MB)
 STORE_ELEMENTS = 1 << 25
 
-# Freed [P, N] buffers kept for the next step. A fresh 14 MB tensor per step comes from
-# the OS as untouched pages, and the first write to each page faults: that made the
-# logits matmul ~2x slower than the same matmul into a reused buffer (docs/speed.md,
-# "The full-softmax CE: reused buffers and bf16 matmuls").
-_FREE: list[torch.Tensor] = []
-_POOL = 4
-
-
-def _take(rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A ``[rows, cols]`` buffer, from the pool when one is large enough."""
-    n = rows * cols
-    for k, buf in enumerate(_FREE):
-        if buf.dtype == dtype and buf.device == device and buf.numel() >= n:
-            return _FREE.pop(k)[:n].view(rows, cols)
-    return torch.empty(rows, cols, dtype=dtype, device=device)
-
-
-def _give(t: torch.Tensor) -> None:
-    """Return a :func:`_take` buffer (its whole storage) to the pool."""
-    base = t if t._base is None else t._base
-    _FREE.append(base.reshape(-1))
-    if len(_FREE) > _POOL:
-        _FREE.sort(key=torch.Tensor.numel)
-        del _FREE[0]  # keep the largest
-
-
 def _logits(h: torch.Tensor, e: torch.Tensor, bias: torch.Tensor | None, bf16: bool,
             out: torch.Tensor | None = None) -> torch.Tensor:
     """``h E^T + b`` in fp32 ``[len(h), len(e)]``, written into ``out`` when given."""
@@ -84,14 +58,14 @@ class _ChunkedCE(torch.autograd.Function):
         picked = torch.empty(len(h), dtype=torch.float32, device=h.device)
         # `keep`: a backward is to come (grad mode is off inside forward: the caller asks)
         store = keep and len(h) * len(e) <= STORE_ELEMENTS
-        probs = _take(len(h), len(e), torch.float32, h.device) if store else None
+        probs = torch.empty(len(h), len(e), dtype=torch.float32, device=h.device) if store else None
         inv_total = torch.empty(len(h), dtype=torch.float32, device=h.device) if store else None
         with torch.autocast(h.device.type, enabled=False):  # precision is `bf16`'s call
             e_mm = e.to(torch.bfloat16) if bf16 else e  # cast once, not per chunk
             for s in range(0, len(h), chunk):
                 # the chunk's logits go straight into the kept buffer, which keeps them
                 # exponentiated but unnormalised: the backward scales each row by g / total
-                # in the pass it makes anyway (a division pass here cost ~12% of a step)
+                # in the pass it makes anyway (a division pass over [P, N] saved)
                 out = probs[s : s + chunk] if probs is not None else None
                 z = _logits(h[s : s + chunk], e_mm, bias, bf16, out=out)
                 picked[s : s + chunk] = z.gather(1, target[s : s + chunk, None]).squeeze(1)
@@ -119,13 +93,12 @@ class _ChunkedCE(torch.autograd.Function):
                 probs[rows, target] -= ctx.inv_total.reciprocal()
                 scale = (grad.float() * ctx.inv_total)[:, None]
                 g = probs.mul_(scale)
-                if mm != torch.float32:  # (a mixed-dtype mul with out= is 3x slower than both)
-                    g = _take(*probs.shape, mm, h.device).copy_(probs)
-                    _give(probs)
-                out = ((g @ e_mm).float().to(h.dtype), (g.T @ h.to(mm)).float().to(e.dtype),
-                       None, None, None, None, None)
-                _give(g)
-                return out
+                if mm != torch.float32:  # fp32 mul_ then a cast: faster than one mixed-dtype
+                    # mul with out= (benchmarks/cpu_kernels.py)
+                    g = probs.to(mm)
+                    del probs
+                return ((g @ e_mm).float().to(h.dtype), (g.T @ h.to(mm)).float().to(e.dtype),
+                        None, None, None, None, None)
             gh = torch.empty_like(h, dtype=torch.float32)
             ge = torch.zeros_like(e, dtype=torch.float32)
             for s in range(0, len(h), ctx.chunk):
@@ -149,7 +122,7 @@ def chunked_softmax_ce_rows(h: torch.Tensor, e: torch.Tensor, target: torch.Tens
         return h.sum(1) * 0.0 + e.sum() * 0.0
     pad = 0
     if bf16 and len(h) % chunk:
-        # oneDNN builds a bf16 matmul kernel per shape (~1 ms, 8x the matmul itself): zero
+        # oneDNN builds a bf16 matmul kernel per new shape, dearer than the matmul: zero
         # rows pad P to whole chunks, so the shapes repeat from step to step; a padded row
         # gets upstream gradient 0, hence a zero row of G, and its loss is cut off
         pad = chunk - len(h) % chunk

@@ -4,12 +4,13 @@
 
 Same distribution as :class:`torch.nn.Dropout`, another way of drawing it. On CPU
 ``torch.nn.functional.dropout`` draws its mask with ``bernoulli_``, one generator call
-per element: ~7 ns per element here, 10% of a sequence-tower training step on ML-1M
-(docs/speed.md, "Dropout masks"). This module instead fills ``ceil(n / 3)`` int64 words
-with ``random_()`` (uniform on [0, 2^63): 63 uniform bits each), reads the low 48 bits
-of each word as three independent uniform 16-bit integers u, and keeps an element iff
-u >= round(p * 2^16): a keep probability of 1 - p to within 2^-17, 3x cheaper than the
-``bernoulli_`` mask. The draws come from torch's default generator, so one seed still
+per element, the costliest element-wise op of a sequence-tower training step on ML-1M.
+This module instead fills ``ceil(n / 3)`` int64 words with ``random_()`` (uniform on
+[0, 2^63): 63 uniform bits each), reads the low 48 bits of each word as three
+independent uniform 16-bit integers u, and keeps an element iff u >= round(p * 2^16):
+a keep probability of 1 - p to within 2^-17, drawn several times faster
+(``benchmarks/cpu_kernels.py``, docs/speed.md "The full-softmax CE and the dropout
+masks"). The draws come from torch's default generator, so one seed still
 fixes every mask. On other devices (CUDA's dropout kernel is fast) it calls
 ``torch.nn.functional.dropout``.
 """

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# nn.Dropout's distribution, its CPU mask 3x cheaper to draw (model/dropout.py)
+# nn.Dropout's distribution, its CPU mask cheaper to draw (model/dropout.py)
 from marl_two_tower.model.dropout import Dropout
 
 
