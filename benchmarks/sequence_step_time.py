@@ -18,18 +18,29 @@ and seed give the same loss, so a speed change that moves it is visible).
 Single thread unless ``--threads`` lists more (each spec runs with each count), wall
 clock: on the shared machine compare specs of one run.
 
-The "before" numbers of docs/sequence_tower.md are this script run on the checkout
-before the full-softmax layout change, e.g. ``git worktree add /tmp/before 71fc646``
-and ``PYTHONPATH=/tmp/before .venv/bin/python benchmarks/sequence_step_time.py``.
+A ``before=REV`` item in a spec times this checkout with git revision REV's chunked CE
+(``model/chunked_ce.py``) and ``torch.nn.Dropout`` in the encoder, alternated in one
+process with the other specs: a same-run before/after of those two pieces
+(docs/speed.md, "The full-softmax CE and the dropout masks"). For other changes, run
+this script on the earlier checkout; e.g. the "before" numbers of
+docs/sequence_tower.md are this script run on the checkout before the full-softmax
+layout change: ``git worktree add /tmp/before 71fc646``, then from /tmp/before
+``MARL_TWO_TOWER_DATA=<shared data> PYTHONPATH=/tmp/before <this venv>/bin/python
+benchmarks/sequence_step_time.py`` (the working directory and PYTHONPATH pick that
+checkout's package over the editable install).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import subprocess
 import sys
 import time
+import types
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -37,12 +48,67 @@ import torch
 
 from marl_two_tower.config import load_config
 from marl_two_tower.data import load_split
+from marl_two_tower.model import two_tower
+from marl_two_tower.model.dropout import Dropout as BitsDropout
 from marl_two_tower.train.trainer import Trainer
 from marl_two_tower.utils.io import to_jsonable, write_text_atomic
 
 DATA = Path(os.environ.get("MARL_TWO_TOWER_DATA",
                            Path(__file__).resolve().parents[2] / "shared" / "data"))
 EPOCH_ROWS = 651_909  # sum over users of min(train length, 200) on ML-1M (fallback)
+
+
+BASE = [f"data.path={DATA / 'ml-1m-ordered'}", "train.num_threads=1", "train.tensorboard=false",
+        "checkpoint_dir=/tmp/mtt-step-time", "output_dir=/tmp/mtt-step-time"]
+
+
+def before_impl(rev: str) -> Callable:
+    """The chunked CE function of git revision ``rev`` (its ``model/chunked_ce.py``, read
+    with ``git show``), for a same-process before/after comparison."""
+    src = subprocess.run(["git", "show", f"{rev}:marl_two_tower/model/chunked_ce.py"],
+                         cwd=Path(__file__).resolve().parents[1], check=True,
+                         capture_output=True, text=True).stdout
+    mod = types.ModuleType(f"chunked_ce_{rev}")
+    exec(compile(src, f"{rev}:chunked_ce.py", "exec"), mod.__dict__)  # noqa: S102 (our own file)
+    return mod.chunked_softmax_ce_rows
+
+
+def use_nn_dropout(model: torch.nn.Module) -> int:
+    """Swap every :class:`marl_two_tower.model.dropout.Dropout` for ``torch.nn.Dropout``
+    of the same rate (the encoder before the bit-mask dropout); returns how many."""
+    swaps = [(parent, name, child) for parent in model.modules()
+             for name, child in parent.named_children() if isinstance(child, BitsDropout)]
+    for parent, name, child in swaps:
+        setattr(parent, name, torch.nn.Dropout(child.p))
+    return len(swaps)
+
+
+@contextlib.contextmanager
+def chunked_ce(fn: Callable | None):
+    """Run the block with ``fn`` as the trainer's chunked CE (None: this checkout's)."""
+    saved = two_tower.chunked_softmax_ce_rows
+    two_tower.chunked_softmax_ce_rows = fn or saved
+    try:
+        yield
+    finally:
+        two_tower.chunked_softmax_ce_rows = saved
+
+
+def build_trainer(split, spec: str, threads: int, rows_per_epoch: int) -> tuple[int, Trainer]:
+    """(steps per timed epoch, Trainer) of ``configs/ml1m.yaml`` for one
+    ``rows,precision[,key=value...]`` spec: about ``rows_per_epoch`` rows per epoch.
+    A ``before=REV`` item is not an override: :func:`timed_epoch` handles it."""
+    rows, precision, *extra = spec.split(",")
+    extra = [x for x in extra if not x.startswith("before=")]
+    steps = max(5, rows_per_epoch // int(rows))
+    cfg = load_config("ml1m.yaml", BASE + [f"train.batch_size={rows}",
+                                           f"train.mixed_precision={precision}",
+                                           f"train.max_steps_per_epoch={steps}",
+                                           f"train.num_threads={threads}", *extra])
+    trainer = Trainer(cfg, split, progress=False)  # applies train.num_threads
+    if "before=" in spec:
+        use_nn_dropout(trainer.model)
+    return steps, trainer
 
 
 def main() -> None:
@@ -56,29 +122,24 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "sequence_step_time.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
-    base = [f"data.path={DATA / 'ml-1m-ordered'}", "train.num_threads=1", "train.tensorboard=false",
-            "checkpoint_dir=/tmp/mtt-step-time", "output_dir=/tmp/mtt-step-time"]
-    split = load_split(load_config("ml1m.yaml", base).data)
-    rows_out = []
+    split = load_split(load_config("ml1m.yaml", BASE).data)
     runs = []
     for spec, threads in [(spec, n) for spec in args.specs for n in args.threads]:
-        rows, precision, *extra = spec.split(",")
-        steps = max(5, args.rows // int(rows))
-        cfg = load_config("ml1m.yaml", base + [f"train.batch_size={rows}",
-                                               f"train.mixed_precision={precision}",
-                                               f"train.max_steps_per_epoch={steps}",
-                                               f"train.num_threads={threads}", *extra])
-        trainer = Trainer(cfg, split, progress=False)  # applies train.num_threads
-        trainer.train_epoch(0)  # warm-up: allocator, caches
-        runs.append((spec, threads, steps, trainer, []))
+        steps, trainer = build_trainer(split, spec, threads, args.rows)
+        rev = next((x.split("=", 1)[1] for x in spec.split(",") if x.startswith("before=")), None)
+        ce = before_impl(rev) if rev else None
+        with chunked_ce(ce):
+            trainer.train_epoch(0)  # warm-up: allocator, caches
+        runs.append((spec, threads, steps, trainer, [], ce))
     for rep in range(args.repeats):  # alternate the specs: load drifts hit them alike
-        for _spec, threads, _steps, trainer, secs in runs:
+        for _spec, threads, _steps, trainer, secs, ce in runs:
             torch.set_num_threads(threads)
-            t0 = time.perf_counter()
-            terms = trainer.train_epoch(1 + rep)
-            secs.append((time.perf_counter() - t0, terms.get("rec")))
+            with chunked_ce(ce):
+                t0 = time.perf_counter()
+                terms = trainer.train_epoch(1 + rep)
+                secs.append((time.perf_counter() - t0, terms.get("rec")))
     rows_out = []
-    for spec, threads, steps, trainer, secs in runs:
+    for spec, threads, steps, trainer, secs, _ce in runs:
         rows = int(spec.split(",")[0])
         sec = float(np.median([t for t, _ in secs]))
         epoch_rows = int(getattr(trainer.sampler, "total", 0)) or EPOCH_ROWS

@@ -66,7 +66,8 @@ def collect(files: list[Path]) -> dict[str, dict[str, dict]]:
 # overrides that give a run its own row (never averaged with the default's), with the
 # value that means "the default row"
 VARIANT_KEYS = {"model.user_features": "all", "train.lr_schedule": "constant",
-                "model.train_positions": "window", "model.attn_dropout": "-1"}
+                "model.train_positions": "window", "model.attn_dropout": "-1",
+                "model.full_softmax_bf16": "false", "train.batch_size": "1024"}
 
 
 def variant(model: str, run: dict) -> str:
