@@ -97,7 +97,7 @@ def chunked_ce(fn: Callable | None):
 def build_trainer(split, spec: str, threads: int, rows_per_epoch: int) -> tuple[int, Trainer]:
     """(steps per timed epoch, Trainer) of ``configs/ml1m.yaml`` for one
     ``rows,precision[,key=value...]`` spec: about ``rows_per_epoch`` rows per epoch.
-    A ``before=REV`` item is not an override: :func:`timed_epoch` handles it."""
+    A ``before=REV`` item is not an override: :func:`main` swaps the CE for it."""
     rows, precision, *extra = spec.split(",")
     extra = [x for x in extra if not x.startswith("before=")]
     steps = max(5, rows_per_epoch // int(rows))
